@@ -1,0 +1,47 @@
+# -*- coding: utf-8 -*-
+"""
+@misc{Simcryocluster,
+title = "SimcryoCluster: learnable deep clustering by contrastive learning and fast Fourier-space alignment with weighted averaging for 2D classification of cryo-EM single-particle images",
+note = "The method this plugin implements. Authors, journal and DOI were not available in the project's copy of the paper: complete this entry before citing it",
+}
+
+@inproceedings{Chen2020SimCLR,
+title = "A Simple Framework for Contrastive Learning of Visual Representations",
+booktitle = "Proceedings of the 37th International Conference on Machine Learning (ICML)",
+series = "PMLR",
+volume = "119",
+pages = "1597--1607",
+year = "2020",
+doi = "http://dx.doi.org/10.48550/arXiv.2002.05709",
+author = "Ting Chen and Simon Kornblith and Mohammad Norouzi and Geoffrey Hinton",
+}
+
+@inproceedings{VanGansbeke2020SCAN,
+title = "SCAN: Learning to Classify Images without Labels",
+booktitle = "Computer Vision -- ECCV 2020",
+pages = "268--285",
+year = "2020",
+doi = "http://dx.doi.org/10.1007/978-3-030-58607-2_16",
+author = "Wouter Van Gansbeke and Simon Vandenhende and Stamatios Georgoulis and Marc Proesmans and Luc Van Gool",
+}
+
+@inproceedings{He2016ResNet,
+title = "Deep Residual Learning for Image Recognition",
+booktitle = "IEEE Conference on Computer Vision and Pattern Recognition (CVPR)",
+pages = "770--778",
+year = "2016",
+doi = "http://dx.doi.org/10.1109/CVPR.2016.90",
+author = "Kaiming He and Xiangyu Zhang and Shaoqing Ren and Jian Sun",
+}
+
+@article{Scheres2012Relion,
+title = "RELION: Implementation of a Bayesian approach to cryo-EM structure determination",
+journal = "Journal of Structural Biology",
+volume = "180",
+number = "3",
+pages = "519--530",
+year = "2012",
+doi = "http://dx.doi.org/10.1016/j.jsb.2012.09.006",
+author = "Sjors H. W. Scheres",
+}
+"""

@@ -1,0 +1,5 @@
+import sys
+
+from simcryo.cli import main
+
+sys.exit(main())

@@ -1,0 +1,162 @@
+"""Class averages: weights, rotational averages, CTF-aware (Wiener) accumulation, re-centring.
+
+Averages are accumulated in Fourier space (rfft2 layout) per class and per half set:
+numerator sum_i w_i * CTF_i * F_i and denominator sum_i w_i * CTF_i^2 (both in the class
+frame), so one pass over the particles gives the full average, the two half-set averages
+and their FRC. Without CTF the CTF factors are 1 and the Wiener average is the weighted mean.
+"""
+import torch
+
+from simcryo.align.translate import fourier_shift, radial_frequency
+
+
+def normalize_weights(weights, labels, n_classes):
+    """Per-class normalisation: weights of every class sum to 1 (all-zero or missing weights in
+    a class fall back to uniform)."""
+    w = torch.as_tensor(weights, dtype=torch.float64).clamp_min(0)
+    lab = torch.as_tensor(labels, dtype=torch.long)
+    sums = torch.zeros(n_classes, dtype=torch.float64).index_add_(0, lab, w)
+    counts = torch.bincount(lab, minlength=n_classes).to(torch.float64)
+    empty = sums[lab] <= 0
+    w = torch.where(empty, torch.ones_like(w), w)
+    sums = torch.where(sums > 0, sums, counts)
+    return (w / sums[lab].clamp_min(1e-300)).to(torch.float32)
+
+
+def radial_profile(images, n_bins=None):
+    """Mean over rings of integer-rounded radius about the box centre: (B, n_bins)."""
+    b, n, _ = images.shape
+    ax = torch.arange(n, device=images.device, dtype=torch.float32) - n // 2
+    r = torch.sqrt(ax[:, None] ** 2 + ax[None, :] ** 2).round().long().reshape(-1)
+    n_bins = n_bins or int(r.max()) + 1
+    r = r.clamp(max=n_bins - 1)
+    flat = images.reshape(b, -1)
+    sums = torch.zeros(b, n_bins, device=images.device, dtype=flat.dtype)
+    sums.index_add_(1, r, flat)
+    counts = torch.bincount(r, minlength=n_bins).clamp_min(1).to(flat.dtype)
+    return sums / counts
+
+
+def rotational_average(images):
+    """Rotationally symmetric version of each image about the box centre (linear
+    interpolation of the radial profile)."""
+    b, n, _ = images.shape
+    prof = radial_profile(images)
+    ax = torch.arange(n, device=images.device, dtype=torch.float32) - n // 2
+    r = torch.sqrt(ax[:, None] ** 2 + ax[None, :] ** 2).reshape(-1)
+    lo = r.floor().long().clamp(max=prof.shape[1] - 1)
+    hi = (lo + 1).clamp(max=prof.shape[1] - 1)
+    f = (r - lo.float())
+    out = prof[:, lo] * (1 - f) + prof[:, hi] * f
+    return out.reshape(b, n, n)
+
+
+def shell_mean(spectrum_like):
+    """Mean over Fourier shells (integer |k|) of a real (K, n, m) array in rfft2 layout,
+    broadcast back onto the grid."""
+    k, n, m = spectrum_like.shape
+    rad = radial_frequency(n, spectrum_like.device).round().long().reshape(-1)
+    n_bins = int(rad.max()) + 1
+    flat = spectrum_like.reshape(k, -1)
+    sums = torch.zeros(k, n_bins, device=flat.device, dtype=flat.dtype).index_add_(1, rad, flat)
+    counts = torch.bincount(rad, minlength=n_bins).clamp_min(1).to(flat.dtype)
+    return (sums / counts)[:, rad].reshape(k, n, m)
+
+
+def shell_frc(spec_a, spec_b):
+    """FRC per integer shell between rfft2 spectra (K, n, m) -> (K, n//2+1) up to Nyquist.
+    (Used inside the iterations; the reported curves come from simcryo.frc.)"""
+    k, n, m = spec_a.shape
+    rad = radial_frequency(n, spec_a.device).round().long().reshape(-1)
+    n_bins = int(rad.max()) + 1
+
+    def shells(x):
+        return torch.zeros(k, n_bins, device=x.device, dtype=x.dtype).index_add_(
+            1, rad, x.reshape(k, -1))
+    num = shells((spec_a * spec_b.conj()).real)
+    den = torch.sqrt(shells(spec_a.abs() ** 2) * shells(spec_b.abs() ** 2)).clamp_min(1e-30)
+    return (num / den)[:, : n // 2 + 1]
+
+
+class ClassAccumulator:
+    """Sums of aligned particle spectra per class and half set (see module docstring)."""
+
+    def __init__(self, n_classes, box, device):
+        m = box // 2 + 1
+        self.box = box
+        self.num = torch.zeros(2, n_classes, box, m, dtype=torch.complex64, device=device)
+        self.den = torch.zeros(2, n_classes, box, m, dtype=torch.float32, device=device)
+        self.wsum = torch.zeros(2, n_classes, dtype=torch.float64, device=device)
+        self.w2sum = torch.zeros(2, n_classes, dtype=torch.float64, device=device)
+
+    def add(self, spectra, labels, weights, halves, ctf2=None):
+        """spectra: aligned (CTF-multiplied when ctf2 is given) rfft2 spectra (B, n, m);
+        labels (B,) 0-based classes; weights (B,); halves (B,) 0/1; ctf2 (B, n, m) or None."""
+        w = weights.to(spectra.device, torch.float32)
+        idx = halves.to(spectra.device).long() * self.num.shape[1] + labels.to(spectra.device)
+        num = self.num.view(-1, *self.num.shape[2:])
+        den = self.den.view(-1, *self.den.shape[2:])
+        num.index_add_(0, idx, spectra * w[:, None, None])
+        if ctf2 is None:
+            den.index_add_(0, idx, w[:, None, None].expand(-1, *den.shape[1:]).contiguous())
+        else:
+            den.index_add_(0, idx, ctf2 * w[:, None, None])
+        self.wsum.view(-1).index_add_(0, idx, w.double())
+        self.w2sum.view(-1).index_add_(0, idx, w.double() ** 2)
+
+    def counts(self):
+        return self.wsum.sum(0)
+
+    def half_averages(self):
+        """Plain CTF-corrected half-set averages (regularised only where the CTF vanishes)."""
+        den = self.den
+        eps = 0.1 * den.mean(dim=(-2, -1), keepdim=True).clamp_min(1e-12)
+        return self.num / (den + eps)
+
+    def frc_halves(self):
+        h = self.half_averages()
+        return shell_frc(h[0], h[1])
+
+    def wiener(self):
+        """Full-set Wiener average spectra (K, n, m): num / (den + mean_shell(den) / SSNR),
+        SSNR = 2 FRC / (1 - FRC) from the half sets (SSNR of the full set). A shell with no
+        signal is suppressed, one with high SSNR is left as the weighted CTF-corrected mean."""
+        num = self.num.sum(0)
+        den = self.den.sum(0)
+        frc = self.frc_halves().clamp(1e-3, 0.999)
+        ssnr = 2 * frc / (1 - frc)
+        n = self.box
+        rad = radial_frequency(n, num.device).round().long().clamp(max=n // 2)
+        ssnr_grid = ssnr[:, rad]
+        reg = shell_mean(den) / ssnr_grid
+        return num / (den + reg + 1e-12)
+
+    def shift(self, shifts):
+        """Translate every class's sums by (K, 2) px (used to re-centre the averages)."""
+        k = self.num.shape[1]
+        for h in range(2):
+            self.num[h] = fourier_shift(self.num[h], shifts.to(self.num.device))
+        return k
+
+
+def spectra_to_images(spectra):
+    n = spectra.shape[-2]
+    return torch.fft.irfft2(spectra, s=(n, n))
+
+
+def centre_of_mass(images, radius=None, lowpass_sigma=2.0):
+    """Energy centroid (x, y) px from the box centre of low-passed images inside a disc: it
+    does not depend on the contrast sign (particles may be dark or bright)."""
+    b, n, _ = images.shape
+    ax = torch.arange(n, device=images.device, dtype=torch.float32) - n // 2
+    rad = radial_frequency(n, images.device)
+    g = torch.exp(-(rad ** 2) * (2 * (torch.pi * lowpass_sigma / n) ** 2))
+    smooth = torch.fft.irfft2(torch.fft.rfft2(images) * g, s=(n, n))
+    smooth = smooth - smooth.mean(dim=(-2, -1), keepdim=True)
+    radius = n // 2 - 2 if radius is None else radius
+    inside = (ax[:, None] ** 2 + ax[None, :] ** 2) <= radius ** 2
+    e = (smooth ** 2) * inside
+    tot = e.sum((-2, -1)).clamp_min(1e-30)
+    cx = (e * ax[None, None, :]).sum((-2, -1)) / tot
+    cy = (e * ax[None, :, None]).sum((-2, -1)) / tot
+    return torch.stack([cx, cy], -1)

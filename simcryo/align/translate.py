@@ -1,0 +1,94 @@
+"""Translations: Fourier shifts and cross-correlation / phase-correlation peaks.
+
+Spectra are in `torch.fft.rfft2` layout (n, n//2+1). A shift s = (sx, sy) px moves image
+content from x to x + s.
+"""
+import torch
+
+
+def frequency_grid(n, device, dtype=torch.float32):
+    """(ky, kx) in cycles per box for the rfft2 layout, shapes (n, 1) and (1, n//2+1)."""
+    ky = torch.fft.fftfreq(n, d=1.0 / n, device=device).to(dtype)[:, None]
+    kx = torch.fft.rfftfreq(n, d=1.0 / n, device=device).to(dtype)[None, :]
+    return ky, kx
+
+
+def radial_frequency(n, device):
+    """|k| in Fourier pixels for the rfft2 layout, (n, n//2+1)."""
+    ky, kx = frequency_grid(n, device)
+    return torch.sqrt(ky ** 2 + kx ** 2)
+
+
+def shift_phase(shift, n, device):
+    """exp(-2 pi i k.s / n) for shifts (B, 2): multiplying an rfft2 spectrum by it shifts the
+    image by +s."""
+    ky, kx = frequency_grid(n, device)
+    s = shift.to(device, torch.float32)
+    arg = (kx[None] * s[:, 0, None, None] + ky[None] * s[:, 1, None, None]) * (-2j * torch.pi / n)
+    return torch.exp(arg)
+
+
+def fourier_shift(spectra, shift):
+    """Shift images given by rfft2 spectra (B, n, n//2+1) by (B, 2) px (exact, periodic)."""
+    return spectra * shift_phase(shift, spectra.shape[-2], spectra.device)
+
+
+def lowpass_filter(n, cutoff, device, width=2.0):
+    """Raised-cosine low-pass on the rfft2 grid; cutoff and width in Fourier pixels.
+    cutoff <= 0 or >= n/2 returns all ones (no band limit)."""
+    k = radial_frequency(n, device)
+    if cutoff is None or cutoff <= 0 or cutoff >= n / 2:
+        return torch.ones_like(k)
+    lo = cutoff - width / 2
+    t = ((k - lo) / width).clamp(0, 1)
+    return 0.5 * (1 + torch.cos(torch.pi * t))
+
+
+def _parabola_offset(ym, y0, yp):
+    denom = ym - 2 * y0 + yp
+    off = torch.where(denom.abs() > 1e-12, 0.5 * (ym - yp) / denom, torch.zeros_like(y0))
+    return off.clamp(-0.5, 0.5)
+
+
+def correlation_peak(cc, max_shift=None):
+    """Sub-pixel peak of centred correlation maps (B, n, n) (zero shift at pixel n//2).
+
+    Searches within `max_shift` px of zero; returns (shift (B, 2) as (x, y), peak value)."""
+    b, n, _ = cc.shape
+    if max_shift is not None and max_shift < n / 2:
+        ax = torch.arange(n, device=cc.device, dtype=torch.float32) - n // 2
+        inside = (ax[:, None] ** 2 + ax[None, :] ** 2) <= max_shift ** 2
+        flat = cc.masked_fill(~inside, float("-inf")).reshape(b, -1)
+    else:
+        flat = cc.reshape(b, -1)
+    idx = flat.argmax(-1)
+    iy, ix = idx // n, idx % n
+    ar = torch.arange(b, device=cc.device)
+    y0 = cc[ar, iy, ix]
+    offx = _parabola_offset(cc[ar, iy, (ix - 1) % n], y0, cc[ar, iy, (ix + 1) % n])
+    offy = _parabola_offset(cc[ar, (iy - 1) % n, ix], y0, cc[ar, (iy + 1) % n, ix])
+    shift = torch.stack([ix.float() + offx - n // 2, iy.float() + offy - n // 2], -1)
+    return shift, y0
+
+
+def cross_correlate(spec_a, spec_ref, weight=None, phase=False, eps=1e-6):
+    """Centred cross-correlation maps of a against ref (both rfft2 spectra).
+
+    phase=True whitens the cross-power spectrum (classic phase correlation: sharp peaks at
+    high SNR, but it amplifies noise, so it is off by default for particles)."""
+    n = spec_a.shape[-2]
+    prod = spec_a * spec_ref.conj()
+    if phase:
+        prod = prod / (prod.abs() + eps * prod.abs().mean(dim=(-2, -1), keepdim=True) + 1e-30)
+    if weight is not None:
+        prod = prod * weight
+    cc = torch.fft.irfft2(prod, s=(n, n))
+    return torch.fft.fftshift(cc, dim=(-2, -1))
+
+
+def phase_correlation_shift(a, ref, max_shift=None, weight=None, phase=True):
+    """Shift s (B, 2) px such that a ~= ref shifted by s, with its correlation peak value.
+    a, ref: (B, n, n) real images."""
+    sa, sr = torch.fft.rfft2(a), torch.fft.rfft2(ref)
+    cc = cross_correlate(sa, sr, weight=weight, phase=phase)
+    return correlation_peak(cc, max_shift)

@@ -1,0 +1,79 @@
+"""Every hyperparameter of `simcryo classify`, with documented defaults.
+
+The defaults are the CPU preset measured in benchmarks/classify.py (2 cores, 1-2k particles of
+64 px in a few minutes); on a GPU raise `pretext_epochs` and `width` for harder data.
+"""
+from dataclasses import dataclass, field
+
+from simcryo.errors import SimcryoError
+
+
+def _f(default, help_text, **meta):
+    return field(default=default, metadata={"help": help_text, **meta})
+
+
+@dataclass
+class ClassifyConfig:
+    # --- problem
+    K: int = _f(10, "number of classes")
+    apix: float = _f(0.0, "pixel size in Å/px (0: from the STAR optics or the MRC header)")
+    # --- preprocessing
+    particle_diameter: float = _f(0.0, "particle diameter in Å used for the background mask "
+                                  "and the crop (0: estimated from the images' radial variance)")
+    working_box: int = _f(32, "box in px after cropping and Fourier downsampling")
+    phase_flip: bool = _f(True, "flip CTF phases before learning (only when CTF columns exist)")
+    equalize: bool = _f(False, "histogram-equalise each image (the paper's preprocessing)")
+    lowpass: float = _f(0.0, "low-pass filter in Å applied when caching (0: none beyond the "
+                        "Fourier crop)")
+    # --- network
+    width: int = _f(16, "ResNet-18 base width (64 = paper; 16 = CPU preset)")
+    feature_dim: int = _f(128, "projection head output dimension (NT-Xent space)")
+    # --- pretext (SimCLR)
+    pretext_epochs: int = _f(40, "contrastive training epochs")
+    batch_size: int = _f(256, "contrastive batch size (pairs)")
+    lr: float = _f(2e-3, "AdamW learning rate for the pretext stage (cosine schedule)")
+    weight_decay: float = _f(1e-4, "AdamW weight decay")
+    temperature: float = _f(0.2, "NT-Xent temperature")
+    # --- augmentations (applied batched on the device)
+    max_shift: float = _f(0.08, "random shift, fraction of the working box")
+    scale_min: float = _f(0.9, "crop+resize: smallest zoom factor")
+    scale_max: float = _f(1.1, "crop+resize: largest zoom factor")
+    contrast: float = _f(0.3, "contrast jitter: gain drawn in [1-c, 1+c]")
+    brightness: float = _f(0.2, "brightness jitter: offset drawn in [-b, b] (units of image std)")
+    noise: float = _f(0.5, "added Gaussian noise std drawn in [0, noise] (units of image std)")
+    blur: float = _f(1.0, "Gaussian blur sigma drawn in [0, blur] px (applied to half the views)")
+    mirror: bool = _f(False, "also mirror views (merges mirror-related views)")
+    # --- features and neighbours
+    tta_rotations: int = _f(8, "in-plane rotations averaged when extracting features")
+    knn: int = _f(20, "neighbours mined per particle for SCAN")
+    # --- SCAN clustering
+    scan_heads: int = _f(10, "independent clustering heads (the lowest loss one is kept)")
+    scan_epochs: int = _f(60, "SCAN epochs (heads on the frozen features)")
+    scan_lr: float = _f(1e-3, "SCAN learning rate (Adam)")
+    entropy_weight: float = _f(5.0, "weight of the entropy term of the SCAN loss")
+    # --- self-labelling
+    selflabel_epochs: int = _f(30, "self-labelling epochs (0 disables the stage)")
+    confidence: float = _f(0.95, "self-labelling: minimum class probability of a pseudo-label")
+    # --- class averages
+    average_iterations: int = _f(3, "rounds of rotational alignment to the class means")
+    # --- run
+    seed: int = _f(0, "random seed (results are reproducible for a given seed and device)")
+    device: str = _f("cpu", "torch device: cpu or cuda:N")
+    threads: int = _f(2, "CPU threads for torch (0: torch default)")
+
+    def validate(self):
+        if self.K < 2:
+            raise SimcryoError(f"--K must be at least 2 (got {self.K})")
+        if self.working_box < 16:
+            raise SimcryoError(f"--working-box must be at least 16 px (got {self.working_box})")
+        if self.working_box % 2:
+            raise SimcryoError(f"--working-box must be even (got {self.working_box})")
+        if not 0.0 < self.confidence < 1.0:
+            raise SimcryoError(f"--confidence must be in (0, 1) (got {self.confidence})")
+        for name in ("pretext_epochs", "scan_epochs", "selflabel_epochs", "tta_rotations",
+                     "knn", "scan_heads", "batch_size", "width"):
+            if getattr(self, name) < (0 if name in ("selflabel_epochs", "pretext_epochs") else 1):
+                raise SimcryoError(f"--{name.replace('_', '-')} must be positive")
+        if self.scale_min <= 0 or self.scale_max < self.scale_min:
+            raise SimcryoError("need 0 < --scale-min <= --scale-max")
+        return self

@@ -1,0 +1,30 @@
+"""Stage 2: top-k cosine neighbours, in blocks on the device (memory O(N*k + block*N))."""
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def knn_cosine(features, k, device="cpu", block=1024):
+    """Indices (N, k) of each row's k most similar other rows (cosine), most similar first,
+    and their similarities (N, k). The row itself is excluded."""
+    feats = F.normalize(torch.as_tensor(np.asarray(features), dtype=torch.float32,
+                                        device=device), dim=1)
+    n = feats.shape[0]
+    k = int(min(k, n - 1))
+    idx = np.empty((n, k), np.int64)
+    sim = np.empty((n, k), np.float32)
+    for s in range(0, n, block):
+        e = min(s + block, n)
+        sims = feats[s:e] @ feats.T
+        sims[torch.arange(e - s, device=device), torch.arange(s, e, device=device)] = -float("inf")
+        v, i = sims.topk(k, dim=1)
+        idx[s:e] = i.cpu().numpy()
+        sim[s:e] = v.cpu().numpy()
+    return idx, sim
+
+
+def neighbor_purity(neighbors, labels, k=10):
+    """Share of the top-k neighbours that have the same (true) label as the anchor."""
+    labels = np.asarray(labels)
+    nb = np.asarray(neighbors)[:, :k]
+    return float((labels[nb] == labels[:, None]).mean())

@@ -1,0 +1,125 @@
+"""Stage 1: SimCLR contrastive pretext training (NT-Xent) on augmented particle views."""
+import math
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from simcryo.classify.augment import rotate
+from simcryo.errors import SimcryoError
+
+
+def nt_xent(z1, z2, temperature):
+    """Normalised-temperature cross entropy of SimCLR for L2-normalised (n, d) pairs."""
+    n = z1.shape[0]
+    z = torch.cat([z1, z2])
+    sim = z @ z.T / temperature
+    sim.fill_diagonal_(float("-inf"))
+    target = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
+    return F.cross_entropy(sim, target)
+
+
+def epoch_generator(seed, stage, epoch, device):
+    """A generator seeded from (seed, stage, epoch): resuming at an epoch replays it exactly."""
+    g = torch.Generator(device=device)
+    g.manual_seed((seed * 1_000_003 + hash_stage(stage) * 10_007 + epoch) % (2 ** 62))
+    return g
+
+
+def hash_stage(stage):
+    return sum((i + 1) * ord(c) for i, c in enumerate(stage))
+
+
+def cosine_lr(base, step, total, warmup):
+    if step < warmup:
+        return base * (step + 1) / warmup
+    t = (step - warmup) / max(total - warmup, 1)
+    return base * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+
+
+def batches(n, batch_size, gen, drop_last=True):
+    """Shuffled index batches (sorted within a batch for fast memory-mapped reads)."""
+    perm = torch.randperm(n, generator=gen).numpy()
+    stop = n - n % batch_size if (drop_last and n >= batch_size) else n
+    for s in range(0, stop, batch_size):
+        yield np.sort(perm[s:s + batch_size])
+
+
+def load_batch(images, idx, device):
+    """Rows of an (N, b, b) array or memmap -> float32 (n, 1, b, b) tensor on `device`."""
+    return torch.from_numpy(np.ascontiguousarray(images[idx], dtype=np.float32)).unsqueeze(1).to(device)
+
+
+def train_epoch(backbone, head, optimizer, images, augment, cfg, epoch, device, step0, total_steps):
+    """One SimCLR epoch; returns (mean loss, images seen)."""
+    backbone.train()
+    head.train()
+    n = len(images)
+    gen_cpu = epoch_generator(cfg.seed, "pretext-order", epoch, "cpu")
+    gen = epoch_generator(cfg.seed, "pretext-aug", epoch, device)
+    bs = min(cfg.batch_size, n)
+    losses, seen, step = [], 0, step0
+    warmup = max(1, total_steps // 20)
+    for idx in batches(n, bs, gen_cpu):
+        lr = cosine_lr(cfg.lr, step, total_steps, warmup)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        x = load_batch(images, idx, device)
+        v = torch.cat([augment(x, gen), augment(x, gen)])
+        z = head(backbone(v))
+        loss = nt_xent(z[:len(idx)], z[len(idx):], cfg.temperature)
+        if not torch.isfinite(loss):
+            raise SimcryoError("pretext loss became NaN/Inf (images with extreme values? "
+                               "try a lower --lr)")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss))
+        seen += 2 * len(idx)
+        step += 1
+    return float(np.mean(losses)), seen
+
+
+@torch.no_grad()
+def extract_features(backbone, images, n_rot, device, batch_size=512, mask=None):
+    """Backbone features averaged over `n_rot` evenly spaced in-plane rotations, L2-normalised.
+
+    Returns float32 (N, d) numpy; averaging over rotations makes the features (nearly)
+    invariant to the in-plane angle, the nuisance that dominates particle images.
+    """
+    backbone.eval()
+    out = None
+    angles = torch.arange(n_rot, dtype=torch.float32, device=device) * (360.0 / n_rot)
+    for s in range(0, len(images), batch_size):
+        idx = np.arange(s, min(s + batch_size, len(images)))
+        x = load_batch(images, idx, device)
+        if mask is not None:
+            x = x * mask
+        n = x.shape[0]
+        xr = rotate(x.repeat(n_rot, 1, 1, 1), angles.repeat_interleave(n))
+        h = backbone(xr).view(n_rot, n, -1).mean(0)
+        h = F.normalize(h, dim=1).cpu().numpy().astype(np.float32)
+        if out is None:
+            out = np.empty((len(images), h.shape[1]), np.float32)
+        out[idx] = h
+    return out
+
+
+class Throughput:
+    """Images per second of the pretext stage (both views counted)."""
+
+    def __init__(self):
+        self.images, self.seconds = 0, 0.0
+        self._t = None
+
+    def start(self):
+        self._t = time.time()
+
+    def stop(self, images):
+        self.seconds += time.time() - self._t
+        self.images += images
+
+    @property
+    def rate(self):
+        return self.images / self.seconds if self.seconds else 0.0

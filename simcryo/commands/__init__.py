@@ -1,0 +1,1 @@
+"""One module per `simcryo` command, each exposing `add_arguments(parser)` and `main(args)`."""

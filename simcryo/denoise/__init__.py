@@ -1,0 +1,23 @@
+"""Particle denoising before clustering (`simcryo denoise`).
+
+Two modes, one generator architecture (`networks.Generator`: convolution block, residual
+blocks, sub-pixel convolution block, as in the paper's improved GAN):
+
+- reference-guided (the paper's method, `pairs` + `train.ReferenceTrainer`): a GAN trained on
+  pairs made on the fly from projections of a user volume at uniformly random orientations,
+  modulated by CTFs drawn from the data's own CTF parameters, randomly shifted, scaled to the
+  data's measured signal power and contrast, plus noise synthesised with the power spectrum
+  measured on the data's background (`noise`). No clean data is needed. The target is the
+  CTF-modulated clean projection (denoising, not CTF correction).
+- self-supervised (`train.SelfTrainer`): Neighbor2Neighbor on the particles alone, for when
+  no volume exists. Why Neighbor2Neighbor and not a blind-spot network: see `train`.
+
+Both normalise each image by its background (outside the mask) and undo that afterwards, so
+the output has the input's units.
+"""
+from simcryo.denoise.apply import denoise_images, denoise_particles
+from simcryo.denoise.networks import Discriminator, Generator
+from simcryo.denoise.train import DenoiseConfig, ReferenceTrainer, SelfTrainer
+
+__all__ = ["DenoiseConfig", "Discriminator", "Generator", "ReferenceTrainer", "SelfTrainer",
+           "denoise_images", "denoise_particles"]

@@ -1,0 +1,102 @@
+"""Noise and signal statistics measured on the data itself.
+
+The paper builds training pairs by adding *real* noise, cut from the data, to clean projections.
+Here the noise comes from the particles' background (pixels outside a circular mask):
+
+1. every image is normalised by its own background (mean 0, standard deviation 1 outside the
+   mask), as RELION does;
+2. the noise power spectrum is the average periodogram of the masked background,
+   ``|FFT(mask * image)|^2 / sum(mask)`` (unbiased for stationary noise up to a slight blur by
+   the mask's spectrum), lightly smoothed over neighbouring frequencies;
+3. a full-box noise image is synthesised by colouring white Gaussian noise with the square root
+   of that spectrum. This keeps the data's real noise colour (detector MTF, dose weighting,
+   Fourier cropping, residual ice structure) without the seams and repeated pixels that tiling
+   the few background patches of a small box would create.
+
+The signal power is what is left inside the mask once the noise power is removed; it fixes the
+scale of the clean projections so that the training pairs have the data's SNR.
+"""
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from simcryo.errors import SimcryoError
+from simcryo.preprocess import circular_mask
+
+
+def background_mask(box, radius_fraction, device="cpu"):
+    """Bool (box, box), True outside a circle of radius `radius_fraction * box / 2` centred on
+    pixel (box // 2, box // 2)."""
+    mask = ~circular_mask(box, radius_fraction * box / 2, device)
+    if int(mask.sum()) < 0.05 * box * box:
+        raise SimcryoError(f"mask radius {radius_fraction} leaves too few background pixels; "
+                           "use a smaller --mask-radius")
+    return mask
+
+
+def background_stats(images, mask):
+    """Per-image mean and standard deviation of the background pixels: (n,), (n,)."""
+    bg = images[:, mask]
+    mean = bg.mean(dim=1)
+    std = bg.std(dim=1).clamp_min(1e-8 * (bg.abs().max() + 1e-30))
+    return mean, std
+
+
+def normalize(images, mask):
+    """Images scaled to background mean 0 / std 1; returns (normalised, mean, std)."""
+    mean, std = background_stats(images, mask)
+    return (images - mean[:, None, None]) / std[:, None, None], mean, std
+
+
+@dataclass
+class NoiseModel:
+    """Stationary Gaussian noise with a measured power spectrum (fft2 layout, per pixel units:
+    white noise of variance v has psd == v everywhere)."""
+    psd: torch.Tensor
+
+    @property
+    def box(self):
+        return self.psd.shape[-1]
+
+    def sample(self, n, generator=None):
+        # drawn on the CPU so that one seeded CPU generator drives every device
+        white = torch.randn((n, self.box, self.box), generator=generator,
+                            dtype=torch.float32).to(self.psd.device)
+        colored = torch.fft.ifft2(torch.fft.fft2(white) * self.psd.sqrt())
+        return colored.real.contiguous()
+
+    def state_dict(self):
+        return {"psd": self.psd.cpu()}
+
+    @classmethod
+    def from_state(cls, state, device="cpu"):
+        return cls(state["psd"].to(device))
+
+
+def estimate_noise_model(images, mask):
+    """NoiseModel from the background of background-normalised images (n, box, box)."""
+    m = mask.to(images.dtype)
+    centred = images - images[:, mask].mean(dim=1)[:, None, None]
+    psd = (torch.fft.fft2(centred * m).abs() ** 2).mean(dim=0) / m.sum()
+    # The masked background has no DC of its own (mean removed); borrow it from the neighbours
+    # so that synthesised noise keeps a realistic low-frequency level.
+    psd[0, 0] = 0.25 * (psd[0, 1] + psd[1, 0] + psd[0, -1] + psd[-1, 0])
+    smooth = F.avg_pool2d(F.pad(psd[None, None], (1, 1, 1, 1), mode="circular"), 3, stride=1)
+    return NoiseModel(smooth[0, 0].contiguous())
+
+
+def signal_power(images, mask):
+    """Signal power per pixel inside the mask of background-normalised images: mean squared
+    value inside minus the background (noise) mean square. Can be <= 0 for pure noise."""
+    inside = images[:, ~mask]
+    bg = images[:, mask]
+    return float((inside ** 2).mean() - (bg ** 2).mean())
+
+
+def estimate_snr(images, mask):
+    """Whole-box SNR estimate (signal variance / noise variance, signal assumed inside the
+    mask) of background-normalised images."""
+    inside_fraction = float((~mask).float().mean())
+    noise = float((images[:, mask] ** 2).mean())
+    return signal_power(images, mask) * inside_fraction / noise

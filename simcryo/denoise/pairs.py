@@ -1,0 +1,122 @@
+"""Training pairs for the reference-guided denoiser, made on the fly.
+
+clean  = shift(CTF * projection(volume, random orientation)) * scale * polarity
+noisy  = clean + noise (synthesised with the data's background noise spectrum)
+Both are then normalised with the *noisy* image's background statistics, exactly as real
+particles are at inference, so the network sees inputs distributed like the data.
+
+The target is the CTF-modulated clean projection, not the CTF-corrected one: the denoiser
+only removes noise and leaves the image formation (CTF, envelope) untouched, so (1) its
+output stays a valid particle image for downstream phase flipping / Wiener averaging, (2) it
+never has to invert the CTF at its zeros, where no information exists, and (3) the
+self-supervised mode, which can only estimate E[signal | data] = the CTF-modulated signal,
+produces the same quantity, so the two modes are interchangeable and comparable.
+
+`scale` makes the in-mask signal power of the pairs equal to the one measured on the data and
+`polarity` (+1/-1) matches the data's contrast (particles bright or dark); both are fixed by
+`calibrate`.
+"""
+import numpy as np
+import torch
+
+from simcryo import ctf as ctf_mod
+from simcryo.denoise.noise import background_stats
+from simcryo.errors import SimcryoError
+
+
+def resample_volume(volume, vol_apix, apix, box):
+    """Bring a cubic volume to the particles' pixel size (Fourier crop/pad) and box (centred
+    crop/pad in real space). volume: (D, D, D) tensor."""
+    D = volume.shape[0]
+    if vol_apix and abs(vol_apix / apix - 1.0) > 1e-3:
+        new = int(round(D * vol_apix / apix))
+        if new < 4:
+            raise SimcryoError(f"volume too small after resampling to {apix:g} Å/px")
+        spec = torch.fft.fftshift(torch.fft.fftn(volume.double()))
+        out = torch.zeros((new,) * 3, dtype=spec.dtype, device=volume.device)
+        m = min(D, new)
+        si, so = D // 2 - m // 2, new // 2 - m // 2
+        out[so:so + m, so:so + m, so:so + m] = spec[si:si + m, si:si + m, si:si + m]
+        volume = (torch.fft.ifftn(torch.fft.ifftshift(out)).real * (new / D) ** 3).float()
+        D = new
+    if D != box:
+        out = torch.zeros((box,) * 3, dtype=volume.dtype, device=volume.device)
+        m = min(D, box)
+        si, so = D // 2 - m // 2, box // 2 - m // 2
+        out[so:so + m, so:so + m, so:so + m] = volume[si:si + m, si:si + m, si:si + m]
+        volume = out
+    return volume.contiguous()
+
+
+def _shift_phase(box, shifts, device):
+    """Fourier phase ramps (n, box, box) translating images by shifts (n, 2) px (x, y)."""
+    f = torch.fft.fftfreq(box, device=device)
+    fy, fx = torch.meshgrid(f, f, indexing="ij")
+    arg = -2j * np.pi * (fx[None] * shifts[:, 0, None, None] + fy[None] * shifts[:, 1, None, None])
+    return torch.exp(arg)
+
+
+class ReferencePairs:
+    """Draws (noisy, clean) pairs, both (n, 1, box, box), normalised like the data."""
+
+    def __init__(self, volume, noise_model, mask, apix, ctf_params=None, signal_power=1.0,
+                 max_shift=0.0, empty_fraction=0.0, projector=None, rotations=None):
+        from simcryo import projection
+        self.volume = volume
+        self.noise = noise_model
+        self.mask = mask
+        self.box = mask.shape[-1]
+        self.apix = float(apix)
+        self.ctf_params = ctf_params
+        self.signal_power = float(signal_power)
+        self.max_shift = float(max_shift)
+        self.empty_fraction = float(empty_fraction)
+        self.projector = projector or projection.project
+        self.rotations = rotations or projection.random_rotations
+        self.device = volume.device
+        self.scale = 1.0
+        self.polarity = 1.0
+
+    def clean(self, n, generator):
+        """Unscaled CTF-modulated, shifted projections (n, box, box)."""
+        rot = self.rotations(n, generator=generator).to(self.device)
+        proj = self.projector(self.volume, rot)
+        spec = torch.fft.fft2(proj)
+        if self.ctf_params is not None and len(self.ctf_params):
+            idx = torch.randint(len(self.ctf_params), (n,), generator=generator).numpy()
+            spec = spec * ctf_mod.ctf_2d(self.ctf_params.take(idx), self.box, self.apix,
+                                         device=self.device)
+        if self.max_shift > 0:
+            shifts = (torch.rand((n, 2), generator=generator) * 2 - 1) * self.max_shift
+            spec = spec * _shift_phase(self.box, shifts.to(self.device), self.device)
+        return torch.fft.ifft2(spec).real.float()
+
+    def calibrate(self, data_mean_image=None, n=256, generator=None):
+        """Fix `scale` (signal power) and `polarity` (contrast sign) from the data.
+
+        data_mean_image: mean of the background-normalised particles (box, box) or None."""
+        c = self.clean(n, generator)
+        c = c - background_stats(c, self.mask)[0][:, None, None]
+        power = float((c[:, ~self.mask] ** 2).mean())
+        if power <= 0:
+            raise SimcryoError("the reference volume projects to empty images; check the map")
+        self.scale = float(np.sqrt(max(self.signal_power, 0.0) / power))
+        if data_mean_image is not None:
+            inside = ~self.mask
+            corr = float((c.mean(0)[inside] * data_mean_image.to(c.device)[inside]).sum())
+            self.polarity = -1.0 if corr < 0 else 1.0
+        return self.scale, self.polarity
+
+    def sample(self, n, generator):
+        clean = self.clean(n, generator) * (self.scale * self.polarity)
+        if self.empty_fraction > 0:
+            keep = torch.rand(n, generator=generator) >= self.empty_fraction
+            clean = clean * keep.to(clean)[:, None, None]
+        noisy = clean + self.noise.sample(n, generator)
+        mean, std = background_stats(noisy, self.mask)
+        noisy = (noisy - mean[:, None, None]) / std[:, None, None]
+        clean = (clean - mean[:, None, None]) / std[:, None, None]
+        return noisy[:, None], clean[:, None]
+
+    def state_dict(self):
+        return {"scale": self.scale, "polarity": self.polarity}

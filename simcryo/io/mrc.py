@@ -1,0 +1,121 @@
+"""MRC stacks and volumes via mrcfile, memory-mapped so large stacks are never loaded whole."""
+import os
+import warnings
+from collections import OrderedDict
+
+import mrcfile
+import numpy as np
+
+from simcryo.errors import SimcryoError
+
+
+def _open_mmap(path):
+    if not os.path.exists(path):
+        raise SimcryoError(f"image file not found: {path}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return mrcfile.mmap(path, mode="r", permissive=True)
+    except (ValueError, OSError) as exc:
+        raise SimcryoError(f"cannot read {path} as MRC: {exc}")
+
+
+def _as_stack(data, path):
+    if data is None:
+        raise SimcryoError(f"{path}: MRC header could not be read")
+    if data.ndim == 2:
+        return data[None]
+    if data.ndim != 3:
+        raise SimcryoError(f"{path}: expected a 2D image or a stack, got {data.ndim} dimensions")
+    return data
+
+
+def open_stack(path):
+    """Memory-mapped (n, ny, nx) view of an MRC stack (a single image gives n = 1)."""
+    return _as_stack(_open_mmap(path).data, path)
+
+
+def read_apix(path):
+    """Pixel size (Å/px) from the MRC header, or None when the header says 0 or 1 (unset)."""
+    with _open_mmap(path) as mrc:
+        apix = float(mrc.voxel_size.x)
+    return apix if apix > 0 else None
+
+
+def read_volume(path):
+    """(volume float32 (D, D, D), apix or None) from an MRC map; cubic maps only."""
+    mrc = _open_mmap(path)
+    data = mrc.data
+    if data is None or data.ndim != 3:
+        raise SimcryoError(f"{path}: not a 3D map")
+    if len(set(data.shape)) != 1:
+        raise SimcryoError(f"{path}: map is not cubic {tuple(data.shape)}")
+    vol = np.array(data, dtype=np.float32)
+    apix = float(mrc.voxel_size.x)
+    mrc.close()
+    if not np.isfinite(vol).all():
+        raise SimcryoError(f"{path}: map contains NaN or Inf values")
+    return vol, (apix if apix > 0 else None)
+
+
+def write_stack(path, images, apix=1.0):
+    """Write (n, box, box) float32 as an MRC stack (.mrcs) with the pixel size in the header."""
+    images = np.ascontiguousarray(images, dtype=np.float32)
+    if images.ndim == 2:
+        images = images[None]
+    with mrcfile.new(path, overwrite=True) as mrc:
+        mrc.set_data(images)
+        mrc.set_image_stack()
+        mrc.voxel_size = float(apix)
+        mrc.update_header_stats()
+
+
+def write_volume(path, volume, apix=1.0):
+    with mrcfile.new(path, overwrite=True) as mrc:
+        mrc.set_data(np.ascontiguousarray(volume, dtype=np.float32))
+        mrc.set_volume()
+        mrc.voxel_size = float(apix)
+
+
+class StackWriter:
+    """Stream images into a pre-allocated MRC stack: memory stays O(batch)."""
+
+    def __init__(self, path, n, box, apix=1.0):
+        self.path = path
+        self._mrc = mrcfile.new_mmap(path, shape=(n, box, box), mrc_mode=2, overwrite=True)
+        self._mrc.set_image_stack()
+        self._mrc.voxel_size = float(apix)
+
+    def write(self, start, images):
+        images = np.asarray(images, dtype=np.float32)
+        self._mrc.data[start:start + len(images)] = images
+
+    def close(self):
+        if self._mrc is not None:
+            self._mrc.update_header_stats()
+            self._mrc.close()
+            self._mrc = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class StackCache:
+    """Keeps a bounded number of stacks open (RELION projects have one stack per micrograph)."""
+
+    def __init__(self, max_open=64):
+        self.max_open = max_open
+        self._open = OrderedDict()
+
+    def get(self, path):
+        if path in self._open:
+            self._open.move_to_end(path)
+            return self._open[path]
+        stack = open_stack(path)
+        self._open[path] = stack
+        if len(self._open) > self.max_open:
+            self._open.popitem(last=False)
+        return stack

@@ -1,0 +1,5 @@
+"""Neural network building blocks of the engine (no torchvision)."""
+from simcryo.models.resnet import BasicBlock, ResNet18, resnet18
+from simcryo.models.heads import ClusterHeads, ProjectionHead
+
+__all__ = ["BasicBlock", "ResNet18", "resnet18", "ClusterHeads", "ProjectionHead"]

@@ -1,0 +1,144 @@
+import argparse
+import dataclasses
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from simcryo.config import add_config_arguments, config_from_args
+from simcryo.ctf import ctf_2d, electron_wavelength, phase_flip
+from simcryo.errors import SimcryoError
+from simcryo.geometry import align_images, compose, rotate_images, transform_images
+from simcryo.io import CTFParams
+from simcryo.preprocess import (circular_mask, equalize_histogram, fourier_crop, fourier_pad,
+                                normalize_background)
+from simcryo.runtime import resolve_device
+
+
+def band_limited(n, box, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    # an odd cropped size keeps the spectrum Hermitian (no unpaired Nyquist term)
+    return fourier_pad(fourier_crop(torch.randn(n, box, box, generator=g), box // 2 - 1), box)
+
+
+def test_rotation_direction_follows_documented_convention():
+    img = torch.zeros(1, 32, 32)
+    img[0, 16, 16 + 6] = 1.0  # (x=6, y=0) relative to the centre
+    out = rotate_images(img, 90.0, mode="bilinear")
+    assert tuple(np.argwhere(out[0].numpy() > 0.5)[0]) == (16 + 6, 16)  # -> (x=0, y=6)
+
+
+def test_shift_direction_is_positive_x_to_the_right():
+    img = torch.zeros(1, 32, 32)
+    img[0, 16, 16] = 1.0
+    out = transform_images(img, 0.0, torch.tensor([[3.0, -2.0]]))
+    assert tuple(np.argwhere(out[0].numpy() > 0.5)[0]) == (14, 19)
+
+
+def test_align_inverts_transform():
+    imgs = band_limited(4, 48)
+    psi = torch.tensor([30.0, -70.0, 10.0, 123.0])
+    shift = torch.tensor([[1.5, -2.0], [0.0, 0.0], [3.0, 3.0], [-4.0, 1.0]])
+    back = align_images(transform_images(imgs, psi, shift), psi, shift)
+    m = circular_mask(48, 16)
+    err = (back - imgs)[:, m].pow(2).mean() / imgs[:, m].pow(2).mean()
+    assert err < 0.01
+
+
+def test_compose_matches_two_transforms():
+    img = band_limited(1, 48, seed=3)
+    p1, s1, p2, s2 = 25.0, np.array([2.0, -1.0]), -60.0, np.array([-1.5, 3.0])
+    two = transform_images(transform_images(img, p1, torch.tensor([s1])), p2, torch.tensor([s2]))
+    psi, s = compose(p1, s1, p2, s2)
+    one = transform_images(img, float(psi), torch.tensor(s[None], dtype=torch.float32))
+    m = circular_mask(48, 16)
+    assert (two - one)[:, m].pow(2).mean() / img[:, m].pow(2).mean() < 0.01
+
+
+def test_ctf_known_values():
+    assert electron_wavelength(300) == pytest.approx(0.019687, rel=1e-4)
+    params = CTFParams(*(np.array([v]) for v in (20000.0, 20000.0, 0.0, 300.0, 2.7, 0.1, 0.0, 0.0)))
+    c = ctf_2d(params, 64, 1.0)[0]
+    assert c[0, 0].item() == pytest.approx(-0.1, abs=1e-6)  # -sin(asin(w)) at s = 0
+    # first zero of an isotropic CTF: pi*lambda*dF*s^2 ~= pi - asin(w) (Cs negligible there)
+    lam = electron_wavelength(300)
+    s0 = math.sqrt((math.pi - math.asin(0.1)) / (math.pi * lam * 20000.0))
+    k = s0 * 64
+    row = c[0, :32].numpy()
+    crossing = np.nonzero(np.diff(np.sign(row)))[0][0]
+    assert abs(crossing + 0.5 - k) < 1.0
+
+
+def test_ctf_astigmatism_angle_rotates_pattern():
+    base = dict(defocus_v=np.array([10000.0]), voltage=np.array([300.0]), cs=np.array([2.7]),
+                amp_contrast=np.array([0.1]), phase_shift=np.zeros(1), bfactor=np.zeros(1))
+    a = ctf_2d(CTFParams(defocus_u=np.array([20000.0]), defocus_angle=np.array([0.0]), **base), 64, 1.0)[0]
+    b = ctf_2d(CTFParams(defocus_u=np.array([20000.0]), defocus_angle=np.array([90.0]), **base), 64, 1.0)[0]
+    assert torch.allclose(a, b.T, atol=1e-5)
+
+
+def test_phase_flip_twice_is_identity():
+    imgs = band_limited(2, 32)
+    params = CTFParams(*(np.full(2, v) for v in (15000.0, 14000.0, 30.0, 300.0, 2.7, 0.1, 0.0, 0.0)))
+    c = ctf_2d(params, 32, 1.5, rfft=True)
+    assert torch.allclose(phase_flip(phase_flip(imgs, c), c), imgs, atol=1e-4)
+
+
+def test_fourier_crop_preserves_mean_and_low_frequencies():
+    imgs = band_limited(3, 64)
+    small = fourier_crop(imgs, 32)
+    assert small.shape == (3, 32, 32)
+    assert torch.allclose(small.mean(dim=(1, 2)), imgs.mean(dim=(1, 2)), atol=1e-5)
+    assert torch.allclose(fourier_pad(small, 64), imgs, atol=1e-4)
+
+
+def test_normalize_background_and_equalize():
+    imgs = torch.randn(2, 32, 32) * 5 + 3
+    out = normalize_background(imgs, 12)
+    outside = ~circular_mask(32, 12)
+    assert torch.allclose(out[:, outside].mean(1), torch.zeros(2), atol=1e-5)
+    assert torch.allclose(out[:, outside].std(1), torch.ones(2), atol=1e-4)
+    eq = equalize_histogram(imgs)
+    assert eq.min() == -1 and eq.max() == 1
+
+
+@dataclasses.dataclass
+class _Cfg:
+    epochs: int = dataclasses.field(default=10, metadata={"help": "training epochs"})
+    lr: float = dataclasses.field(default=0.1, metadata={"help": "learning rate"})
+    phase_flip: bool = dataclasses.field(default=True, metadata={"help": "flip phases"})
+
+
+def test_config_precedence_flag_over_file_over_default(tmp_path):
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser, _Cfg)
+    assert "training epochs (default: 10)" in parser.format_help()
+    (tmp_path / "c.json").write_text(json.dumps({"epochs": 3, "lr": 0.5}))
+    args = parser.parse_args(["--config", str(tmp_path / "c.json"), "--lr", "0.2",
+                              "--no-phase-flip"])
+    assert config_from_args(_Cfg, args) == _Cfg(epochs=3, lr=0.2, phase_flip=False)
+    (tmp_path / "bad.json").write_text(json.dumps({"epoch": 3}))
+    with pytest.raises(SimcryoError, match="unknown parameter"):
+        config_from_args(_Cfg, parser.parse_args(["--config", str(tmp_path / "bad.json")]))
+
+
+def test_device_errors():
+    assert resolve_device("cpu").type == "cpu"
+    with pytest.raises(SimcryoError):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(SimcryoError, match="CUDA is not available"):
+            resolve_device("cuda:0")
+
+
+def test_cli_help_and_unknown_command():
+    out = subprocess.run([sys.executable, "-m", "simcryo", "--help"], capture_output=True,
+                         text=True)
+    assert out.returncode == 0 and "COMMAND" in out.stdout
+    bad = subprocess.run([sys.executable, "-m", "simcryo", "frobnicate"], capture_output=True,
+                         text=True)
+    assert bad.returncode == 2
