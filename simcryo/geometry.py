@@ -1,10 +1,12 @@
-"""In-plane 2D poses (RELION meaning, see docs/ARCHITECTURE.md).
+"""In-plane 2D poses with RELION's meaning of _rlnAnglePsi and _rlnOriginX/Y.
 
-A particle p and its class average A satisfy p = transform_images(A, psi, shift):
-A is rotated by psi degrees about the box centre (pixel box//2), then translated by shift
-(x, y) pixels. With x = column and y = row, rotating by psi maps (x, y) to
-(x cos psi - y sin psi, x sin psi + y cos psi) (counter-clockwise when y points up, as in
-MRC viewers). align_images undoes it.
+x = column, y = row, box centre at pixel box//2; R(a) maps (x, y) to
+(x cos a - y sin a, x sin a + y cos a) (counter-clockwise when y points up, as in MRC viewers).
+RELION aligns a particle P onto its class average A as A(p) = P(R(-psi) p - origin), i.e.
+translate by +origin, then rotate by +psi (measured against relion_stack_create
+--apply_transformation and relion_refine; tests/engine/test_relion_convention.py).
+So a particle is `transform_images(A, psi, origin)` = A rotated by -psi, then translated by
+-origin, and `align_images(P, psi, origin)` undoes it.
 """
 import math
 
@@ -50,23 +52,30 @@ def shift_images(images, shift_px):
 
 
 def transform_images(images, psi_deg, shift_px):
-    """Forward model: rotate by psi, then translate by shift (average -> particle)."""
-    return shift_images(rotate_images(images, psi_deg), shift_px)
+    """Forward model (RELION's pose meaning, average -> particle): rotate by -psi, then
+    translate by -shift (shift = _rlnOriginX/Y in px)."""
+    shift = torch.as_tensor(shift_px, device=images.device, dtype=torch.float32)
+    psi = torch.as_tensor(psi_deg, device=images.device, dtype=torch.float32)
+    return shift_images(rotate_images(images, -psi), -shift)
 
 
 def align_images(images, psi_deg, shift_px):
-    """Inverse model: translate by -shift, then rotate by -psi (particle -> average frame)."""
+    """Inverse model (particle -> average frame), what `relion_stack_create
+    --apply_transformation` does: translate by +shift, then rotate by +psi."""
     shift = torch.as_tensor(shift_px, device=images.device, dtype=torch.float32)
     psi = torch.as_tensor(psi_deg, device=images.device, dtype=torch.float32)
-    return rotate_images(shift_images(images, -shift), -psi)
+    return rotate_images(shift_images(images, shift), psi)
 
 
 def compose(psi1, shift1, psi2, shift2):
-    """Pose equal to applying (psi1, shift1) and then (psi2, shift2); numpy arrays/scalars."""
+    """Pose equal to applying (psi1, shift1) and then (psi2, shift2); numpy arrays/scalars.
+
+    transform(transform(A, p1, s1), p2, s2) = T(-s2) R(-p2) T(-s1) R(-p1) A
+    = transform(A, p1 + p2, s2 + R(-p2) s1)."""
     import numpy as np
     a = np.deg2rad(psi2)
     c, s = np.cos(a), np.sin(a)
     shift1 = np.asarray(shift1, dtype=np.float64)
-    sx = c * shift1[..., 0] - s * shift1[..., 1] + np.asarray(shift2)[..., 0]
-    sy = s * shift1[..., 0] + c * shift1[..., 1] + np.asarray(shift2)[..., 1]
+    sx = c * shift1[..., 0] + s * shift1[..., 1] + np.asarray(shift2)[..., 0]
+    sy = -s * shift1[..., 0] + c * shift1[..., 1] + np.asarray(shift2)[..., 1]
     return (np.asarray(psi1) + psi2 + 180.0) % 360.0 - 180.0, np.stack([sx, sy], axis=-1)

@@ -36,7 +36,7 @@ def open_stack(path):
 
 
 def read_apix(path):
-    """Pixel size (Å/px) from the MRC header, or None when the header says 0 or 1 (unset)."""
+    """Pixel size (Å/px) from the MRC header, or None when the header says 0 (unset)."""
     with _open_mmap(path) as mrc:
         apix = float(mrc.voxel_size.x)
     return apix if apix > 0 else None

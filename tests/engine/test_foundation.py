@@ -32,11 +32,15 @@ def test_rotation_direction_follows_documented_convention():
     assert tuple(np.argwhere(out[0].numpy() > 0.5)[0]) == (16 + 6, 16)  # -> (x=0, y=6)
 
 
-def test_shift_direction_is_positive_x_to_the_right():
+def test_origin_is_where_relion_expects_the_particle_centre():
+    # RELION re-centres a particle by translating it by +origin, so the particle drawn from a
+    # centred average sits at centre - origin.
     img = torch.zeros(1, 32, 32)
     img[0, 16, 16] = 1.0
     out = transform_images(img, 0.0, torch.tensor([[3.0, -2.0]]))
-    assert tuple(np.argwhere(out[0].numpy() > 0.5)[0]) == (14, 19)
+    assert tuple(np.argwhere(out[0].numpy() > 0.5)[0]) == (18, 13)
+    back = align_images(out, 0.0, torch.tensor([[3.0, -2.0]]))
+    assert tuple(np.argwhere(back[0].numpy() > 0.5)[0]) == (16, 16)
 
 
 def test_align_inverts_transform():
@@ -78,7 +82,7 @@ def test_ctf_astigmatism_angle_rotates_pattern():
                 amp_contrast=np.array([0.1]), phase_shift=np.zeros(1), bfactor=np.zeros(1))
     a = ctf_2d(CTFParams(defocus_u=np.array([20000.0]), defocus_angle=np.array([0.0]), **base), 64, 1.0)[0]
     b = ctf_2d(CTFParams(defocus_u=np.array([20000.0]), defocus_angle=np.array([90.0]), **base), 64, 1.0)[0]
-    assert torch.allclose(a, b.T, atol=1e-5)
+    assert torch.allclose(a, b.T, atol=5e-4)
 
 
 def test_phase_flip_twice_is_identity():
