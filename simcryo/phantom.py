@@ -23,26 +23,26 @@ def _domains(rng):
     """(centre (3,), semi-axes (3,), rotation (3, 3), density) in units of the box size."""
     doms = []
     # core: elongated, slightly off-centre
-    doms.append((np.array([0.02, -0.03, 0.01]), np.array([0.13, 0.085, 0.07]),
+    doms.append((np.array([0.02, -0.03, 0.01]), np.array([0.16, 0.10, 0.08]),
                  _random_rotation(rng), 1.0))
     # mid-size lobes at irregular positions around the core
     lobe_dirs = np.array([[0.9, 0.3, 0.1], [-0.4, 0.85, -0.2], [-0.3, -0.5, 0.8],
                           [0.2, -0.7, -0.6]])
     for i, d in enumerate(lobe_dirs):
         d = d / np.linalg.norm(d)
-        dist = 0.14 + 0.04 * i + 0.02 * rng.uniform()
-        axes = np.array([0.07, 0.05, 0.04]) * (1.0 - 0.12 * i) * rng.uniform(0.9, 1.1, 3)
-        doms.append((dist * d, axes, _random_rotation(rng), 0.7 + 0.25 * rng.uniform()))
+        dist = 0.15 + 0.03 * i + 0.02 * rng.uniform()
+        axes = np.array([0.10, 0.075, 0.06]) * (1.0 - 0.1 * i) * rng.uniform(0.9, 1.1, 3)
+        doms.append((dist * d, axes, _random_rotation(rng), 0.8 + 0.3 * rng.uniform()))
     # a bent arm of small beads leaving the core on one side
-    start, step = np.array([-0.12, -0.08, -0.05]), np.array([-0.05, -0.035, 0.02])
+    start, step = np.array([-0.13, -0.09, -0.05]), np.array([-0.05, -0.035, 0.02])
     for j in range(4):
         bend = np.array([0.0, 0.012 * j * j, -0.01 * j])
         centre = start + j * step + bend
-        doms.append((centre, np.full(3, 0.03 - 0.003 * j), np.eye(3), 0.9))
+        doms.append((centre, np.full(3, 0.045 - 0.004 * j), np.eye(3), 1.0))
     # two small dense features (e.g. bound ligands) break any remaining near-symmetry
-    doms.append((np.array([0.08, 0.12, -0.09]), np.array([0.022, 0.018, 0.02]), np.eye(3), 1.6))
-    doms.append((np.array([-0.05, 0.02, 0.16]), np.array([0.03, 0.018, 0.018]),
-                 _random_rotation(rng), 1.3))
+    doms.append((np.array([0.10, 0.13, -0.10]), np.array([0.03, 0.025, 0.028]), np.eye(3), 1.8))
+    doms.append((np.array([-0.06, 0.03, 0.18]), np.array([0.04, 0.025, 0.025]),
+                 _random_rotation(rng), 1.5))
     return doms
 
 
@@ -57,9 +57,9 @@ def make_phantom(box=64, seed=0):
     pts = np.stack([x, y, z], axis=-1)  # (D, D, D, 3) as (x, y, z)
     vol = np.zeros((box, box, box), dtype=np.float64)
     for centre, axes, rot, density in _domains(rng):
-        # Gaussian with standard deviations = semi-axes / 2 in the domain's own frame
+        # Gaussian with standard deviations = 0.6 semi-axes in the domain's own frame
         local = (pts - centre) @ rot
-        r2 = ((local / (0.5 * axes)) ** 2).sum(axis=-1)
+        r2 = ((local / (0.6 * axes)) ** 2).sum(axis=-1)
         vol += density * np.exp(-0.5 * r2)
     vol /= vol.max()
     return vol.astype(np.float32)

@@ -9,10 +9,13 @@ Conventions (RELION):
 - Volume arrays are indexed [z, y, x] (MRC order) with the centre at voxel (D//2, D//2, D//2);
   images are [y, x] with the centre at pixel (D//2, D//2).
 
-Method: the volume is zero-padded by `pad` (3 up to 128 px, else 2), pre-divided by the Fourier transform of
-the trilinear kernel (separable sinc^2, "gridding correction") so that trilinear interpolation of
-its 3D spectrum is accurate, and each projection is the 2D inverse FFT of a central slice sampled
-inside the Nyquist circle. Only the Hermitian half of the spectrum is stored and sampled.
+Method: the volume is zero-padded by `pad` (3 up to 128 px, else 2), pre-divided by the Fourier
+transform of the trilinear kernel (separable sinc^2, "gridding correction") so that trilinear
+interpolation of its 3D spectrum is accurate, and each projection is the 2D inverse FFT of a
+central slice sampled inside the Nyquist circle. Only the Hermitian half of the spectrum is
+stored and sampled. Accuracy (tests): a band-limited Gaussian blob projects to within 3 % of
+its analytic projection's peak everywhere (mean error < 1 %).
+Memory: the padded half spectrum of a 64 px volume is 28 MB, of a 256 px volume 0.5 GB.
 """
 import weakref
 
