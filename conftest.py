@@ -89,9 +89,11 @@ def _setup_headless_scipion():
 SCIPION_TEST_ROOT = _setup_headless_scipion()
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="module")
 def _restore_cwd():
-    """Scipion's ``setupTestProject`` chdirs into the project; keep other tests unaffected."""
+    """Scipion's ``setupTestProject`` chdirs into the project (relative paths of its items
+    resolve from there for the whole test class); restore the folder after each module so
+    other tests are unaffected."""
     cwd = os.getcwd()
     yield
     os.chdir(cwd)

@@ -7,6 +7,7 @@ created by ``scipion3 installb simcryo`` (``defineBinaries``); ``SIMCRYO_PYTHON`
 ``SIMCRYO_ENV_ACTIVATION`` select it.
 """
 import os
+import shutil
 import sys
 
 import pwem
@@ -97,6 +98,16 @@ class Plugin(pwem.Plugin):
             environ.pop('PYTHONPATH', None)
         environ.setdefault('PYTHONUNBUFFERED', '1')
         return environ
+
+    @classmethod
+    def validateInstallation(cls):
+        """Cheap check run when a protocol is validated: the engine interpreter exists."""
+        python = cls.getEnginePython()
+        if cls.getActivationCmd() or os.path.exists(python) or shutil.which(python):
+            return []
+        return ['%s=%s does not exist. Create the engine environment with '
+                '`scipion3 installb %s`, or set %s to a Python where `python -m simcryo` '
+                'works.' % (SIMCRYO_PYTHON, python, ENGINE_ENV_NAME, SIMCRYO_PYTHON)]
 
     # ---------------------------------------------------------------- installation
     @classmethod

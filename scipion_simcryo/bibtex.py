@@ -1,8 +1,13 @@
 # -*- coding: utf-8 -*-
 """
-@misc{Simcryocluster,
-title = "SimcryoCluster: learnable deep clustering by contrastive learning and fast Fourier-space alignment with weighted averaging for 2D classification of cryo-EM single-particle images",
-note = "The method this plugin implements. Authors, journal and DOI were not available in the project's copy of the paper: complete this entry before citing it",
+@article{Simcryocluster,
+title = "Simcryocluster: a semantic similarity clustering method of cryo-EM images by adopting contrastive learning",
+journal = "BMC Bioinformatics",
+volume = "25",
+pages = "77",
+year = "2024",
+doi = "http://dx.doi.org/10.1186/s12859-023-05565-w",
+author = "Huanrong Tang and Yaowu Wang and Jianquan Ouyang and Jinlin Wang",
 }
 
 @inproceedings{Chen2020SimCLR,

@@ -1,0 +1,141 @@
+import os
+from enum import Enum
+
+import pyworkflow.protocol.params as params
+from pyworkflow.protocol.constants import LEVEL_ADVANCED
+from pwem.objects import SetOfClasses2D, SetOfParticles
+from pwem.protocols import ProtAlign2D
+
+from .. import convert
+from .protocol_base import ProtSimcryoBase
+from .protocol_classify2d import fillClasses, fillParticles
+
+
+class AlignAverageOutputs(Enum):
+    outputClasses = SetOfClasses2D
+    outputParticles = SetOfParticles
+
+
+class ProtSimcryoAlignAverage(ProtSimcryoBase, ProtAlign2D):
+    """Align the particles inside each class in Fourier space and build new class averages.
+
+    Works on any SetOfClasses2D (this plugin, RELION, CL2D, ...). For every class, the in-plane
+    rotation of each particle against the class reference comes from the cross-correlation of
+    polar-resampled Fourier magnitudes (translation-invariant; both candidates of the 180
+    degree ambiguity are tested) and the shift from phase correlation; the reference is
+    re-averaged and re-centred and the procedure repeated. Averages are weighted by the class
+    probability of each particle (and CTF-aware when the particles have CTF).
+
+    Optionally (re-assignment) each particle may move to the class average it matches best
+    after alignment.
+
+    Output: refined classes (representatives = new averages) and the particles, every one
+    with a 2D alignment Transform (ALIGN_2D).
+    """
+    _label = 'align and average classes'
+    _possibleOutputs = AlignAverageOutputs
+    _engineCommand = 'align'
+
+    def _defineParams(self, form):
+        form.addSection(label='Input')
+        form.addParam('inputClasses', params.PointerParam, pointerClass='SetOfClasses2D',
+                      important=True, label='Input classes',
+                      help='2D classes from any classifier; their particles are aligned.')
+        form.addParam('useInputAlignment', params.BooleanParam, default=False,
+                      expertLevel=LEVEL_ADVANCED, label='Start from the input alignment?',
+                      help='Pass the classes\' current 2D alignment to the engine as a '
+                           'starting point. No: align from scratch.')
+
+        form.addSection(label='Alignment')
+        form.addParam('iterations', params.IntParam, default=0,
+                      label='Iterations', help='Align/re-average rounds. 0: engine default.')
+        form.addParam('maskRadius', params.IntParam, default=-1,
+                      label='Particle mask radius (px)',
+                      help='Soft circular mask of the references. -1: engine default '
+                           '(box/2 - 2).')
+        form.addParam('method', params.EnumParam, default=0, choices=['rings', 'magnitude'],
+                      expertLevel=LEVEL_ADVANCED, label='Rotation search',
+                      help='rings: real-space polar rings, FFT along the angle (keeps phases, '
+                           'robust at low SNR). magnitude: the paper\'s polar Fourier '
+                           'magnitudes (translation invariant; the 180-degree ambiguity is '
+                           'resolved in real space).')
+        form.addParam('reassign', params.BooleanParam, default=False,
+                      label='Re-assign particles?',
+                      help='After alignment, move each particle to the class average it '
+                           'matches best (multi-reference refinement).')
+        self._defineComputeParams(form)
+
+    # ------------------------------------------------------------------ steps
+    def convertInputStep(self):
+        os.makedirs(os.path.dirname(self._getFileName('input_star')), exist_ok=True)
+        convert.writeClassesStar(self.inputClasses.get(), self._getFileName('input_star'),
+                                 writeAlignment=self.useInputAlignment.get())
+
+    def _getEngineArgs(self):
+        args = ['--i', os.path.abspath(self._getFileName('input_star')),
+                '--o', os.path.abspath(self._getFileName('output_dir'))]
+        if self.iterations.get() > 0:
+            args += ['--iterations', self.iterations.get()]
+        args += ['--reassign' if self.reassign else '--no-reassign',
+                 '--method', ['rings', 'magnitude'][self.method.get()]]
+        if self.maskRadius.get() > 0:
+            args += ['--mask-radius', self.maskRadius.get()]
+        return self._formatArgs(args + self._getComputeArgs())
+
+    def _inputParticles(self):
+        classes = self.inputClasses.get()
+        return classes.getImagesPointer() if hasattr(classes, 'getImagesPointer') \
+            else classes.getImages()
+
+    def createOutputStep(self):
+        inputSet = self.inputClasses.get().getImages()
+        result = convert.EngineResult(self._getFileName('out_particles'),
+                                      apix=inputSet.getSamplingRate())
+        averages = convert.projectRelative(self._getFileName('out_averages'))
+        classes = self._createSetOfClasses2D(self._inputParticles())
+        fillClasses(classes, result, averages, inputSet.getSamplingRate())
+        parts = self._createSetOfParticles()
+        fillParticles(parts, inputSet, result)
+        self._defineOutputs(**{AlignAverageOutputs.outputClasses.name: classes,
+                               AlignAverageOutputs.outputParticles.name: parts})
+        self._defineSourceRelation(self.inputClasses, classes)
+        self._defineSourceRelation(self.inputClasses, parts)
+
+    # ------------------------------------------------------------------ info
+    def _validate(self):
+        errors = []
+        classes = self.inputClasses.get()
+        if classes is not None and not any(c.getSize() for c in classes):
+            errors.append('The input classes are empty.')
+        return errors
+
+    def _warnings(self):
+        classes = self.inputClasses.get()
+        if classes is not None and any(0 < c.getSize() < 3 for c in classes):
+            return ['Some classes have fewer than 3 particles: their averages stay noisy.']
+        return []
+
+    def _summary(self):
+        summary = ['Input: %s.' % self.getObjectTag('inputClasses')]
+        if self.reassign:
+            summary.append('Particles re-assigned to their best-matching average.')
+        if self.hasAttribute('outputClasses'):
+            summary.append('Output: %s (%d classes), %s with 2D alignment.'
+                           % (self.getObjectTag('outputClasses'),
+                              self.outputClasses.getSize(),
+                              self.getObjectTag('outputParticles')))
+            runLog = self._readRunLog()
+            moved = runLog.get('reassigned', runLog.get('moved'))
+            if isinstance(moved, (int, float)):
+                summary.append('%d particles changed class.' % moved)
+        return summary
+
+    def _methods(self):
+        if not self.hasAttribute('outputClasses'):
+            return []
+        return ['The particles of %s were aligned inside their classes by polar Fourier-'
+                'magnitude rotational correlation and phase-correlation shifts, and averaged '
+                'with class-probability weights (SimCryoCluster), with the %s%s.'
+                % (self.getObjectTag('inputClasses'), self._methodsIntro(),
+                   '; particles were re-assigned to their best-matching average'
+                   if self.reassign else '')]

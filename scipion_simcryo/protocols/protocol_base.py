@@ -1,0 +1,127 @@
+"""Shared plumbing of the simcryo protocols: file names, compute section, engine launch."""
+import glob
+import json
+import os
+import shlex
+
+import pyworkflow.protocol.params as params
+from pyworkflow.constants import PROD
+from pyworkflow.protocol.constants import LEVEL_ADVANCED
+from pwem.protocols import EMProtocol
+
+from .. import Plugin
+from .. import constants as cts
+
+
+class ProtSimcryoBase(EMProtocol):
+    """Base of the simcryo protocols (not shown in the menu)."""
+    _devStatus = PROD
+    _engineCommand = None       # simcryo sub-command run by runStep
+    _usesGpu = True             # False: the command is CPU-only (no GPU section)
+    _defaultThreads = 2
+    _hasSeed = True             # False: the command takes no --seed (deterministic)
+
+    # ------------------------------------------------------------------ files
+    def _createFilenameTemplates(self):
+        """One place for every file the protocol reads or writes."""
+        self._updateFilenamesDict({
+            'input_star': self._getExtraPath('input', 'particles.star'),
+            'input_stack': self._getExtraPath('input', 'particles.mrcs'),
+            'truth_star': self._getExtraPath('input', 'truth.star'),
+            'input_averages': self._getExtraPath('input', 'averages.mrcs'),
+            'input_references': self._getExtraPath('input', 'references.mrcs'),
+            'output_dir': self._getExtraPath('output'),
+            'out_particles': self._getExtraPath('output', cts.OUT_PARTICLES),
+            'out_averages': self._getExtraPath('output', cts.OUT_AVERAGES),
+            'out_references': self._getExtraPath('output', cts.OUT_REFERENCES),
+            'out_runlog': self._getExtraPath('output', cts.OUT_RUNLOG),
+            'report': self._getExtraPath('output', 'report.json'),
+        })
+
+    def _initialize(self):
+        self._createFilenameTemplates()
+        self._simcryoFilenamesReady = True
+
+    def _getFileName(self, key, **kwargs):
+        # Summary, viewers and tests call this in processes where no step was inserted.
+        if not getattr(self, '_simcryoFilenamesReady', False):
+            self._initialize()
+        return EMProtocol._getFileName(self, key, **kwargs)
+
+    def _insertAllSteps(self):
+        self._initialize()
+        self._insertFunctionStep(self.convertInputStep)
+        # The engine arguments are a step argument: changing a parameter re-runs the engine
+        # when the protocol is continued, an unchanged one reuses the finished step.
+        self._insertFunctionStep(self.runStep, self._getEngineArgs())
+        self._insertFunctionStep(self.createOutputStep)
+
+    # ------------------------------------------------------------------ form helpers
+    def _defineComputeParams(self, form):
+        form.addSection(label='Compute')
+        if self._usesGpu:
+            form.addHidden(params.USE_GPU, params.BooleanParam, default=True,
+                           label='Use GPU?',
+                           help='Run the engine on a GPU (PyTorch CUDA). No: CPU only.')
+            form.addHidden(params.GPU_LIST, params.StringParam, default='0',
+                           label='GPU ID',
+                           help='GPU to use (the engine uses one GPU; the first of the list).')
+        if self._hasSeed:
+            form.addParam('seed', params.IntParam, default=0, expertLevel=LEVEL_ADVANCED,
+                          label='Random seed',
+                          help='Seed of every random choice of the engine; same seed and '
+                               'input give the same result on the same device.')
+        form.addParam('extraParams', params.StringParam, default='',
+                      expertLevel=LEVEL_ADVANCED, label='Additional engine arguments',
+                      help='Appended verbatim to the engine command, e.g. "--epochs 5". '
+                           'See `python -m simcryo %s --help` for every option.'
+                           % (self._engineCommand or '<command>'))
+        form.addParallelSection(threads=self._defaultThreads, mpi=0)
+
+    # ------------------------------------------------------------------ engine
+    def _useGpu(self):
+        return self._usesGpu and self.usesGpu() and bool(self.getGpuList())
+
+    def _getComputeArgs(self):
+        args = ['--threads', max(1, self.numberOfThreads.get() or 1)]
+        if self._hasSeed:
+            args += ['--seed', self.seed.get()]
+        if self._usesGpu:
+            args += ['--device', 'cuda:0' if self._useGpu() else 'cpu']
+        return args
+
+    def _getEngineArgs(self):
+        """Full argument string of the engine call (subclasses add their own)."""
+        raise NotImplementedError
+
+    def _formatArgs(self, args):
+        extra = (self.extraParams.get() or '').strip()
+        text = ' '.join(shlex.quote(str(a)) for a in args)
+        return text + (' ' + extra if extra else '')
+
+    def runEngine(self, argsText, command=None):
+        command = command or self._engineCommand
+        self.runJob(Plugin.getProgram(command, useGpu=self._useGpu()), argsText,
+                    env=Plugin.getEnviron(), numberOfMpi=1)
+
+    def runStep(self, argsText):
+        os.makedirs(self._getFileName('output_dir'), exist_ok=True)
+        self.runEngine(argsText)
+
+    # ------------------------------------------------------------------ results
+    def _readRunLog(self):
+        fn = self._getFileName('out_runlog')
+        if not os.path.exists(fn):
+            return {}
+        with open(fn) as f:
+            return json.load(f)
+
+    def _hasCheckpoint(self):
+        return bool(glob.glob(os.path.join(self._getFileName('output_dir'), '**', '*.pt'),
+                              recursive=True))
+
+    def _citations(self):
+        return ['Simcryocluster']
+
+    def _methodsIntro(self):
+        return 'simcryo engine (scipion-em-simcryo %s)' % cts.ENGINE_VERSION

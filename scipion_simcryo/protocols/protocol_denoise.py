@@ -1,0 +1,192 @@
+import os
+import shlex
+from enum import Enum
+
+import pyworkflow.protocol.params as params
+from pyworkflow.protocol.constants import LEVEL_ADVANCED
+from pwem.objects import SetOfParticles
+from pwem.protocols import ProtProcessParticles
+
+from .. import constants as cts
+from .. import convert
+from .protocol_base import ProtSimcryoBase
+
+
+class DenoiseOutputs(Enum):
+    outputParticles = SetOfParticles
+
+
+class ProtSimcryoDenoise(ProtSimcryoBase, ProtProcessParticles):
+    """Denoise particle images before 2D classification.
+
+    Reference-guided mode (the SimCryoCluster paper's): a GAN (generator with a convolution
+    block, residual blocks and a sub-pixel convolution block; five-layer discriminator) is
+    trained on pairs made on the fly from projections of a volume, with the data's CTF and real
+    noise cut from the background of the particles themselves; no clean data is needed.
+
+    Self-supervised mode (no volume): a denoiser trained on the noisy particles alone.
+
+    Output: the same particles (same ids, CTF, alignment and pixel size) pointing at the
+    denoised stack.
+    """
+    _label = 'denoise particles'
+    _possibleOutputs = DenoiseOutputs
+    _engineCommand = 'denoise'
+
+    def _defineParams(self, form):
+        form.addSection(label='Input')
+        form.addParam('inputParticles', params.PointerParam, pointerClass='SetOfParticles',
+                      important=True, label='Input particles')
+        form.addParam('denoiseMode', params.EnumParam, default=cts.DENOISE_SELF,
+                      choices=cts.DENOISE_CHOICES, label='Mode',
+                      help='Reference-guided: needs a volume of the molecule (e.g. an initial '
+                           'model). Self-supervised: the particles alone.')
+        form.addParam('inputVolume', params.PointerParam, pointerClass='Volume',
+                      allowsNull=True, condition='denoiseMode == %d' % cts.DENOISE_GAN,
+                      label='Reference volume')
+
+        form.addSection(label='Preprocessing')
+        form.addParam('maskRadius', params.IntParam, default=-1,
+                      label='Particle mask radius (px)',
+                      help='Pixels outside this radius are background: they give the noise '
+                           'statistics and the normalisation. -1: engine default (80% of '
+                           'half the box).')
+
+        form.addSection(label='Training')
+        form.addParam('epochs', params.IntParam, default=0, label='Training epochs',
+                      help='0: engine default.')
+        form.addParam('imagesPerEpoch', params.IntParam, default=0,
+                      expertLevel=LEVEL_ADVANCED, label='Images per epoch',
+                      help='Training images drawn per epoch. 0: engine default.')
+        form.addParam('batchSize', params.IntParam, default=0, expertLevel=LEVEL_ADVANCED,
+                      label='Batch size', help='0: engine default.')
+        self._defineComputeParams(form)
+
+    # ------------------------------------------------------------------ steps
+    def _createFilenameTemplates(self):
+        ProtSimcryoBase._createFilenameTemplates(self)
+        self._updateFilenamesDict({'model_dir': self._getExtraPath('model')})
+
+    def convertInputStep(self):
+        os.makedirs(os.path.dirname(self._getFileName('input_star')), exist_ok=True)
+        parts = self.inputParticles.get()
+        stack = (self._getFileName('input_stack')
+                 if convert.needsStackConversion(parts) else None)
+        convert.ParticleStarWriter(parts, stackFile=stack, writeAlignment=True).write(
+            self._getFileName('input_star'))
+
+    def _getVolumeFile(self):
+        vol = self.inputVolume.get()
+        fn = convert.stripFormatSuffix(vol.getFileName())
+        if os.path.splitext(fn)[1].lower() in ('.mrc', '.map'):
+            return os.path.abspath(fn)
+        from pwem.emlib.image import ImageHandler
+        out = os.path.abspath(self._getExtraPath('input', 'volume.mrc'))
+        ImageHandler().convert(vol, out)
+        return out
+
+    def _getEngineArgs(self):
+        """Arguments of `denoise train`; `denoise apply` is derived from them."""
+        args = ['--i', os.path.abspath(self._getFileName('input_star')),
+                '--o', os.path.abspath(self._getFileName('model_dir'))]
+        if self.denoiseMode == cts.DENOISE_GAN:
+            vol = self.inputVolume.get()
+            args += ['--mode', 'reference', '--volume', self._getVolumeFile(),
+                     '--volume-apix', vol.getSamplingRate()]
+        else:
+            args += ['--mode', 'self']
+        if self.maskRadius.get() > 0:
+            # The engine takes the radius as a fraction of half the box.
+            half = self.inputParticles.get().getXDim() / 2.0
+            args += ['--mask-radius', round(min(1.0, self.maskRadius.get() / half), 4)]
+        for flag, value in [('--epochs', self.epochs.get()),
+                            ('--images-per-epoch', self.imagesPerEpoch.get()),
+                            ('--batch-size', self.batchSize.get())]:
+            if value > 0:
+                args += [flag, value]
+        return self._formatArgs(args + self._getComputeArgs())
+
+    def runStep(self, argsText):
+        os.makedirs(self._getFileName('output_dir'), exist_ok=True)
+        train = argsText
+        if self._hasCheckpoint(self._getFileName('model_dir')):
+            self.info('Checkpoint found: continuing the interrupted training.')
+            train += ' --resume'
+        self.runEngine(train, command='denoise train')
+        apply = ['--i', os.path.abspath(self._getFileName('input_star')),
+                 '--model', os.path.abspath(self._getFileName('model_dir')),
+                 '--o', os.path.abspath(self._getFileName('output_dir'))]
+        apply = ' '.join(shlex.quote(str(a)) for a in apply + self._getComputeArgs())
+        self.runEngine(apply, command='denoise apply')
+
+    def _hasCheckpoint(self, folder=None):
+        import glob
+        folder = folder or self._getFileName('output_dir')
+        return bool(glob.glob(os.path.join(folder, '**', '*.pt'), recursive=True))
+
+    def _readRunLog(self):
+        import json
+        fn = os.path.join(self._getFileName('model_dir'), 'run.json')
+        if not os.path.exists(fn):
+            return {}
+        with open(fn) as f:
+            return json.load(f)
+
+    def createOutputStep(self):
+        inputSet = self.inputParticles.get()
+        result = convert.EngineResult(self._getFileName('out_particles'),
+                                      apix=inputSet.getSamplingRate())
+        names = result.block['rlnImageName']
+        folder = os.path.dirname(os.path.abspath(self._getFileName('out_particles')))
+        parts = self._createSetOfParticles()
+        parts.copyInfo(inputSet)
+
+        def update(item, row):
+            r = result.rowOf(item.getObjId())
+            if r is None:
+                item._appendItem = False
+                return
+            index, fn = convert.relionToLocation(names[r])
+            item.setLocation(index, convert.projectRelative(
+                fn if os.path.isabs(fn) else os.path.join(folder, fn)))
+
+        parts.copyItems(inputSet, updateItemCallback=update)
+        self._defineOutputs(**{DenoiseOutputs.outputParticles.name: parts})
+        self._defineTransformRelation(self.inputParticles, parts)
+
+    # ------------------------------------------------------------------ info
+    def _validate(self):
+        errors = []
+        if self.denoiseMode == cts.DENOISE_GAN:
+            vol = self.inputVolume.get()
+            if vol is None:
+                errors.append('The reference-guided mode needs a volume.')
+        return errors
+
+    def _warnings(self):
+        vol, parts = self.inputVolume.get(), self.inputParticles.get()
+        if self.denoiseMode == cts.DENOISE_GAN and vol is not None and parts is not None:
+            ratio = vol.getSamplingRate() / parts.getSamplingRate()
+            if abs(ratio - 1) > 0.05:
+                return ['Volume pixel size (%.3f Å) differs from the particles\' (%.3f Å): '
+                        'the engine resamples the projections.'
+                        % (vol.getSamplingRate(), parts.getSamplingRate())]
+        return []
+
+    def _summary(self):
+        mode = cts.DENOISE_CHOICES[self.denoiseMode.get()]
+        summary = ['Input: %s, mode: %s.' % (self.getObjectTag('inputParticles'), mode)]
+        if self.hasAttribute('outputParticles'):
+            summary.append('Output: %s (%d particles).'
+                           % (self.getObjectTag('outputParticles'),
+                              self.outputParticles.getSize()))
+        return summary
+
+    def _methods(self):
+        if not self.hasAttribute('outputParticles'):
+            return []
+        how = ('a GAN trained on projections of %s with noise harvested from the particles'
+               % self.getObjectTag('inputVolume')
+               if self.denoiseMode == cts.DENOISE_GAN else 'a self-supervised denoiser')
+        return ['%s were denoised with %s (%s).' % (self.getObjectTag('inputParticles'), how,
+                                                    self._methodsIntro())]

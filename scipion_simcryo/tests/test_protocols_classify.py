@@ -1,0 +1,185 @@
+"""ProtSimcryoClassify2D in a headless project, and the workflow
+import -> denoise -> classify -> align/average -> evaluate."""
+import mrcfile
+import numpy as np
+import pytest
+
+from pwem.constants import ALIGN_2D
+
+from scipion_simcryo import constants as cts
+from scipion_simcryo import convert
+from scipion_simcryo.protocols import (ProtSimcryoClassify2D, ProtSimcryoDenoise,
+                                       ProtSimcryoAlignAverage, ProtSimcryoEvaluate)
+from scipion_simcryo.tests.common import SimcryoTestBase, engineHas, fastArgs, K, BOX, N
+
+pytestmark = pytest.mark.skipif(
+    not (engineHas('simulate') and engineHas('classify')),
+    reason='engine commands `simcryo simulate` and `simcryo classify` not available')
+
+
+def classify(cls, particles, **kwargs):
+    values = dict(inputParticles=particles, numberOfClasses=K, useGpu=False,
+                  numberOfThreads=2, extraParams=fastArgs('classify'))
+    values.update(kwargs)
+    return cls.launchProtocol(cls.newProtocol(ProtSimcryoClassify2D, **values))
+
+
+class TestSimcryoClassify2D(SimcryoTestBase):
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.sim = cls.runSimulate(snr=2.0)
+        cls.prot = classify(cls, cls.sim.outputParticles)
+
+    def test_classes_and_representatives(self):
+        classes = self.prot.outputClasses
+        apix = self.sim.outputParticles.getSamplingRate()
+        self.assertEqual(sum(c.getSize() for c in classes), N)
+        self.assertLessEqual(classes.getSize(), K)
+        with mrcfile.open(self.prot._getFileName('out_averages')) as m:
+            averages = m.data.copy()
+        self.assertEqual(averages.shape[1:], (BOX, BOX))
+        self.assertEqual(averages.shape[0], K)
+        for cls in classes:
+            self.assertEqual(cls.getAlignment(), ALIGN_2D)
+            rep = cls.getRepresentative()
+            self.assertEqual(rep.getIndex(), cls.getObjId())
+            self.assertEqual(rep.getSamplingRate(), apix)
+            self.assertEqual(rep.getXDim(), BOX)
+            self.assertGreater(float(averages[cls.getObjId() - 1].std()), 0)
+            meanProb = cls.getAttributeValue(cts.CLASS_MEAN_PROB)
+            self.assertTrue(0.0 <= meanProb <= 1.0)
+
+    def test_particles_match_engine_output(self):
+        """Same assignments, probabilities and poses as the engine's particles.star."""
+        apix = self.sim.outputParticles.getSamplingRate()
+        result = convert.EngineResult(self.prot._getFileName('out_particles'), apix=apix)
+        self.assertEqual(result.n, N)
+        self.assertEqual(list(result.ids), [p.getObjId() for p in self.sim.outputParticles])
+        parts = self.prot.outputParticles
+        self.assertSetSize(parts, N)
+        self.assertEqual(parts.getAlignment(), ALIGN_2D)
+        self.assertTrue(parts.hasCTF())
+        for p in parts:
+            r = result.rowOf(p.getObjId())
+            self.assertEqual(p.getClassId(), result.classes[r])
+            prob = p.getAttributeValue(cts.CLASS_PROB)
+            self.assertTrue(0.0 <= prob <= 1.0)
+            self.assertAlmostEqual(prob, result.prob[r], places=5)
+            psi, sx, sy, _ = convert.poseFromMatrix(p.getTransform().getMatrix())
+            self.assertAlmostEqual((psi - result.psi[r] + 180) % 360 - 180, 0.0, places=3)
+            self.assertAlmostEqual(sx * apix, result.ox[r], places=3)
+            # The truth extras of the input survive classification.
+            self.assertIsNotNone(p.getAttributeValue(cts.TRUE_CLASS))
+        for cls in self.prot.outputClasses:
+            for p in cls:
+                self.assertEqual(p.getClassId(), cls.getObjId())
+
+    def test_checkpoint_and_summary(self):
+        self.assertTrue(self.prot._hasCheckpoint())
+        summary = '\n'.join(self.prot.summary())
+        self.assertIn('non-empty classes', summary)
+        self.assertTrue(self.prot.methods())
+
+    def test_validation(self):
+        prot = self.newProtocol(ProtSimcryoClassify2D, inputParticles=self.sim.outputParticles,
+                                numberOfClasses=N + 1)
+        self.assertTrue(any('K must not exceed' in e for e in prot.validate()))
+        prot = self.newProtocol(ProtSimcryoClassify2D, inputParticles=self.sim.outputParticles,
+                                numberOfClasses=K, maskRadius=BOX)
+        self.assertTrue(any('half the box' in e for e in prot.validate()))
+        prot = self.newProtocol(ProtSimcryoClassify2D, inputParticles=self.sim.outputParticles,
+                                numberOfClasses=K)
+        self.assertEqual(prot.validate(), [])
+        self.assertTrue(any('20 particles per class' in w for w in prot.warnings()))
+        args = prot._getEngineArgs()
+        self.assertIn('--phase-flip', args)
+        self.assertIn('--device cpu', args.replace("'", '')) if not prot._useGpu() else None
+
+    def test_wizards(self):
+        from pwem.wizards.wizard import ParticleMaskRadiusWizard
+        from scipion_simcryo.wizards import (SimcryoMaskRadiusWizard, defaultMaskRadius,
+                                             suggestedNumberOfClasses)
+        from scipion_simcryo.protocols import ProtSimcryoAlignAverage
+        prot = self.newProtocol(ProtSimcryoClassify2D, inputParticles=self.sim.outputParticles,
+                                maskRadius=11)
+        wiz = SimcryoMaskRadiusWizard()
+        self.assertIsInstance(wiz, ParticleMaskRadiusWizard)
+        p = wiz._getParameters(prot)
+        self.assertEqual((p['label'], p['value']), ('maskRadius', 11))
+        self.assertEqual(p['input'].get().getSize(), N)
+        self.assertIsNotNone(wiz._getProvider(prot))
+        self.assertEqual(defaultMaskRadius(prot), int(0.45 * BOX))
+        ali = self.newProtocol(ProtSimcryoAlignAverage, inputClasses=self.prot.outputClasses)
+        self.assertEqual(defaultMaskRadius(ali), int(0.45 * BOX))
+        self.assertEqual(suggestedNumberOfClasses(10000), 50)
+        self.assertEqual(suggestedNumberOfClasses(30), 2)
+
+    def test_classes_viewer_views(self):
+        """The viewers build their views without a display (no Tk window, Agg figures)."""
+        from matplotlib.figure import Figure
+        from pwem.viewers import ClassesView
+        from scipion_simcryo.viewers import SimcryoClassesViewer, MetricsTableView
+        assert 'DISPLAY' not in __import__('os').environ
+        viewer = SimcryoClassesViewer(project=self.proj, protocol=self.prot)
+        viewer.setProtocol(self.prot)
+        actions = viewer._getVisualizeDict()
+        self.assertEqual(set(actions), {'displayGallery', 'displayClasses', 'displayCurves',
+                                        'displayMetrics'})
+        gallery, = actions['displayGallery']()
+        fig = gallery.getFigure()
+        self.assertIsInstance(fig, Figure)
+        panels = [ax for ax in fig.axes if ax.images]
+        self.assertEqual(len(panels), self.prot.outputClasses.getSize())
+        # Largest class first, titles carry size and probability.
+        sizes = [int(ax.get_title().split('n=')[1].split()[0]) for ax in panels]
+        self.assertEqual(sizes, sorted(sizes, reverse=True))
+        self.assertIn('p=', panels[0].get_title())
+        classesView, = actions['displayClasses']()
+        self.assertIsInstance(classesView, ClassesView)
+        curves, = actions['displayCurves']()
+        self.assertTrue(hasattr(curves, 'getFigure') or hasattr(curves, 'getMessage'))
+        metrics, = actions['displayMetrics']()
+        if isinstance(metrics, MetricsTableView):
+            self.assertIn('metric', metrics.getText())
+
+
+@pytest.mark.skipif(not (engineHas('denoise') and engineHas('align')
+                         and engineHas('evaluate')),
+                    reason='workflow needs simcryo denoise, align and evaluate')
+class TestSimcryoWorkflow(SimcryoTestBase):
+    """import -> denoise -> classify -> align/average -> evaluate, in one project."""
+
+    def test_workflow(self):
+        sim = self.runSimulate(snr=2.0)
+        imported = self.importParticlesFromSimulation(sim).outputParticles
+        self.assertSetSize(imported, N)
+        self.assertFalse(imported.getFirstItem().hasAttribute(cts.TRUE_CLASS))
+
+        den = self.launchProtocol(self.newProtocol(
+            ProtSimcryoDenoise, inputParticles=imported, useGpu=False, numberOfThreads=2,
+            extraParams=fastArgs('denoise')))
+        self.assertSetSize(den.outputParticles, N)
+
+        cls2d = classify(self, den.outputParticles)
+        self.assertEqual(sum(c.getSize() for c in cls2d.outputClasses), N)
+
+        ali = self.launchProtocol(self.newProtocol(
+            ProtSimcryoAlignAverage, inputClasses=cls2d.outputClasses, useGpu=False,
+            numberOfThreads=2, extraParams=fastArgs('align')))
+        self.assertEqual(sum(c.getSize() for c in ali.outputClasses), N)
+        self.assertTrue(all(p.hasTransform() for p in ali.outputParticles))
+
+        # Imported particles carry no truth: it comes from the simulation, matched by id.
+        ev = self.launchProtocol(self.newProtocol(
+            ProtSimcryoEvaluate, inputClasses=ali.outputClasses,
+            truthParticles=sim.outputParticles, trueReferences=sim.outputReferences))
+        rows = dict(ev.getMetricsTable())
+        self.assertEqual(rows['particles scored'], N)
+        for name in ('ACC (Hungarian matching)', 'NMI', 'ARI', 'FMI'):
+            self.assertTrue(0.0 <= rows[name] <= 1.0 or name == 'ARI', (name, rows[name]))
+        # With K true classes, ACC can never fall below 1/K.
+        self.assertGreaterEqual(rows['ACC (Hungarian matching)'], 1.0 / K - 1e-9)
+        self.assertIn('FRC=0.5 median resolution of averages (Å)', rows)
+

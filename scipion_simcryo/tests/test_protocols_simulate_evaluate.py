@@ -1,0 +1,153 @@
+"""ProtSimcryoSimulate and ProtSimcryoEvaluate in a headless project."""
+import json
+
+import mrcfile
+import numpy as np
+import pytest
+
+from pwem.constants import ALIGN_NONE
+
+from scipion_simcryo import constants as cts
+from scipion_simcryo.protocols import ProtSimcryoEvaluate, ProtSimcryoSimulate
+from scipion_simcryo.tests.common import (SimcryoTestBase, addClassesOutput, engineHas, K,
+                                          PER_CLASS, BOX, N)
+
+pytestmark = pytest.mark.skipif(not engineHas('simulate'),
+                                reason='engine command `simcryo simulate` not available')
+
+
+class TestSimcryoSimulateEvaluate(SimcryoTestBase):
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.sim = cls.runSimulate()
+
+    def test_simulate_particles_carry_ctf_and_truth(self):
+        parts = self.sim.outputParticles
+        self.assertSetSize(parts, N)
+        self.assertTrue(parts.hasCTF())
+        self.assertEqual(parts.getXDim(), BOX)
+        self.assertGreater(parts.getSamplingRate(), 0)
+        self.assertEqual(parts.getAlignment(), ALIGN_NONE)
+        self.assertEqual(parts.getAcquisition().getVoltage(), 300.0)
+        labels, defoci = [], []
+        for p in parts:
+            labels.append(p.getAttributeValue(cts.TRUE_CLASS))
+            psi = p.getAttributeValue(cts.TRUE_PSI)
+            self.assertTrue(-360.0 <= psi <= 360.0)
+            ctf = p.getCTF()
+            defoci.append(ctf.getDefocusU())
+            self.assertGreaterEqual(ctf.getDefocusU(), ctf.getDefocusV())
+        # Default defocus range 1.0-2.5 µm (Scipion form in Å), astigmatism <= 500 Å.
+        self.assertTrue(all(9000 <= d <= 26000 for d in defoci), defoci)
+        self.assertEqual(sorted(set(labels)), list(range(1, K + 1)))
+        self.assertEqual(np.bincount(labels)[1:].tolist(), [PER_CLASS] * K)
+
+    def test_simulate_images_and_references(self):
+        parts = self.sim.outputParticles
+        first = parts.getFirstItem()
+        with mrcfile.mmap(first.getFileName(), permissive=True) as m:
+            self.assertEqual(m.data.shape, (N, BOX, BOX))
+            self.assertTrue(np.isfinite(m.data).all())
+            self.assertGreater(float(m.data.std()), 0)
+        refs = self.sim.outputReferences
+        self.assertSetSize(refs, K)
+        self.assertEqual(refs.getXDim(), BOX)
+        self.assertEqual(refs.getSamplingRate(), parts.getSamplingRate())
+
+    def test_simulate_real_noise_from_particles(self):
+        """Realistic-noise mode: noise cut from the background of a particle set."""
+        prot = self.runSimulate(noiseMode=cts.NOISE_REAL,
+                                noiseParticles=self.sim.outputParticles, particlesPerClass=4,
+                                noiseMaskRadius=8)
+        self.assertSetSize(prot.outputParticles, K * 4)
+        self.assertIn('--noise real', prot._getEngineArgs())
+        with mrcfile.mmap(prot.outputParticles.getFirstItem().getFileName(),
+                          permissive=True) as m:
+            self.assertTrue(np.isfinite(m.data).all())
+            self.assertGreater(float(m.data.std()), 0)
+
+    def test_simulate_validation(self):
+        prot = self.newProtocol(ProtSimcryoSimulate, volumeSource=1)
+        self.assertTrue(any('volume' in e for e in prot.validate()))
+        prot = self.newProtocol(ProtSimcryoSimulate, defocusMin=30000., defocusMax=10000.)
+        self.assertTrue(any('Defocus' in e for e in prot.validate()))
+        prot = self.newProtocol(ProtSimcryoSimulate, noiseMode=cts.NOISE_REAL)
+        self.assertTrue(any('noise' in e for e in prot.validate()))
+
+    def _evaluate(self, classes, **kwargs):
+        prot = self.newProtocol(ProtSimcryoEvaluate, inputClasses=classes, **kwargs)
+        return self.launchProtocol(prot)
+
+    def _metric(self, prot, name):
+        return dict((label.split()[0], v) for label, v in prot.getMetricsTable())[name]
+
+    @pytest.mark.skipif(not engineHas('evaluate'), reason='`simcryo evaluate` not available')
+    def test_evaluate_perfect_and_random(self):
+        parts = self.sim.outputParticles
+        # Perfect classes whose averages are the true projections themselves.
+        perfect = addClassesOutput(self.sim, parts,
+                                   lambda p: p.getAttributeValue(cts.TRUE_CLASS),
+                                   'truthClasses',
+                                   representatives=self.sim._getFileName('out_references'))
+        rng = np.random.default_rng(0)
+        random = {p.getObjId(): int(rng.integers(1, K + 1)) for p in parts}
+        shuffled = addClassesOutput(self.sim, parts, lambda p: random[p.getObjId()],
+                                    'randomClasses')
+        good = self._evaluate(perfect, trueReferences=self.sim.outputReferences)
+        for name in ('ACC', 'NMI', 'ARI', 'FMI'):
+            self.assertAlmostEqual(self._metric(good, name), 1.0, places=4)
+        bad = self._evaluate(shuffled)
+        self.assertLess(self._metric(bad, 'NMI'), 0.3)
+        self.assertLess(self._metric(bad, 'ARI'), 0.2)
+        self.assertLess(self._metric(bad, 'ACC'), 0.75)
+        # Averages identical to the references: FRC = 1 up to Nyquist.
+        nyquist = 2 * parts.getSamplingRate()
+        self.assertLessEqual(self._metric(good, 'FRC=0.5'), nyquist * 1.15)  # last FRC shell
+        self.assertTrue(any('ACC' in line for line in good.summary()))
+        with open(good._getFileName('report')) as f:
+            self.assertIsInstance(json.load(f), dict)
+
+    @pytest.mark.skipif(not engineHas('evaluate'), reason='`simcryo evaluate` not available')
+    def test_evaluate_two_classifications(self):
+        parts = self.sim.outputParticles
+        a = addClassesOutput(self.sim, parts, lambda p: p.getAttributeValue(cts.TRUE_CLASS),
+                             'classesA')
+        # Same partition with other class ids: agreement is perfect.
+        b = addClassesOutput(self.sim, parts,
+                             lambda p: 10 + K - p.getAttributeValue(cts.TRUE_CLASS),
+                             'classesB')
+        prot = self._evaluate(a, evaluateAgainst=cts.EVAL_OTHER, otherClasses=b)
+        self.assertAlmostEqual(self._metric(prot, 'ACC'), 1.0, places=4)
+        self.assertAlmostEqual(self._metric(prot, 'NMI'), 1.0, places=4)
+
+    def test_evaluate_refuses_unlabelled_particles(self):
+        imported = self.importParticlesFromSimulation(self.sim)
+        classes = addClassesOutput(imported, imported.outputParticles,
+                                   lambda p: p.getObjId() % 2 + 1, 'unlabelledClasses')
+        prot = self.newProtocol(ProtSimcryoEvaluate, inputClasses=classes)
+        self.assertTrue(any(cts.TRUE_CLASS in e for e in prot.validate()))
+
+    @pytest.mark.skipif(not engineHas('evaluate'), reason='`simcryo evaluate` not available')
+    def test_viewers_headless(self):
+        """Evaluation and simulation viewers build their views without a display."""
+        from matplotlib.figure import Figure
+        from scipion_simcryo.viewers import (SimcryoEvaluateViewer, SimcryoParticlesViewer,
+                                             MetricsTableView)
+        classes = addClassesOutput(self.sim, self.sim.outputParticles,
+                                   lambda p: p.getAttributeValue(cts.TRUE_CLASS),
+                                   'viewerClasses')
+        ev = self._evaluate(classes)
+        viewer = SimcryoEvaluateViewer(project=self.proj, protocol=ev)
+        viewer.setProtocol(ev)
+        table, = viewer._getVisualizeDict()['displayTable']()
+        self.assertIsInstance(table, MetricsTableView)
+        self.assertIn('ACC', table.getText())
+        plot, = viewer._getVisualizeDict()['displayPlot']()
+        self.assertIsInstance(plot.getFigure(), Figure)
+
+        pv = SimcryoParticlesViewer(project=self.proj, protocol=self.sim)
+        pv.setProtocol(self.sim)
+        refs, = pv._getVisualizeDict()['displayReferences']()
+        self.assertEqual(len([ax for ax in refs.getFigure().axes if ax.images]), K)

@@ -1,0 +1,2 @@
+from .viewers import (SimcryoClassesViewer, SimcryoEvaluateViewer, SimcryoParticlesViewer,
+                      MetricsTableView)

@@ -1,0 +1,2 @@
+from .wizards import (SimcryoMaskRadiusWizard, SimcryoNumberOfClassesWizard,
+                      defaultMaskRadius, suggestedNumberOfClasses)
