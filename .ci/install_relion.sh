@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install RELION 3.1 (Debian package) and its Scipion plugin for the side-by-side
-# benchmarks/tests. Idempotent and non-interactive; safe to source or run.
+# benchmarks/tests. Idempotent and non-interactive; run it (do not source it).
 #
 # Usage: .ci/install_relion.sh [VENV]      (VENV defaults to ./.venv)
 # Prints, as its last line:  export RELION_HOME=<folder named relion-3.1>
@@ -9,7 +9,7 @@ set -euo pipefail
 VENV="${1:-.venv}"
 PY="$VENV/bin/python"
 RELION_PLUGIN_VERSION="4.0.20"   # 5.x drives RELION 4/5 options that RELION 3.1 rejects
-RELION_ROOT="${SIMCRYO_RELION_ROOT:-$HOME/.simcryo-relion}"
+RELION_ROOT="${SIMCRYO_RELION_ROOT:-${HOME:-/tmp}/.simcryo-relion}"
 RELION_HOME_DIR="$RELION_ROOT/relion-3.1"   # the plugin reads its version from this name
 
 log() { echo "[install_relion] $*" >&2; }

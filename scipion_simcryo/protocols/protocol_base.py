@@ -3,6 +3,7 @@ import glob
 import json
 import os
 import shlex
+import shutil
 
 import pyworkflow.protocol.params as params
 from pyworkflow.constants import PROD
@@ -60,7 +61,10 @@ class ProtSimcryoBase(EMProtocol):
     def _defineComputeParams(self, form):
         form.addSection(label='Compute')
         if self._usesGpu:
-            form.addHidden(params.USE_GPU, params.BooleanParam, default=True,
+            # Default to the GPU only where a driver is installed, so that a CPU-only machine
+            # does not start with a setting that fails.
+            form.addHidden(params.USE_GPU, params.BooleanParam,
+                           default=shutil.which('nvidia-smi') is not None,
                            label='Use GPU?',
                            help='Run the engine on a GPU (PyTorch CUDA). No: CPU only.')
             form.addHidden(params.GPU_LIST, params.StringParam, default='0',
