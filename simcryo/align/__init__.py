@@ -1,8 +1,11 @@
 """In-plane alignment inside classes and class averaging (issue 4).
 
-`core`: rotation + translation alignment against references (polar rings / Fourier
-magnitudes, FFT along the angle, phase/cross-correlation), `polar` and `translate`: the
-primitives, `average`: weighted and CTF-aware (Wiener) class averages, `classalign`: the
-reference-free iterative alignment of classified particles.
+`core`: rotation + translation alignment against references (real-space polar rings or polar
+Fourier magnitudes, FFT along the angle, cross-/phase-correlation with sub-pixel peaks);
+`polar`, `translate`: the primitives; `average`: weights, rotational averages, CTF-aware
+(Wiener) class averages with half sets; `classalign`: reference-free iterative alignment of
+classified particles streamed in batches; `poseerror`: pose errors modulo the class frame.
+Pose convention: particle ~= simcryo.geometry.transform_images(average, psi, shift).
 """
+from simcryo.align.classalign import ClassAligner, ClassAlignParams, ParticleSource  # noqa: F401
 from simcryo.align.core import AlignParams, References, align_to_references  # noqa: F401

@@ -131,12 +131,17 @@ class ClassAccumulator:
         reg = shell_mean(den) / ssnr_grid
         return num / (den + reg + 1e-12)
 
+    def corrected(self, eps_fraction=0.1):
+        """Full-set CTF-corrected average without the SSNR shrinkage (regularised only where
+        the CTF vanishes)."""
+        num, den = self.num.sum(0), self.den.sum(0)
+        eps = eps_fraction * den.mean(dim=(-2, -1), keepdim=True).clamp_min(1e-12)
+        return num / (den + eps)
+
     def shift(self, shifts):
         """Translate every class's sums by (K, 2) px (used to re-centre the averages)."""
-        k = self.num.shape[1]
         for h in range(2):
             self.num[h] = fourier_shift(self.num[h], shifts.to(self.num.device))
-        return k
 
 
 def spectra_to_images(spectra):
@@ -152,9 +157,10 @@ def centre_of_mass(images, radius=None, lowpass_sigma=2.0):
     rad = radial_frequency(n, images.device)
     g = torch.exp(-(rad ** 2) * (2 * (torch.pi * lowpass_sigma / n) ** 2))
     smooth = torch.fft.irfft2(torch.fft.rfft2(images) * g, s=(n, n))
-    smooth = smooth - smooth.mean(dim=(-2, -1), keepdim=True)
     radius = n // 2 - 2 if radius is None else radius
     inside = (ax[:, None] ** 2 + ax[None, :] ** 2) <= radius ** 2
+    background = smooth[:, ~inside].mean(-1) if (~inside).any() else smooth.mean((-2, -1))
+    smooth = smooth - background[:, None, None]
     e = (smooth ** 2) * inside
     tot = e.sum((-2, -1)).clamp_min(1e-30)
     cx = (e * ax[None, None, :]).sum((-2, -1)) / tot

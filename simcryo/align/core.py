@@ -1,9 +1,12 @@
 """Combined in-plane rotation + translation alignment of particles against references.
 
-Pose convention (docs/ARCHITECTURE.md, `simcryo.geometry`): particle p and reference A satisfy
-p ~= transform_images(A, psi, shift), i.e. p(R(psi) u + shift) = A(u) with u measured from the
-box centre. Every function here returns psi (degrees, [-180, 180)) and shift (x, y) px in
-that convention, so `geometry.align_images(p, psi, shift)` ~= A.
+Pose conventions. Public results (`align_to_references`, `ClassAligner.poses`) follow
+`simcryo.geometry` / RELION: p ~= transform_images(A, psi, shift), so
+`geometry.align_images(p, psi, shift)` ~= A (psi in degrees, [-180, 180); shift (x, y) px).
+Internally (`align_internal`, `warp_to_reference`, ClassAligner.psi/shift) the pose is
+(psi_i, s_i) with p(R(psi_i) u + s_i) = A(u), u measured from the box centre, i.e. A rotated
+by +psi_i then translated by +s_i; geometry's forward model rotates by -psi and translates by
+-shift, so the two are related by a sign: psi = -psi_i, shift = -s_i (`to_geometry`).
 
 Two rotation searches are provided (choose with `AlignParams.method`):
 
@@ -21,8 +24,9 @@ from dataclasses import dataclass
 import torch
 
 from simcryo.align import polar
+from simcryo.align.average import rotational_average
 from simcryo.align.translate import (correlation_peak, cross_correlate, fourier_shift,
-                                     lowpass_filter, radial_frequency)
+                                     lowpass_filter)
 
 
 @dataclass
@@ -38,19 +42,33 @@ class AlignParams:
     phase_correlation: bool = False  # whiten the cross-power spectrum in translation search
 
 
+_BASE_CACHE = {}
+
+
+def _base_grid(box, device):
+    """(box*box, 3) rows [ux, uy, 1] in px from the box centre (cached per box/device)."""
+    key = (box, str(device))
+    if key not in _BASE_CACHE:
+        ax = torch.arange(box, device=device, dtype=torch.float32) - box // 2
+        uy, ux = torch.meshgrid(ax, ax, indexing="ij")
+        _BASE_CACHE[key] = torch.stack([ux.reshape(-1), uy.reshape(-1),
+                                        torch.ones(box * box, device=device)], -1)
+    return _BASE_CACHE[key]
+
+
 def warp_grid(psi, shift, box, device):
     """grid_sample grid for a(u) = p(R(psi) u + shift): output pixel u (from the box centre)
-    reads the input at R u + shift."""
-    ax = torch.arange(box, device=device, dtype=torch.float32) - box // 2
-    uy, ux = torch.meshgrid(ax, ax, indexing="ij")
+    reads the input at R u + shift. One batched matmul (align_corners=False coordinates)."""
     t = torch.deg2rad(psi.to(device, torch.float32))
-    c, s = torch.cos(t)[:, None, None], torch.sin(t)[:, None, None]
+    c, s = torch.cos(t), torch.sin(t)
     sh = shift.to(device, torch.float32)
-    x = c * ux - s * uy + sh[:, 0, None, None]
-    y = s * ux + c * uy + sh[:, 1, None, None]
     scale = 2.0 / box
     off = (2 * (box // 2) + 1) / box - 1.0
-    return torch.stack([x * scale + off, y * scale + off], -1)
+    theta = torch.stack([torch.stack([c, s], -1), torch.stack([-s, c], -1),
+                         torch.stack([sh[:, 0] * scale + off, sh[:, 1] * scale + off], -1)], 1)
+    theta[:, :2] *= scale
+    base = _base_grid(box, device)
+    return torch.matmul(base, theta).view(-1, box, box, 2)
 
 
 def warp_to_reference(images, psi, shift, mode="bilinear"):
@@ -89,6 +107,7 @@ class References:
         self.rings_fft = polar.rings_fft(polar.sample_rings(filtered, zero, self.radii,
                                                             params.n_theta))
         self._mag = None
+        self.round_spectra = torch.fft.rfft2(rotational_average(filtered))
 
     def magnitude_rings(self):
         if self._mag is None:
@@ -141,18 +160,35 @@ def _rotation_magnitude(images, refs, labels):
     return polar.circular_peak(curve, 180.0)
 
 
-def align_to_references(images, refs, labels, shift0=None, psi0=None):
-    """Align particles (B, n, n) to references `refs` (a References), particle i against
-    reference labels[i]. shift0: starting centre estimates (B, 2) px (default 0).
+def to_geometry(psi_i, shift_i):
+    """Internal pose -> simcryo.geometry / RELION pose (and back: the map is its own inverse)."""
+    return wrap_angle(-psi_i), -shift_i
 
-    Returns a dict: psi (B,), shift (B, 2), score (B,) (band-limited cross-correlation peak),
-    spectrum (B, n, n//2+1): the rfft2 of the particle brought into the reference frame."""
+
+def align_to_references(images, refs, labels, shift0=None):
+    """Align particles (B, n, n) to references `refs` (a References), particle i against
+    reference labels[i]; shift0: starting shift estimates (B, 2) px, default: a
+    rotation-independent centring. Poses in the simcryo.geometry convention:
+    align_images(images[i], psi[i], shift[i]) ~= reference labels[i].
+
+    Returns a dict: psi (B,), shift (B, 2), score (B,) (cross-correlation peak) and spectrum
+    (B, n, n//2+1): the rfft2 of each particle brought into its reference's frame."""
+    start = None if shift0 is None else -torch.as_tensor(shift0, dtype=torch.float32)
+    out = align_internal(images, refs, labels, start)
+    out["psi"], out["shift"] = to_geometry(out["psi"], out["shift"])
+    return out
+
+
+def align_internal(images, refs, labels, shift0=None):
+    """`align_to_references` with poses in the internal convention (module docstring)."""
     b, n, _ = images.shape
     dev = images.device
     labels = torch.as_tensor(labels, device=dev, dtype=torch.long)
     shift = torch.zeros(b, 2, device=dev) if shift0 is None else shift0.to(dev).float().clone()
     max_shift = refs.max_shift()
     p = refs.params
+    if shift0 is None:
+        shift = centre_particles(images, refs, labels, max_shift)
     if p.method == "magnitude":
         return _align_magnitude(images, refs, labels, shift, max_shift)
     if p.method != "rings":
@@ -162,6 +198,14 @@ def align_to_references(images, refs, labels, shift0=None, psi0=None):
         shift, spec, peak = _translation(images, refs, labels, psi, shift, max_shift)
         shift = _clamp_norm(shift, max_shift)
     return {"psi": wrap_angle(psi), "shift": shift, "score": peak, "spectrum": spec}
+
+
+def centre_particles(images, refs, labels, max_shift=None):
+    """Rotation-independent centre estimate: cross-correlation with the rotationally
+    averaged references."""
+    cc = cross_correlate(torch.fft.rfft2(images), refs.round_spectra[labels])
+    shift, _ = correlation_peak(cc, refs.max_shift() if max_shift is None else max_shift)
+    return shift
 
 
 def _clamp_norm(shift, limit):
@@ -192,29 +236,43 @@ def _align_magnitude(images, refs, labels, shift, max_shift):
             "spectrum": spec}
 
 
-def normalized_correlation(spec, ref_spec, weight=None, ctf2=None):
-    """Normalised cross-correlation of aligned particle spectra (B, n, m) with reference
-    spectra (B, n, m), over the rfft2 half plane (column weights make it a full-plane sum).
+_HALF_PLANE_CACHE = {}
 
-    ctf2: the particles' CTF^2 in the reference frame when the particles are CTF-multiplied;
-    the reference is then seen through it, so classes are compared fairly."""
-    n = spec.shape[-2]
-    m = spec.shape[-1]
-    col = torch.full((m,), 2.0, device=spec.device)
-    col[0] = 1.0
-    if n % 2 == 0:
-        col[-1] = 1.0
-    w = col if weight is None else col * weight
-    w = w.expand(spec.shape[-2:])
-    w = w.clone()
-    w[0, 0] = 0.0  # ignore the mean
-    cross = (spec * ref_spec.conj()).real
-    num = (cross * w).sum((-2, -1))
-    ref_pow = ref_spec.abs() ** 2
+
+def _half_plane_weights(n, m, device):
+    """Weights that turn a sum over the rfft2 half plane into the full-plane sum (the mean
+    term excluded)."""
+    key = (n, m, str(device))
+    if key not in _HALF_PLANE_CACHE:
+        w = torch.full((n, m), 2.0, device=device)
+        w[:, 0] = 1.0
+        if n % 2 == 0:
+            w[:, -1] = 1.0
+        w[0, 0] = 0.0
+        _HALF_PLANE_CACHE[key] = w
+    return _HALF_PLANE_CACHE[key]
+
+
+def spectral_power(spec):
+    """Sum of |F|^2 over the full plane (mean excluded) from rfft2 spectra (B, n, m)."""
+    w = _half_plane_weights(spec.shape[-2], spec.shape[-1], spec.device)
+    return ((spec.real ** 2 + spec.imag ** 2) * w).sum((-2, -1))
+
+
+def normalized_correlation(spec, ref_spec, ctf2=None, part_pow=None):
+    """Normalised cross-correlation of aligned particle spectra (B, n, m) with reference
+    spectra (B, n, m) (mean excluded).
+
+    With CTF: `spec` is CTF * F (the particle multiplied by its CTF, in the reference frame),
+    ctf2 the CTF^2 there and part_pow the power of the particle itself (`spectral_power` of
+    F): the result is the correlation of the particle with the reference seen through its
+    CTF, so different classes are compared fairly."""
+    w = _half_plane_weights(spec.shape[-2], spec.shape[-1], spec.device)
+    num = ((spec * ref_spec.conj()).real * w).sum((-2, -1))
+    ref_pow = ref_spec.real ** 2 + ref_spec.imag ** 2
     if ctf2 is not None:
         ref_pow = ref_pow * ctf2
-        part_pow = (spec.abs() ** 2 * w).sum((-2, -1))
-    else:
-        part_pow = (spec.abs() ** 2 * w).sum((-2, -1))
+    if part_pow is None:
+        part_pow = spectral_power(spec)
     den = torch.sqrt((ref_pow * w).sum((-2, -1)) * part_pow).clamp_min(1e-30)
     return num / den

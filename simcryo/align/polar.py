@@ -37,19 +37,28 @@ def ring_radii(box, radius=None, r_min=1.0, step=1.0):
     return r_min + step * torch.arange(n, dtype=torch.float32)
 
 
+_RING_CACHE = {}
+
+
+def _ring_grid(box, radii, n_theta, device):
+    """Ring sample points in grid_sample coordinates around the box centre (cached)."""
+    key = (box, tuple(radii.tolist()), n_theta, str(device))
+    if key not in _RING_CACHE:
+        theta = torch.arange(n_theta, device=device, dtype=torch.float32) * (2 * math.pi / n_theta)
+        r = radii.to(device)
+        px = r[:, None] * torch.cos(theta)[None, :] + box // 2
+        py = r[:, None] * torch.sin(theta)[None, :] + box // 2
+        _RING_CACHE[key] = torch.stack([_to_grid_coords(px, box), _to_grid_coords(py, box)], -1)
+    return _RING_CACHE[key]
+
+
 def sample_rings(images, centres, radii, n_theta):
     """Sample images (B, n, n) on rings around per-image centres (B, 2) in px relative to the
     box centre. Returns (B, n_r, n_theta)."""
     b, n, _ = images.shape
-    dev = images.device
-    theta = torch.arange(n_theta, device=dev, dtype=torch.float32) * (2 * math.pi / n_theta)
-    r = radii.to(dev)
-    px = r[:, None] * torch.cos(theta)[None, :]
-    py = r[:, None] * torch.sin(theta)[None, :]
-    c = centres.to(dev, torch.float32) + n // 2
-    gx = _to_grid_coords(px[None] + c[:, 0, None, None], n)
-    gy = _to_grid_coords(py[None] + c[:, 1, None, None], n)
-    grid = torch.stack([gx, gy], -1)
+    base = _ring_grid(n, radii, n_theta, images.device)
+    offset = centres.to(images.device, torch.float32) * (2.0 / n)
+    grid = base[None] + offset[:, None, None, :]
     out = torch.nn.functional.grid_sample(images[:, None], grid, mode="bilinear",
                                           padding_mode="zeros", align_corners=False)
     return out[:, 0]

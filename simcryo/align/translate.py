@@ -21,11 +21,12 @@ def radial_frequency(n, device):
 
 def shift_phase(shift, n, device):
     """exp(-2 pi i k.s / n) for shifts (B, 2): multiplying an rfft2 spectrum by it shifts the
-    image by +s."""
+    image by +s. Separable: only B * (n + n//2 + 1) complex exponentials are evaluated."""
     ky, kx = frequency_grid(n, device)
     s = shift.to(device, torch.float32)
-    arg = (kx[None] * s[:, 0, None, None] + ky[None] * s[:, 1, None, None]) * (-2j * torch.pi / n)
-    return torch.exp(arg)
+    px = torch.polar(torch.ones(1, device=device), (-2 * torch.pi / n) * kx[0][None] * s[:, :1])
+    py = torch.polar(torch.ones(1, device=device), (-2 * torch.pi / n) * ky[:, 0][None] * s[:, 1:])
+    return py[:, :, None] * px[:, None, :]
 
 
 def fourier_shift(spectra, shift):
@@ -50,14 +51,25 @@ def _parabola_offset(ym, y0, yp):
     return off.clamp(-0.5, 0.5)
 
 
+_DISC_CACHE = {}
+
+
+def _wrapped_disc(n, radius, device):
+    """Pixels of an unshifted (FFT-order) correlation map within `radius` of zero shift."""
+    key = (n, float(radius), str(device))
+    if key not in _DISC_CACHE:
+        ax = torch.fft.fftfreq(n, d=1.0 / n, device=device)
+        _DISC_CACHE[key] = (ax[:, None] ** 2 + ax[None, :] ** 2) <= radius ** 2
+    return _DISC_CACHE[key]
+
+
 def correlation_peak(cc, max_shift=None):
-    """Sub-pixel peak of centred correlation maps (B, n, n) (zero shift at pixel n//2).
+    """Sub-pixel peak of correlation maps (B, n, n) in FFT order (zero shift at pixel 0).
 
     Searches within `max_shift` px of zero; returns (shift (B, 2) as (x, y), peak value)."""
     b, n, _ = cc.shape
     if max_shift is not None and max_shift < n / 2:
-        ax = torch.arange(n, device=cc.device, dtype=torch.float32) - n // 2
-        inside = (ax[:, None] ** 2 + ax[None, :] ** 2) <= max_shift ** 2
+        inside = _wrapped_disc(n, max_shift, cc.device)
         flat = cc.masked_fill(~inside, float("-inf")).reshape(b, -1)
     else:
         flat = cc.reshape(b, -1)
@@ -67,12 +79,15 @@ def correlation_peak(cc, max_shift=None):
     y0 = cc[ar, iy, ix]
     offx = _parabola_offset(cc[ar, iy, (ix - 1) % n], y0, cc[ar, iy, (ix + 1) % n])
     offy = _parabola_offset(cc[ar, (iy - 1) % n, ix], y0, cc[ar, (iy + 1) % n, ix])
-    shift = torch.stack([ix.float() + offx - n // 2, iy.float() + offy - n // 2], -1)
+    wx = torch.remainder(ix + n // 2, n) - n // 2
+    wy = torch.remainder(iy + n // 2, n) - n // 2
+    shift = torch.stack([wx.float() + offx, wy.float() + offy], -1)
     return shift, y0
 
 
 def cross_correlate(spec_a, spec_ref, weight=None, phase=False, eps=1e-6):
-    """Centred cross-correlation maps of a against ref (both rfft2 spectra).
+    """Cross-correlation maps of a against ref (both rfft2 spectra), FFT order (zero shift
+    at pixel 0).
 
     phase=True whitens the cross-power spectrum (classic phase correlation: sharp peaks at
     high SNR, but it amplifies noise, so it is off by default for particles)."""
@@ -82,8 +97,7 @@ def cross_correlate(spec_a, spec_ref, weight=None, phase=False, eps=1e-6):
         prod = prod / (prod.abs() + eps * prod.abs().mean(dim=(-2, -1), keepdim=True) + 1e-30)
     if weight is not None:
         prod = prod * weight
-    cc = torch.fft.irfft2(prod, s=(n, n))
-    return torch.fft.fftshift(cc, dim=(-2, -1))
+    return torch.fft.irfft2(prod, s=(n, n))
 
 
 def phase_correlation_shift(a, ref, max_shift=None, weight=None, phase=True):

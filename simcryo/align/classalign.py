@@ -1,0 +1,543 @@
+"""Reference-free iterative alignment of classified particles and their class averages.
+
+Per class: centre the particles against the rotationally averaged class sum; seed oriented
+references from the best-connected members of a small subset (members whose aligned
+correlations with the others are highest, each averaged with the subset aligned onto it);
+refine each candidate seed for a few iterations on a subsample and keep the one whose members
+correlate best with it (a single seed can lock onto a pseudo-symmetric mixture of poses);
+then iterate on all members: align against the class reference, re-average with weights
+(class probability, optionally a per-particle SNR estimate; CTF-aware Wiener averages when
+CTF parameters exist), re-centre each average on its centre of mass, until the poses settle.
+The search and the running averages use a Fourier-cropped box; the final averages are built
+once at the full box. Particles are streamed in batches from a `ParticleSource`; memory grows
+with N only through per-particle arrays.
+"""
+import dataclasses
+import math
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from simcryo.align.average import (ClassAccumulator, centre_of_mass, normalize_weights,
+                                   rotational_average, spectra_to_images)
+from simcryo.align.core import (AlignParams, References, align_internal, centre_particles,
+                                normalized_correlation, rotate_shift, spectral_power,
+                                to_geometry, warp_to_reference, wrap_angle)
+from simcryo.align.translate import fourier_shift
+
+
+@dataclass
+class ClassAlignParams:
+    iterations: int = 8
+    batch_size: int = 1024
+    workers: int = 1               # batches aligned in parallel threads (see iterate)
+    seed_subset: int = 32          # members per class tried as the seed reference
+    mask_radius: float = None      # soft mask of the references, px (default box//2 - 2)
+    tol_angle: float = 0.5         # stop when the median angle change < this (deg) ...
+    tol_shift: float = 0.1         # ... and the median shift change < this (px)
+    snr_weights: bool = False      # multiply class probabilities by a per-particle SNR
+    reassign: bool = False         # move particles to the best-matching class average
+    ctf_mode: str = "flip"         # "flip" (phase flip) or "multiply" (matched filter)
+    align_box: int = 0             # Fourier-crop to this box for the search (0: full box)
+    polish: bool = True            # final averages with exact shifts + bicubic rotation
+    final_iterations: int = 2      # iterations at the full box after the search box ones
+    reference_filter: str = "wiener"  # running references: "wiener" or "none" (CTF-corrected)
+    starts: int = 4                # candidate seeds per class (best-connected members)
+    trial_iterations: int = 3      # iterations on a subsample to pick among the seeds
+    trial_size: int = 300          # members per class in that subsample
+    seed: int = 0
+    align: AlignParams = dataclasses.field(default_factory=AlignParams)
+
+
+class ParticleSource:
+    """Streams particles: `get_images(indices) -> (B, n, n)` array, optional per-particle CTF
+    (simcryo.io.particles.CTFParams) and pixel size (Å). Images are background-normalised
+    (RELION convention) when `normalize` is set."""
+
+    def __init__(self, get_images, n, box, device, ctf=None, apix=1.0, normalize=True):
+        self.get_images, self.n, self.box = get_images, n, box
+        self.device, self.ctf, self.apix = device, ctf, apix
+        self.normalize = normalize
+        self._ctf_eval = {}
+
+    @property
+    def has_ctf(self):
+        return self.ctf is not None
+
+    def ctf_images(self, indices, box, psi=None):
+        """CTF (B, box, box//2+1) of the particles Fourier-cropped to `box`; with psi, as seen
+        in the reference frame."""
+        if box not in self._ctf_eval:
+            self._ctf_eval[box] = FastCTF(self.ctf, box, self.apix * self.box / box,
+                                          self.device)
+        return self._ctf_eval[box](indices, psi)
+
+    def load(self, indices):
+        x = torch.as_tensor(np.asarray(self.get_images(indices)), dtype=torch.float32,
+                            device=self.device)
+        if self.normalize:
+            from simcryo.preprocess import normalize_background
+            x = normalize_background(x)
+        return x
+
+
+def crop_spectrum(spec, box):
+    """Fourier crop of rfft2 spectra (..., n, n//2+1) to (..., box, box//2+1)."""
+    n = spec.shape[-2]
+    if box >= n:
+        return spec
+    h = box // 2
+    rows = torch.cat([spec[..., :h, :], spec[..., n - h:, :]], dim=-2)
+    return rows[..., : h + 1] * (box / n) ** 2
+
+
+class FastCTF:
+    """float32 CTF images in rfft2 layout for a subset of particles, optionally seen in the
+    reference frame (astigmatism axis turned by -psi). Same formula as simcryo.ctf.ctf_2d
+    (checked by a test), but the per-particle constants are folded so that one batch costs a
+    few fused float32 operations instead of float64 trigonometry."""
+
+    def __init__(self, ctf, box, apix, device):
+        from simcryo.ctf import electron_wavelength, frequency_grid
+        fy, fx = frequency_grid(box, apix, device, rfft=True)
+        s2 = fx ** 2 + fy ** 2
+        alpha = torch.atan2(fy, fx)
+        self.s2 = s2.float()
+        self.shape = tuple(s2.shape)
+        self.basis = torch.stack([s2, s2 * torch.cos(2 * alpha), s2 * torch.sin(2 * alpha),
+                                  s2 ** 2, torch.ones_like(s2)]).reshape(5, -1).float()
+        lam = electron_wavelength(ctf.voltage)
+        du, dv = np.asarray(ctf.defocus_u, np.float64), np.asarray(ctf.defocus_v, np.float64)
+        w = np.clip(np.asarray(ctf.amp_contrast, np.float64), 0.0, 0.999)
+        self.mean_def = np.pi * lam * 0.5 * (du + dv)
+        self.ast_def = np.pi * lam * 0.5 * (du - dv)
+        self.angle = np.deg2rad(np.asarray(ctf.defocus_angle, np.float64))
+        self.quartic = -0.5 * np.pi * np.asarray(ctf.cs, np.float64) * 1e7 * lam ** 3
+        self.const = np.deg2rad(np.asarray(ctf.phase_shift, np.float64)) + np.arcsin(w)
+        self.bfac = -np.asarray(ctf.bfactor, np.float64) / 4.0
+        self.device = device
+
+    def __call__(self, indices, psi=None):
+        idx = np.asarray(indices)
+        ang = torch.as_tensor(self.angle[idx], device=self.device)
+        if psi is not None:
+            ang = ang - torch.deg2rad(psi.to(self.device).double())
+        ast = torch.as_tensor(self.ast_def[idx], device=self.device)
+        # chi = [s2, s2 cos2a, s2 sin2a, s4, 1] . per-particle coefficients: one matmul
+        coef = torch.stack([torch.as_tensor(self.mean_def[idx], device=self.device),
+                            ast * torch.cos(2 * ang), ast * torch.sin(2 * ang),
+                            torch.as_tensor(self.quartic[idx], device=self.device),
+                            torch.as_tensor(self.const[idx], device=self.device)], 1).float()
+        chi = (coef @ self.basis).view(len(idx), *self.shape)
+        out = torch.sin(chi).neg_()
+        if np.any(self.bfac[idx] != 0):
+            bf = torch.as_tensor(self.bfac[idx], dtype=torch.float32, device=self.device)
+            out = out * torch.exp(bf[:, None, None] * self.s2)
+        return out
+
+
+def soft_mask(box, radius, device, width=4.0):
+    ax = torch.arange(box, device=device, dtype=torch.float32) - box // 2
+    r = torch.sqrt(ax[:, None] ** 2 + ax[None, :] ** 2)
+    t = ((r - radius) / width).clamp(0, 1)
+    return 0.5 * (1 + torch.cos(math.pi * t))
+
+
+class ClassAligner:
+    """Iterative reference-free alignment of K classes (see the module docstring).
+
+    The search and the running averages live in the Fourier-cropped search box (`align_box`);
+    the final averages (`polish`) are built once at the full box. After `run()`: `poses()`
+    (psi, shift) in the simcryo.geometry / RELION convention (full-box px; the attributes
+    psi/shift hold the internal convention, see simcryo.align.core), labels (N,) 0-based,
+    averages (K, n, n), acc (the final ClassAccumulator: half sets, FRC), ncc (N,), history
+    (per-iteration changes and speed)."""
+
+    def __init__(self, source, labels, weights, n_classes, params, log=print):
+        self.src, self.p, self.log = source, params, log
+        self.dev = source.device
+        self.n, self.box = source.n, source.box
+        ab = int(params.align_box or self.box)
+        self.abox = max(min(ab // 2 * 2, self.box), 16)
+        self.scale = self.abox / self.box
+        self.k = int(n_classes)
+        self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+        self.prob = torch.as_tensor(np.asarray(weights), dtype=torch.float32)
+        self.psi = torch.zeros(self.n)
+        self.shift = torch.zeros(self.n, 2)
+        self.ncc = torch.zeros(self.n)
+        self.gen = torch.Generator().manual_seed(int(params.seed))
+        self.halves = torch.randint(0, 2, (self.n,), generator=self.gen)
+        radius = params.mask_radius or self.box // 2 - 2
+        self.mask = soft_mask(self.box, radius, self.dev)
+        self.mask_small = soft_mask(self.abox, radius * self.scale, self.dev,
+                                    width=max(4.0 * self.scale, 1.5))
+        self.history = []
+        self.active = None         # restricts the passes to a subsample (seed trials)
+        self.seed_scores = None
+        self.small = None          # running averages in the search box (K, abox, abox)
+        self.averages = None       # final averages, full box
+        self.acc = None
+        self.moved = None
+        self.align_seconds = []
+
+    # -- per-batch building blocks ------------------------------------------------------
+    def _batches(self, indices=None):
+        if indices is None:
+            indices = self.active
+        idx = np.arange(self.n) if indices is None else np.asarray(indices)
+        bs = max(int(self.p.batch_size), 1)
+        for s in range(0, len(idx), bs):
+            yield idx[s:s + bs]
+
+    def _search_images(self, x, idx, with_power=False):
+        """Fourier-cropped particles for the search, CTF-multiplied (matched filter) or
+        phase-flipped; with_power also returns each cropped particle's own power."""
+        spec = crop_spectrum(torch.fft.rfft2(x), self.abox)
+        power = spectral_power(spec) if with_power else None
+        if self.src.has_ctf:
+            c = self.src.ctf_images(idx, self.abox)
+            spec = spec * (c if self.p.ctf_mode == "multiply" else torch.sign(c))
+        xs = torch.fft.irfft2(spec, s=(self.abox, self.abox))
+        return (xs, power) if with_power else xs
+
+    def _add_search(self, acc, spec, idx, psi, weights):
+        """Add aligned search-box spectra (of `_search_images`) to a search-box accumulator:
+        numerator CTF * F, denominator CTF^2, with the CTF seen in the class frame."""
+        c2 = None
+        if self.src.has_ctf:
+            c = self.src.ctf_images(idx, self.abox, psi.to(self.dev))
+            c2 = c * c
+            if self.p.ctf_mode == "flip":
+                spec = spec * c.abs()
+        acc.add(spec, self.labels[idx].to(self.dev), weights[idx], self.halves[idx], c2)
+
+    def _weights(self):
+        w = self.prob.clone()
+        if self.p.snr_weights and self.ncc.abs().sum() > 0:
+            c = self.ncc.clamp(0, 0.99)
+            w = w * (c ** 2 / (1 - c ** 2)).clamp_min(1e-6)
+        return normalize_weights(w, self.labels, self.k)
+
+    def _references(self):
+        return References(self.small * self.mask_small, self.p.align)
+
+    def _align(self, xs, refs, lab, shift_full):
+        out = align_internal(xs, refs, lab, shift0=(shift_full * self.scale).to(self.dev))
+        return out["psi"], out["shift"] / self.scale, out
+
+    def _ncc(self, spec, refs, idx, lab, psi, power):
+        """Normalised correlation of aligned search spectra with their references, seen
+        through each particle's CTF (see core.normalized_correlation)."""
+        c2 = self.src.ctf_images(idx, self.abox, psi) ** 2 if self.src.has_ctf else None
+        if c2 is not None and self.p.ctf_mode == "flip":
+            spec = spec * torch.sqrt(c2)
+        return normalized_correlation(spec, refs.spectra[lab], ctf2=c2, part_pow=power)
+
+    def _reference_spectra(self, acc):
+        if self.p.reference_filter == "wiener":
+            return acc.wiener()
+        return acc.corrected()
+
+    def _set_small(self, acc):
+        self.acc = acc
+        self.small = spectra_to_images(self._reference_spectra(acc))
+        com = centre_of_mass(self.small * self.mask_small)
+        self._apply_recentre(acc, com, com / self.scale)
+        self.small = spectra_to_images(self._reference_spectra(acc))
+
+    def _apply_recentre(self, acc, com_box, com_full):
+        """Move each average's centre of mass to the box centre; the particles' shifts follow
+        so that p ~= transform(A, psi, shift) still holds for the moved average."""
+        acc.shift(-com_box)
+        self.shift += rotate_shift(self.psi, com_full.cpu()[self.labels])
+
+    # -- stages -------------------------------------------------------------------------
+    def centre(self):
+        """Centre every particle on its class's rotationally averaged, unaligned sum."""
+        acc = ClassAccumulator(self.k, self.abox, self.dev)
+        w = self._weights()
+        for idx in self._batches():
+            xs = self._search_images(self.src.load(idx), idx)
+            self._add_search(acc, torch.fft.rfft2(xs), idx, torch.zeros(len(idx)), w)
+        self.small = rotational_average(spectra_to_images(acc.wiener()))
+        refs = self._references()
+        for idx in self._batches():
+            xs = self._search_images(self.src.load(idx), idx)
+            lab = self.labels[idx].to(self.dev)
+            self.shift[idx] = (centre_particles(xs, refs, lab) / self.scale).cpu()
+
+    def seed_candidates(self):
+        """Per class: pairwise-align a subset of members; the `starts` best-connected members
+        (highest mean correlation with their best-matching half of the others) each give a
+        candidate seed: the subset aligned onto that member. Returns (starts, K, abox, abox)."""
+        p = self.p
+        n_starts = max(int(p.starts), 1)
+        seeds = torch.zeros(n_starts, self.k, self.abox, self.abox, device=self.dev)
+        order = torch.randperm(self.n, generator=self.gen)
+        for c in range(self.k):
+            members = order[self.labels[order] == c]
+            if len(members) == 0:
+                continue
+            members = members[torch.argsort(-self.prob[members], stable=True)][:p.seed_subset]
+            idx = members.numpy()
+            xs = self._search_images(self.src.load(idx), idx)
+            sh = (self.shift[idx] * self.scale).to(self.dev)
+            centred = torch.fft.irfft2(fourier_shift(torch.fft.rfft2(xs), -sh),
+                                       s=xs.shape[-2:])
+            m = len(idx)
+            refs = References(centred * self.mask_small, p.align)
+            parts = centred.repeat(m, 1, 1)                       # particle j in row i*m + j
+            labs = torch.arange(m, device=self.dev).repeat_interleave(m)
+            out = align_internal(parts, refs, labs, shift0=torch.zeros(m * m, 2))
+            ncc = normalized_correlation(out["spectrum"], refs.spectra[labs]).view(m, m)
+            if m > 1:
+                ncc.fill_diagonal_(float("-inf"))
+                connect = ncc.topk(max(1, (m - 1) // 2), dim=1).values.mean(1)
+            else:
+                connect = torch.zeros(1, device=self.dev)
+            ranked = torch.argsort(connect, descending=True).tolist()
+            for s_i in range(n_starts):
+                best = ranked[s_i % m]
+                rows = slice(best * m, (best + 1) * m)
+                psi = out["psi"][rows].clone()
+                shift = out["shift"][rows].clone()
+                psi[best], shift[best] = 0.0, 0.0
+                acc = ClassAccumulator(1, self.abox, self.dev)
+                spec = torch.fft.rfft2(warp_to_reference(centred, psi, shift))
+                c2 = None
+                if self.src.has_ctf:
+                    ct = self.src.ctf_images(idx, self.abox, psi)
+                    c2 = ct * ct
+                    if p.ctf_mode == "flip":
+                        spec = spec * ct.abs()
+                acc.add(spec, torch.zeros(m, dtype=torch.long, device=self.dev),
+                        torch.ones(m), torch.arange(m) % 2, c2)
+                seeds[s_i, c] = spectra_to_images(acc.wiener())[0]
+        return seeds
+
+    def _trial_indices(self):
+        """A random subsample (at most `trial_size` per class) for choosing between seeds."""
+        order = torch.randperm(self.n, generator=self.gen)
+        keep = []
+        for c in range(self.k):
+            keep.append(order[self.labels[order] == c][: self.p.trial_size])
+        return torch.sort(torch.cat(keep)).values.numpy()
+
+    def seed_references(self):
+        """Starting references: each candidate seed is refined by `trial_iterations` on a
+        subsample; per class the candidate whose members correlate best with its refined
+        average wins (a seed that locks onto a pseudo-symmetric mixture scores lower)."""
+        seeds = self.seed_candidates()
+        if len(seeds) == 1 or self.p.trial_iterations < 1:
+            self.small = seeds[0]
+            self._recentre_small()
+            return
+        saved = (self.psi.clone(), self.shift.clone())
+        self.active = self._trial_indices()
+        scores, refined = [], []
+        for seed in seeds:
+            self.psi, self.shift = saved[0].clone(), saved[1].clone()
+            self.small = seed
+            self._recentre_small()
+            for _ in range(self.p.trial_iterations):
+                self.iterate(track_ncc=True)
+            lab = self.labels[self.active]
+            ncc = self.ncc[self.active]
+            sums = torch.zeros(self.k).index_add_(0, lab, ncc)
+            counts = torch.bincount(lab, minlength=self.k).clamp_min(1)
+            scores.append(sums / counts)
+            refined.append(self.small.clone())
+        self.active = None
+        self.align_seconds.clear()
+        self.psi, self.shift = saved
+        scores = torch.stack(scores)                      # (starts, K)
+        choice = scores.argmax(0)
+        self.seed_scores = scores
+        self.small = torch.stack([refined[int(choice[c])][c] for c in range(self.k)])
+
+    def _recentre_small(self):
+        com = centre_of_mass(self.small * self.mask_small)
+        self.small = spectra_to_images(fourier_shift(torch.fft.rfft2(self.small), -com))
+
+    def iterate(self, track_ncc=False):
+        """One pass: align every particle against its class average, re-average.
+
+        With params.workers > 1 the batches run in that many Python threads, each with one
+        torch thread: on a busy machine this scales better than torch's intra-op threads,
+        whose barriers spin while another process holds a core."""
+        refs = self._references()
+        acc = ClassAccumulator(self.k, self.abox, self.dev)
+        old_psi, old_shift = self.psi.clone(), self.shift.clone()
+        w = self._weights()
+        lock = threading.Lock()
+
+        def one_batch(idx):
+            xs, power = self._search_images(self.src.load(idx), idx, with_power=True)
+            lab = self.labels[idx].to(self.dev)
+            psi, shift, out = self._align(xs, refs, lab, self.shift[idx])
+            ncc = None
+            if self.p.snr_weights or track_ncc:
+                ncc = self._ncc(out["spectrum"], refs, idx, lab, psi, power).cpu()
+            with lock:
+                self.psi[idx], self.shift[idx] = psi.cpu(), shift.cpu()
+                self._add_search(acc, out["spectrum"], idx, psi, w)
+                if ncc is not None:
+                    self.ncc[idx] = ncc
+
+        t0 = time.perf_counter()
+        workers = max(int(self.p.workers), 1)
+        if workers == 1:
+            for idx in self._batches():
+                one_batch(idx)
+        else:
+            old_threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                with ThreadPoolExecutor(workers) as pool:
+                    list(pool.map(one_batch, self._batches()))
+            finally:
+                torch.set_num_threads(old_threads)
+        self.align_seconds.append(time.perf_counter() - t0)
+        self._set_small(acc)
+        sel = slice(None) if self.active is None else torch.as_tensor(self.active)
+        dpsi = wrap_angle(self.psi[sel] - old_psi[sel]).abs()
+        dshift = (self.shift[sel] - old_shift[sel]).norm(dim=1)
+        return float(dpsi.median()), float(dshift.median())
+
+    def reassign(self):
+        """Align each particle to every class average and move it to the one with the highest
+        normalised correlation (references seen through the particle's CTF). Returns the
+        number of particles that changed class."""
+        refs = self._references()
+        populated = torch.bincount(self.labels, minlength=self.k).nonzero()[:, 0].tolist()
+        moved = 0
+        for idx in self._batches():
+            xs, power = self._search_images(self.src.load(idx), idx, with_power=True)
+            b = len(idx)
+            best_val = torch.full((b,), float("-inf"), device=self.dev)
+            best = {"lab": self.labels[idx].to(self.dev).clone(),
+                    "psi": self.psi[idx].to(self.dev).clone(),
+                    "shift": self.shift[idx].to(self.dev).clone()}
+            for c in populated:  # an empty class has no average to move to
+                lab = torch.full((b,), c, device=self.dev, dtype=torch.long)
+                psi, shift, out = self._align(xs, refs, lab, self.shift[idx])
+                val = self._ncc(out["spectrum"], refs, idx, lab, psi, power)
+                better = val > best_val
+                best_val = torch.where(better, val, best_val)
+                best["lab"] = torch.where(better, lab, best["lab"])
+                best["psi"] = torch.where(better, psi, best["psi"])
+                best["shift"] = torch.where(better[:, None], shift, best["shift"])
+            new = best["lab"].cpu()
+            moved += int((new != self.labels[idx]).sum())
+            self.labels[idx] = new
+            self.psi[idx], self.shift[idx] = best["psi"].cpu(), best["shift"].cpu()
+            self.ncc[idx] = best_val.cpu()
+        self.moved = moved
+        return moved
+
+    def poses(self):
+        """(psi (N,) deg, shift (N, 2) px) in the simcryo.geometry / RELION convention."""
+        psi, shift = to_geometry(self.psi, self.shift)
+        return psi.numpy(), shift.numpy()
+
+    def final_averages(self, psi=None, shift=None, exact=None):
+        """Full-box Wiener averages from poses given in the simcryo.geometry convention
+        (default: the current ones), exact Fourier shifts + bicubic rotation when `exact`
+        (default: params.polish). Returns the accumulator (half sets for the FRC)."""
+        from simcryo.geometry import align_images
+        if psi is None:
+            psi, shift = self.psi, self.shift
+        else:
+            psi, shift = to_geometry(torch.as_tensor(np.asarray(psi), dtype=torch.float32),
+                                     torch.as_tensor(np.asarray(shift), dtype=torch.float32))
+        exact = self.p.polish if exact is None else exact
+        acc = ClassAccumulator(self.k, self.box, self.dev)
+        w = self._weights()
+        for idx in self._batches():
+            x = self.src.load(idx)
+            ps, sh = psi[idx].to(self.dev), shift[idx].to(self.dev)
+            if exact:
+                gpsi, gshift = to_geometry(ps, sh)
+                a = align_images(x, gpsi, gshift)
+            else:
+                a = warp_to_reference(x, ps, sh)
+            spec = torch.fft.rfft2(a)
+            c2 = None
+            if self.src.has_ctf:
+                c = self.src.ctf_images(idx, self.box, ps)
+                spec, c2 = spec * c, c * c
+            acc.add(spec, self.labels[idx].to(self.dev), w[idx], self.halves[idx], c2)
+        return acc
+
+    def polish(self):
+        """Final full-box averages (re-centred), and each particle's normalised correlation
+        with its final average (search box)."""
+        acc = self.final_averages()
+        avg = spectra_to_images(acc.wiener())
+        com = centre_of_mass(avg * self.mask)
+        self._apply_recentre(acc, com, com)
+        self.acc = acc
+        self.averages = spectra_to_images(acc.wiener())
+        spec = crop_spectrum(torch.fft.rfft2(self.averages), self.abox)
+        self.small = torch.fft.irfft2(spec, s=(self.abox, self.abox))
+        refs = self._references()
+        for idx in self._batches():
+            xs, power = self._search_images(self.src.load(idx), idx, with_power=True)
+            lab = self.labels[idx].to(self.dev)
+            psi = self.psi[idx].to(self.dev)
+            a = warp_to_reference(xs, psi, (self.shift[idx] * self.scale).to(self.dev))
+            self.ncc[idx] = self._ncc(torch.fft.rfft2(a), refs, idx, lab, psi, power).cpu()
+
+    def _log_iteration(self, it, dpsi, dshift):
+        rate = self.n / max(self.align_seconds[-1], 1e-9)
+        self.history.append({"iteration": it, "search_box": self.abox,
+                             "median_angle_change_deg": dpsi,
+                             "median_shift_change_px": dshift,
+                             "seconds": self.align_seconds[-1], "particles_per_s": rate})
+        self.log(f"[align] iteration {it} (box {self.abox}): median change {dpsi:.3f} deg, "
+                 f"{dshift:.3f} px, {rate:.0f} particles/s")
+
+    def to_full_box(self):
+        """Continue at the full box: running averages from the current poses at full size,
+        search parameters scaled back from the search box."""
+        if self.abox == self.box:
+            return
+        acc = self.final_averages(exact=False)
+        a = self.p.align
+        self.p.align = dataclasses.replace(
+            a, ring_radius=None if a.ring_radius is None else a.ring_radius / self.scale,
+            max_shift=None if a.max_shift is None else a.max_shift / self.scale)
+        self.abox, self.scale, self.mask_small = self.box, 1.0, self.mask
+        self._set_small(acc)
+
+    def run(self):
+        self.log(f"[align] {self.n} particles, {self.k} classes, box {self.box} "
+                 f"(search box {self.abox}), method {self.p.align.method}, "
+                 f"CTF {'on (' + self.p.ctf_mode + ')' if self.src.has_ctf else 'off'}")
+        self.centre()
+        self.seed_references()
+        it = 0
+        for it in range(1, self.p.iterations + 1):
+            dpsi, dshift = self.iterate()
+            self._log_iteration(it, dpsi, dshift)
+            if it >= 3 and dpsi < self.p.tol_angle and dshift < self.p.tol_shift:
+                break
+        if self.p.reassign and self.k > 1:
+            moved = self.reassign()
+            self.log(f"[align] reassign: {moved} of {self.n} particles moved to another class")
+            self.iterate()
+        if self.p.final_iterations > 0 and self.abox < self.box:
+            # the search box drops the finest frequencies; a few local passes at the full
+            # box recover their precision
+            self.to_full_box()
+            for _ in range(self.p.final_iterations):
+                it += 1
+                dpsi, dshift = self.iterate()
+                self._log_iteration(it, dpsi, dshift)
+        self.polish()
+        return self

@@ -1,0 +1,225 @@
+"""Library tests of simcryo.align: rotation/translation recovery, 180-degree case, weights,
+CTF and CTF-free class alignment."""
+import numpy as np
+import pytest
+import torch
+
+from simcryo.align.average import (ClassAccumulator, centre_of_mass, normalize_weights,
+                                   rotational_average, spectra_to_images)
+from simcryo.align.classalign import (ClassAligner, ClassAlignParams, FastCTF, ParticleSource,
+                                      crop_spectrum)
+from simcryo.align.core import (AlignParams, References, align_to_references,
+                                normalized_correlation, warp_to_reference)
+from simcryo.align.poseerror import pose_errors
+from simcryo.align.translate import correlation_peak, cross_correlate, fourier_shift
+from simcryo.ctf import ctf_2d
+from simcryo.geometry import align_images, transform_images
+from simcryo.io.particles import CTFParams
+
+BOX = 64
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These tests are small: one thread avoids thread contention on a shared machine."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _gauss(x0, y0, sigma, box=BOX):
+    ax = torch.arange(box, dtype=torch.float32) - box // 2
+    yy, xx = torch.meshgrid(ax, ax, indexing="ij")
+    return torch.exp(-((xx - x0) ** 2 + (yy - y0) ** 2) / (2 * sigma ** 2))
+
+
+def asymmetric_image(box=BOX):
+    """A compact, clearly asymmetric test object (no rotational symmetry)."""
+    return (_gauss(0, 0, 7, box) + 0.8 * _gauss(10, 3, 3, box) - 0.5 * _gauss(-6, -9, 4, box)
+            + 0.6 * _gauss(4, -12, 2.5, box))
+
+
+def _angle_diff(a, b):
+    return (np.asarray(a) - np.asarray(b) + 180.0) % 360.0 - 180.0
+
+
+@pytest.mark.parametrize("method", ["rings", "magnitude"])
+def test_known_rotation_and_shift_recovered(method):
+    ref = asymmetric_image()[None]
+    psi = torch.tensor([37.3, -121.7, 163.2, -4.4])
+    shift = torch.tensor([[1.3, -2.2], [-3.1, 0.4], [0.7, 2.9], [2.2, 1.6]])
+    parts = transform_images(ref.expand(4, BOX, BOX).contiguous(), psi, shift)
+    refs = References(ref, AlignParams(method=method, inner_rounds=6))
+    out = align_to_references(parts, refs, torch.zeros(4, dtype=torch.long))
+    assert np.abs(_angle_diff(out["psi"], psi)).max() < 0.5
+    assert (out["shift"] - shift).norm(dim=1).max() < 0.1
+    back = align_images(parts, out["psi"], out["shift"])
+    rel = ((back - ref) ** 2).mean() / (ref ** 2).mean()
+    assert rel < 0.01
+
+
+def test_180_degree_rotation_resolved():
+    """Fourier magnitudes cannot tell psi from psi + 180; both routes must still get it."""
+    ref = asymmetric_image()[None]
+    psi = torch.tensor([180.0, 0.0, -179.0, 90.0])
+    shift = torch.tensor([[0.5, -1.0], [0.0, 0.0], [-1.5, 0.5], [2.0, 2.0]])
+    parts = transform_images(ref.expand(4, BOX, BOX).contiguous(), psi, shift)
+    for method in ("rings", "magnitude"):
+        refs = References(ref, AlignParams(method=method, inner_rounds=6))
+        out = align_to_references(parts, refs, torch.zeros(4, dtype=torch.long))
+        assert np.abs(_angle_diff(out["psi"], psi)).max() < 0.5, method
+
+
+def test_per_particle_references():
+    a, b = asymmetric_image(), torch.flip(asymmetric_image(), dims=[1])
+    refs_img = torch.stack([a, b])
+    labels = torch.tensor([0, 1, 1, 0])
+    psi = torch.tensor([30.0, -60.0, 120.0, 10.0])
+    shift = torch.tensor([[1.0, 0.0], [0.0, -1.0], [0.5, 0.5], [-1.0, 1.0]])
+    parts = transform_images(refs_img[labels], psi, shift)
+    out = align_to_references(parts, References(refs_img, AlignParams(inner_rounds=6)), labels)
+    assert np.abs(_angle_diff(out["psi"], psi)).max() < 0.5
+    assert (out["shift"] - shift).norm(dim=1).max() < 0.1
+
+
+def test_warp_matches_geometry_convention():
+    img = asymmetric_image()[None].expand(3, BOX, BOX).contiguous()
+    psi = torch.tensor([20.0, -75.0, 140.0])
+    shift = torch.tensor([[1.0, 2.0], [-2.0, 0.5], [0.0, -1.5]])
+    p = transform_images(img, psi, shift)
+    ours = warp_to_reference(p, -psi, -shift)   # internal convention: the sign of geometry's
+    theirs = align_images(p, psi, shift)
+    assert ((ours - theirs) ** 2).mean() < 1e-3 * (theirs ** 2).mean()
+
+
+def test_subpixel_correlation_peak():
+    img = asymmetric_image()[None]
+    s = torch.tensor([[2.37, -1.61]])
+    moved = torch.fft.irfft2(fourier_shift(torch.fft.rfft2(img), s), s=(BOX, BOX))
+    cc = cross_correlate(torch.fft.rfft2(moved), torch.fft.rfft2(img))
+    est, _ = correlation_peak(cc, max_shift=8)
+    assert (est - s).abs().max() < 0.1
+
+
+def test_weights_normalise_per_class():
+    w = normalize_weights([0.9, 0.3, 0.0, 0.5, 0.5, 0.0], [0, 0, 0, 1, 1, 2], 3)
+    sums = torch.zeros(3).index_add_(0, torch.tensor([0, 0, 0, 1, 1, 2]), w)
+    assert torch.allclose(sums, torch.ones(3))
+    assert w[2] == 0 and abs(float(w[0]) - 0.75) < 1e-6
+    assert float(w[5]) == 1.0  # a class whose weights are all zero falls back to uniform
+
+
+def test_rotational_average_and_centre_of_mass():
+    img = asymmetric_image()[None]
+    ra = rotational_average(img)
+    rotated = transform_images(ra, torch.tensor([33.0]), torch.zeros(1, 2))
+    assert ((rotated - ra)[0, 8:-8, 8:-8] ** 2).mean() < 1e-3 * (ra ** 2).mean()
+    blob = _gauss(3.0, -2.0, 4.0)[None]
+    com = centre_of_mass(blob)
+    assert (com - torch.tensor([[3.0, -2.0]])).abs().max() < 0.2
+
+
+def test_fast_ctf_matches_ctf_module():
+    rng = np.random.default_rng(0)
+    n = 4
+    ctf = CTFParams(rng.uniform(1e4, 3e4, n), rng.uniform(1e4, 3e4, n), rng.uniform(0, 180, n),
+                    np.full(n, 300.0), np.full(n, 2.7), np.full(n, 0.1), rng.uniform(0, 30, n),
+                    rng.uniform(0, 40, n))
+    fast = FastCTF(ctf, 48, 1.5, torch.device("cpu"))
+    assert (fast(np.arange(n)) - ctf_2d(ctf, 48, 1.5, rfft=True)).abs().max() < 1e-3
+    psi = torch.tensor([10.0, -40.0, 95.0, 170.0])
+    turned = ctf.take(np.arange(n))
+    turned.defocus_angle = turned.defocus_angle - psi.double().numpy()
+    assert (fast(np.arange(n), psi) - ctf_2d(turned, 48, 1.5, rfft=True)).abs().max() < 1e-3
+
+
+def test_wiener_average_undoes_ctf():
+    """Noise-free particles with different defoci: the Wiener average recovers the object."""
+    n = 40
+    rng = np.random.default_rng(1)
+    obj = asymmetric_image()
+    du = rng.uniform(8000, 20000, n)
+    ctf = CTFParams(du, du, np.zeros(n), np.full(n, 300.0), np.full(n, 2.7), np.full(n, 0.1),
+                    np.zeros(n), np.zeros(n))
+    c = ctf_2d(ctf, BOX, 2.0, rfft=True)
+    parts = torch.fft.irfft2(torch.fft.rfft2(obj)[None] * c, s=(BOX, BOX))
+    acc = ClassAccumulator(1, BOX, torch.device("cpu"))
+    acc.add(torch.fft.rfft2(parts) * c, torch.zeros(n, dtype=torch.long), torch.ones(n),
+            torch.arange(n) % 2, c * c)
+    avg = spectra_to_images(acc.corrected(eps_fraction=1e-3))[0]
+    plain = parts.mean(0)
+    err = lambda x: float(((x - obj) ** 2).mean() / (obj ** 2).mean())  # noqa: E731
+    assert err(avg) < 0.05
+    assert err(avg) < 0.2 * err(plain)
+
+
+def _noisy_class_set(n, snr, ctf_on, seed):
+    g = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    obj = asymmetric_image()
+    psi = torch.tensor(rng.uniform(-180, 180, n), dtype=torch.float32)
+    shift = torch.tensor(rng.normal(0, 1.5, (n, 2)), dtype=torch.float32)
+    clean = transform_images(obj[None].expand(n, BOX, BOX).contiguous(), psi, shift)
+    ctf = None
+    if ctf_on:
+        du = rng.uniform(8000, 20000, n)
+        ctf = CTFParams(du, du - 200, rng.uniform(0, 180, n), np.full(n, 300.0),
+                        np.full(n, 2.7), np.full(n, 0.1), np.zeros(n), np.zeros(n))
+        clean = torch.fft.irfft2(torch.fft.rfft2(clean) * ctf_2d(ctf, BOX, 2.0, rfft=True),
+                                 s=(BOX, BOX))
+    noise = torch.randn(clean.shape, generator=g) * torch.sqrt(clean.var() / snr)
+    return (clean + noise).numpy(), psi.numpy(), shift.numpy(), ctf, obj
+
+
+@pytest.mark.parametrize("ctf_on,ctf_mode", [(False, "flip"), (True, "flip"),
+                                             (True, "multiply")])
+def test_class_alignment_recovers_poses(ctf_on, ctf_mode):
+    n = 300
+    imgs, psi, shift, ctf, obj = _noisy_class_set(n, 0.5, ctf_on, seed=3)
+    src = ParticleSource(lambda idx: imgs[idx], n, BOX, torch.device("cpu"), ctf=ctf, apix=2.0)
+    params = ClassAlignParams(iterations=5, batch_size=128, align_box=32, trial_size=100,
+                              ctf_mode=ctf_mode)
+    al = ClassAligner(src, np.zeros(n, int), np.ones(n), 1, params, log=lambda m: None).run()
+    ang, sh = pose_errors(psi, shift, *al.poses(), np.zeros(n))
+    assert np.median(ang) < 2.0
+    assert np.median(sh) < 0.5
+    # The average looks like the object (up to its free in-plane frame).
+    out = align_to_references(al.averages[:1], References(obj[None], AlignParams(inner_rounds=6)),
+                              torch.zeros(1, dtype=torch.long))
+    back = align_images(al.averages[:1], out["psi"], out["shift"])[0]
+    corr = float(torch.corrcoef(torch.stack([back.flatten(), obj.flatten()]))[0, 1])
+    assert corr > 0.9
+    assert al.history and al.history[0]["particles_per_s"] > 0
+
+
+def test_reassign_moves_mislabelled_particles():
+    n = 160
+    a, b = asymmetric_image(), _gauss(0, 0, 5) + _gauss(12, 0, 3) + _gauss(-12, 0, 3)
+    rng = np.random.default_rng(4)
+    truth = np.repeat([0, 1], n // 2)
+    psi = torch.tensor(rng.uniform(-180, 180, n), dtype=torch.float32)
+    clean = transform_images(torch.stack([a, b])[truth], psi, torch.zeros(n, 2))
+    imgs = (clean + 0.3 * torch.randn(clean.shape, generator=torch.Generator().manual_seed(4)))
+    labels = truth.copy()
+    wrong = rng.choice(n, 12, replace=False)
+    labels[wrong] = 1 - labels[wrong]
+    src = ParticleSource(lambda idx: imgs.numpy()[idx], n, BOX, torch.device("cpu"))
+    params = ClassAlignParams(iterations=3, reassign=True, trial_size=60, align_box=32)
+    al = ClassAligner(src, labels, np.ones(n), 2, params, log=lambda m: None).run()
+    assert al.moved >= 10
+    assert (al.labels.numpy() == truth).mean() > 0.97
+
+
+def test_normalized_correlation_bounds():
+    img = torch.fft.rfft2(asymmetric_image()[None])
+    assert abs(float(normalized_correlation(img, img)[0]) - 1.0) < 1e-4
+    assert abs(float(normalized_correlation(img, -img)[0]) + 1.0) < 1e-4
+
+
+def test_crop_spectrum_matches_fourier_crop():
+    from simcryo.preprocess import fourier_crop
+    img = asymmetric_image()[None]
+    ours = torch.fft.irfft2(crop_spectrum(torch.fft.rfft2(img), 32), s=(32, 32))
+    ref = fourier_crop(img, 32)
+    assert ((ours - ref) ** 2).mean() < 1e-3 * (ref ** 2).mean()
