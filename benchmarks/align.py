@@ -4,7 +4,7 @@ For every data set (built-in phantom and hand-vol.mrc; single-view and multi-vie
 0.03; CTF on/off; several seeds) it simulates particles with `simcryo simulate`, labels them
 with their true class (`_rlnClassNumber`), runs `simcryo align` on the STAR and prints:
 - median / 90th-percentile in-plane angle and shift errors, measured modulo each class frame
-  (simcryo/align/poseerror.py);
+  (simcryo.metrics.pose_errors);
 - FRC=0.5 resolution of the averages against the true (CTF-free, central-view) projections,
   and the same for averages built with the *true* poses by the same Wiener averaging (the best
   possible), with their ratio;
@@ -41,7 +41,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from simcryo.align.average import spectra_to_images  # noqa: E402
 from simcryo.align.classalign import ClassAligner, ParticleSource  # noqa: E402
 from simcryo.align.core import AlignParams, References, align_to_references  # noqa: E402
-from simcryo.align.poseerror import pose_errors  # noqa: E402
+from simcryo.metrics import pose_errors  # noqa: E402
 from simcryo.commands import align as align_cmd  # noqa: E402
 from simcryo.commands import simulate as simulate_cmd  # noqa: E402
 from simcryo.frc import frc, resolution_at  # noqa: E402
@@ -167,7 +167,7 @@ def oracle_errors(star, cfg, refs, true_psi, true_sh, labels):
         al.small = small
         al.iterate()
     psi, shift = al.poses()
-    ang, sh = pose_errors(true_psi, true_sh, psi, shift, labels)
+    ang, sh, _ = pose_errors(labels, psi, shift, true_psi, true_sh)
     return np.median(ang), np.median(sh)
 
 
@@ -196,8 +196,8 @@ def run_case(tmp, volume, vname, classes, n, snr, ctf, seed, method, extra, labe
     assigned = pset.particles.as_int("rlnClassNumber")
     # poses are only comparable inside a class frame: score particles with a correct label
     good = assigned == labels
-    ang, sh = pose_errors(true_psi[good], true_sh[good], est_psi[good], est_sh[good],
-                          labels[good])
+    ang, sh, _ = pose_errors(labels[good], est_psi[good], est_sh[good], true_psi[good],
+                             true_sh[good])
     refs = np.asarray(open_stack(os.path.join(folder, "references.mrcs")))
     res = resolution_in_reference_frame(star, cfg, assigned, est_psi, est_sh, refs, pset.apix)
     tres = resolution_in_reference_frame(star, cfg, labels, true_psi, true_sh, refs, pset.apix)

@@ -198,15 +198,26 @@ def circular_mean_deg(angles):
     return float(np.degrees(np.arctan2(np.sin(a).mean(), np.cos(a).mean())))
 
 
+def circular_mode_deg(angles, window=5.0):
+    """Angle (deg) with the most values within +-window, refined by their circular mean:
+    unlike the plain circular mean, a minority of badly aligned particles does not bias it."""
+    d = _wrap_deg(np.asarray(angles, dtype=np.float64))
+    grid = np.arange(-180.0, 180.0, 0.5)
+    counts = (np.abs(_wrap_deg(grid[:, None] - d[None, :])) <= window).sum(1)
+    centre = grid[counts.argmax()]
+    near = np.abs(_wrap_deg(d - centre)) <= window
+    return float(_wrap_deg(centre + circular_mean_deg(d[near] - centre)))
+
+
 def pose_errors(pred_class, pred_psi, pred_shift, true_psi, true_shift, mask=None):
     """In-plane pose errors modulo each predicted class's own frame.
 
     With the project's pose convention, particle = T(ref, true_psi, true_shift) =
     T(A, pred_psi, pred_shift) where the class average A = T(ref, delta, d) for an unknown
     per-class (delta, d). By geometry.compose, true_psi = pred_psi + delta and
-    true_shift = pred_shift + R(-pred_psi) d. Per predicted class, delta is the circular mean of
-    true_psi - pred_psi and d the mean of R(pred_psi) (true_shift - pred_shift) over the
-    particles in `mask` (default all); errors are what remains.
+    true_shift = pred_shift + R(-pred_psi) d. Per predicted class, delta is the robust circular
+    mode of true_psi - pred_psi and d the median of R(pred_psi) (true_shift - pred_shift) over
+    the well-aligned particles of `mask` (default all); errors are what remains.
 
     Angles in degrees, shifts (n, 2) as (x, y) in any unit. Returns (angle_err (n,) in
     [0, 180], shift_err (n,), offsets {class: (delta, d_x, d_y)}); entries outside `mask` are NaN.
@@ -227,13 +238,22 @@ def pose_errors(pred_class, pred_psi, pred_shift, true_psi, true_shift, mask=Non
     local = np.stack([c * diff[:, 0] - s * diff[:, 1], s * diff[:, 0] + c * diff[:, 1]], axis=1)
     for k in np.unique(pred_class[mask]).tolist():
         sel = mask & (pred_class == k)
-        delta = circular_mean_deg(true_psi[sel] - pred_psi[sel])
-        d = local[sel].mean(axis=0)
+        delta = circular_mode_deg(true_psi[sel] - pred_psi[sel])
         angle_err[sel] = np.abs(_wrap_deg(true_psi[sel] - pred_psi[sel] - delta))
+        inliers = angle_err[sel] <= max(5.0, float(np.median(angle_err[sel])))
+        d = np.median(local[sel][inliers], axis=0)
         predicted = np.stack([c[sel] * d[0] + s[sel] * d[1], -s[sel] * d[0] + c[sel] * d[1]], 1)
         shift_err[sel] = np.linalg.norm(diff[sel] - predicted, axis=1)
         offsets[k] = (delta, float(d[0]), float(d[1]))
     return angle_err, shift_err, offsets
+
+
+def summarize_pose_errors(angle_err, shift_err):
+    """Median and 90th percentile of angle (deg) and shift (px) errors."""
+    return {"angle_median_deg": float(np.nanmedian(angle_err)),
+            "angle_p90_deg": float(np.nanpercentile(angle_err, 90)),
+            "shift_median_px": float(np.nanmedian(shift_err)),
+            "shift_p90_px": float(np.nanpercentile(shift_err, 90))}
 
 
 def summarize_errors(err):

@@ -192,7 +192,7 @@ def class_report(aligner, apix):
 
 def truth_report(pset, aligner):
     """Pose errors vs _simcryoTrue* columns (simulated data), modulo each class frame."""
-    from simcryo.align.poseerror import pose_errors, summarize
+    from simcryo.metrics import pose_errors, summarize_pose_errors
     need = ("simcryoTruePsi", "simcryoTrueOriginXAngst", "simcryoTrueOriginYAngst")
     if not all(label in pset.particles for label in need):
         return None
@@ -200,8 +200,8 @@ def truth_report(pset, aligner):
     tsh = np.stack([pset.particles.as_float("simcryoTrueOriginXAngst"),
                     pset.particles.as_float("simcryoTrueOriginYAngst")], 1) / pset.apix
     psi, shift = aligner.poses()
-    ang, sh = pose_errors(tpsi, tsh, psi, shift, aligner.labels.numpy())
-    return summarize(ang, sh)
+    ang, sh, _ = pose_errors(aligner.labels.numpy(), psi, shift, tpsi, tsh)
+    return summarize_pose_errors(ang, sh)
 
 
 def run(cfg):

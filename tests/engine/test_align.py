@@ -10,7 +10,7 @@ from simcryo.align.classalign import (ClassAligner, ClassAlignParams, FastCTF, P
                                       crop_spectrum)
 from simcryo.align.core import (AlignParams, References, align_to_references,
                                 normalized_correlation, warp_to_reference)
-from simcryo.align.poseerror import pose_errors
+from simcryo.metrics import pose_errors
 from simcryo.align.translate import correlation_peak, cross_correlate, fourier_shift
 from simcryo.ctf import ctf_2d
 from simcryo.geometry import align_images, transform_images
@@ -181,7 +181,7 @@ def test_class_alignment_recovers_poses(ctf_on, ctf_mode):
     params = ClassAlignParams(iterations=5, batch_size=128, align_box=32, trial_size=100,
                               ctf_mode=ctf_mode)
     al = ClassAligner(src, np.zeros(n, int), np.ones(n), 1, params, log=lambda m: None).run()
-    ang, sh = pose_errors(psi, shift, *al.poses(), np.zeros(n))
+    ang, sh, _ = pose_errors(np.zeros(n), *al.poses(), psi, shift)
     assert np.median(ang) < 2.0
     assert np.median(sh) < 0.5
     # The average looks like the object (up to its free in-plane frame).
