@@ -137,10 +137,15 @@ def save_checkpoint(path, state):
     """Write a checkpoint atomically: a crash mid-write never leaves a truncated file."""
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp_ckpt_")
+    # torch derives the archive name from the file name: keep a non-dot stem and a suffix
+    fd, tmp = tempfile.mkstemp(dir=d, prefix="tmp_ckpt_", suffix=".pt")
     os.close(fd)
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def load_checkpoint(path, device="cpu"):

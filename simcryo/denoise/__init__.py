@@ -9,8 +9,9 @@ blocks, sub-pixel convolution block, as in the paper's improved GAN):
   data's measured signal power and contrast, plus noise synthesised with the power spectrum
   measured on the data's background (`noise`). No clean data is needed. The target is the
   CTF-modulated clean projection (denoising, not CTF correction).
-- self-supervised (`train.SelfTrainer`): Neighbor2Neighbor on the particles alone, for when
-  no volume exists. Why Neighbor2Neighbor and not a blind-spot network: see `train`.
+- self-supervised (`train.SelfTrainer`), for when no volume exists: Monte-Carlo SURE with the
+  same background noise model (default) or Neighbor2Neighbor, trained on the particles alone.
+  Why these and not a blind-spot network: see `train`.
 
 Both normalise each image by its background (outside the mask) and undo that afterwards, so
 the output has the input's units.

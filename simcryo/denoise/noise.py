@@ -7,7 +7,8 @@ Here the noise comes from the particles' background (pixels outside a circular m
    mask), as RELION does;
 2. the noise power spectrum is the average periodogram of the masked background,
    ``|FFT(mask * image)|^2 / sum(mask)`` (unbiased for stationary noise up to a slight blur by
-   the mask's spectrum), lightly smoothed over neighbouring frequencies;
+   the mask's spectrum and a deficit in the first rings, where removing each image's mean
+   takes power), smoothed over neighbouring frequencies when fewer than 100 images exist;
 3. a full-box noise image is synthesised by colouring white Gaussian noise with the square root
    of that spectrum. This keeps the data's real noise colour (detector MTF, dose weighting,
    Fourier cropping, residual ice structure) without the seams and repeated pixels that tiling
@@ -74,24 +75,49 @@ class NoiseModel:
         return cls(state["psd"].to(device))
 
 
-def estimate_noise_model(images, mask):
-    """NoiseModel from the background of background-normalised images (n, box, box)."""
+def background_psd(images, mask):
+    """Average periodogram of the masked, mean-removed background (fft2 layout, per pixel)."""
     m = mask.to(images.dtype)
     centred = images - images[:, mask].mean(dim=1)[:, None, None]
     psd = (torch.fft.fft2(centred * m).abs() ** 2).mean(dim=0) / m.sum()
     # The masked background has no DC of its own (mean removed); borrow it from the neighbours
     # so that synthesised noise keeps a realistic low-frequency level.
     psd[0, 0] = 0.25 * (psd[0, 1] + psd[1, 0] + psd[0, -1] + psd[-1, 0])
-    smooth = F.avg_pool2d(F.pad(psd[None, None], (1, 1, 1, 1), mode="circular"), 3, stride=1)
-    return NoiseModel(smooth[0, 0].contiguous())
+    if len(images) < 100:  # few images: average neighbouring frequencies to tame variance
+        psd = F.avg_pool2d(F.pad(psd[None, None], (1, 1, 1, 1), mode="circular"), 3,
+                           stride=1)[0, 0]
+    return psd.contiguous()
+
+
+def estimate_noise_model(images, mask):
+    """NoiseModel from the background of background-normalised images (n, box, box)."""
+    return NoiseModel(background_psd(images, mask))
+
+
+def remove_signal(noise_psd, signal_images, mask, floor=0.05):
+    """Noise spectrum without the signal that leaks into the background.
+
+    The CTF delocalises signal beyond the particle (by lambda * defocus * frequency: tens of
+    Å), so the background periodogram is noise *plus* that signal. `signal_images` are
+    noise-free estimates of the particles' signal on the same scale (scaled projections in the
+    reference mode, current denoised particles in the self mode); their background periodogram
+    is subtracted, floored at `floor` times the raw estimate."""
+    leak = background_psd(signal_images, mask)
+    return NoiseModel(torch.maximum(noise_psd - leak, floor * noise_psd))
 
 
 def signal_power(images, mask):
     """Signal power per pixel inside the mask of background-normalised images: mean squared
     value inside minus the background (noise) mean square. Can be <= 0 for pure noise."""
-    inside = images[:, ~mask]
-    bg = images[:, mask]
-    return float((inside ** 2).mean() - (bg ** 2).mean())
+    return signal_power_with_error(images, mask)[0]
+
+
+def signal_power_with_error(images, mask):
+    """(signal power, its standard error over images): a power within ~3 standard errors of
+    zero means no particle signal was detected."""
+    per_image = (images[:, ~mask] ** 2).mean(dim=1) - (images[:, mask] ** 2).mean(dim=1)
+    se = float(per_image.std() / len(per_image) ** 0.5) if len(per_image) > 1 else float("inf")
+    return float(per_image.mean()), se
 
 
 def estimate_snr(images, mask):

@@ -3,7 +3,10 @@
 clean  = shift(CTF * projection(volume, random orientation)) * scale * polarity
 noisy  = clean + noise (synthesised with the data's background noise spectrum)
 Both are then normalised with the *noisy* image's background statistics, exactly as real
-particles are at inference, so the network sees inputs distributed like the data.
+particles are at inference, so the network sees inputs distributed like the data, and, with
+`phase_flip`, both are phase-flipped with the pair's CTF: the network then works on
+|CTF|-filtered signal (localised, defocus-independent phases) and `apply` flips its output
+back, which restores each particle's exact CTF fringes from its known defocus.
 
 The target is the CTF-modulated clean projection, not the CTF-corrected one: the denoiser
 only removes noise and leaves the image formation (CTF, envelope) untouched, so (1) its
@@ -14,13 +17,14 @@ produces the same quantity, so the two modes are interchangeable and comparable.
 
 `scale` makes the in-mask signal power of the pairs equal to the one measured on the data and
 `polarity` (+1/-1) matches the data's contrast (particles bright or dark); both are fixed by
-`calibrate`.
+`calibrate`, which also removes from the noise spectrum the part that is delocalised signal
+(the background periodogram of the scaled projections).
 """
 import numpy as np
 import torch
 
 from simcryo import ctf as ctf_mod
-from simcryo.denoise.noise import background_stats
+from simcryo.denoise.noise import background_stats, remove_signal
 from simcryo.errors import SimcryoError
 
 
@@ -56,14 +60,41 @@ def _shift_phase(box, shifts, device):
     return torch.exp(arg)
 
 
+def ctf_signs(ctf_params, box, apix, device=None):
+    """Signs of the CTFs (n, box, box//2+1), rfft2 layout; +1 where the CTF is 0."""
+    c = ctf_mod.ctf_2d(ctf_params, box, apix, device=device, rfft=True)
+    return torch.where(c < 0, -1.0, 1.0).to(torch.float32)
+
+
+def phase_flip(images, signs):
+    """Multiply the spectra of (n, box, box) images by CTF signs (rfft2 layout). An
+    involution that leaves stationary noise statistically unchanged; it turns the CTF
+    into |CTF|, a zero-phase filter, so the particle's signal is no longer delocalised and
+    has the same phases whatever the defocus."""
+    box = images.shape[-1]
+    return torch.fft.irfft2(torch.fft.rfft2(images) * signs, s=(box, box))
+
+
+def ctf_padded(images, ctf_params, apix):
+    """CTF-modulate (n, D, D) images on a 2x zero-padded box, then crop back: signal the CTF
+    delocalises leaves the box instead of wrapping around, as in a real extraction."""
+    n, D, _ = images.shape
+    P, o = 2 * D, D - D // 2
+    padded = torch.zeros((n, P, P), dtype=images.dtype, device=images.device)
+    padded[:, o:o + D, o:o + D] = images
+    c = ctf_mod.ctf_2d(ctf_params, P, apix, device=images.device, rfft=True)
+    return torch.fft.irfft2(torch.fft.rfft2(padded) * c, s=(P, P))[:, o:o + D, o:o + D]
+
+
 class ReferencePairs:
     """Draws (noisy, clean) pairs, both (n, 1, box, box), normalised like the data."""
 
     def __init__(self, volume, noise_model, mask, apix, ctf_params=None, signal_power=1.0,
-                 max_shift=0.0, empty_fraction=0.0, projector=None, rotations=None):
+                 max_shift=0.0, empty_fraction=0.0, projector=None, rotations=None,
+                 phase_flip=False):
         from simcryo import projection
         self.volume = volume
-        self.noise = noise_model
+        self.noise = self.raw_noise = noise_model
         self.mask = mask
         self.box = mask.shape[-1]
         self.apix = float(apix)
@@ -71,33 +102,58 @@ class ReferencePairs:
         self.signal_power = float(signal_power)
         self.max_shift = float(max_shift)
         self.empty_fraction = float(empty_fraction)
+        self.phase_flip = bool(phase_flip)
         self.projector = projector or projection.project
         self.rotations = rotations or projection.random_rotations
         self.device = volume.device
         self.scale = 1.0
         self.polarity = 1.0
+        self.bank = None
 
-    def clean(self, n, generator):
-        """Unscaled CTF-modulated, shifted projections (n, box, box)."""
+    def refresh(self, n, generator):
+        """Project the volume at n fresh random orientations into the bank that `clean`
+        draws from (projecting every pair costs more than the network step)."""
         rot = self.rotations(n, generator=generator).to(self.device)
-        proj = self.projector(self.volume, rot)
-        spec = torch.fft.fft2(proj)
-        if self.ctf_params is not None and len(self.ctf_params):
-            idx = torch.randint(len(self.ctf_params), (n,), generator=generator).numpy()
-            spec = spec * ctf_mod.ctf_2d(self.ctf_params.take(idx), self.box, self.apix,
-                                         device=self.device)
+        self.bank = self.projector(self.volume, rot)
+
+    def projections(self, n, generator):
+        """n projections: from the bank, each turned by a random multiple of 90 degrees
+        (an exact in-plane rotation, i.e. another valid view), or fresh when no bank."""
+        if self.bank is None:
+            rot = self.rotations(n, generator=generator).to(self.device)
+            return self.projector(self.volume, rot)
+        proj = self.bank[torch.randint(len(self.bank), (n,), generator=generator)]
+        turns = torch.randint(4, (n,), generator=generator)
+        for k in range(1, 4):
+            sel = (turns == k).nonzero()[:, 0]
+            if len(sel):
+                proj[sel] = torch.rot90(proj[sel], k, dims=(-2, -1))
+        return proj
+
+    def clean(self, n, generator, with_ctf=False):
+        """Unscaled CTF-modulated, shifted projections (n, box, box) [and their CTFParams or
+        None]."""
+        proj = self.projections(n, generator)
         if self.max_shift > 0:
             shifts = (torch.rand((n, 2), generator=generator) * 2 - 1) * self.max_shift
-            spec = spec * _shift_phase(self.box, shifts.to(self.device), self.device)
-        return torch.fft.ifft2(spec).real.float()
+            phase = _shift_phase(self.box, shifts.to(self.device), self.device)
+            proj = torch.fft.ifft2(torch.fft.fft2(proj) * phase).real.float()
+        ctf = None
+        if self.ctf_params is not None and len(self.ctf_params):
+            idx = torch.randint(len(self.ctf_params), (n,), generator=generator).numpy()
+            ctf = self.ctf_params.take(idx)
+            proj = ctf_padded(proj, ctf, self.apix)
+        return (proj, ctf) if with_ctf else proj
 
     def calibrate(self, data_mean_image=None, n=256, generator=None):
         """Fix `scale` (signal power) and `polarity` (contrast sign) from the data.
 
         data_mean_image: mean of the background-normalised particles (box, box) or None."""
+        generator = generator if generator is not None else torch.Generator().manual_seed(0)
         c = self.clean(n, generator)
         c = c - background_stats(c, self.mask)[0][:, None, None]
-        power = float((c[:, ~self.mask] ** 2).mean())
+        # the estimator used on the data (`noise.signal_power`): inside minus background
+        power = float((c[:, ~self.mask] ** 2).mean() - (c[:, self.mask] ** 2).mean())
         if power <= 0:
             raise SimcryoError("the reference volume projects to empty images; check the map")
         self.scale = float(np.sqrt(max(self.signal_power, 0.0) / power))
@@ -105,10 +161,13 @@ class ReferencePairs:
             inside = ~self.mask
             corr = float((c.mean(0)[inside] * data_mean_image.to(c.device)[inside]).sum())
             self.polarity = -1.0 if corr < 0 else 1.0
+        # the data's background holds CTF-delocalised signal too: keep only the noise
+        self.noise = remove_signal(self.raw_noise.psd, c * self.scale, self.mask)
         return self.scale, self.polarity
 
     def sample(self, n, generator):
-        clean = self.clean(n, generator) * (self.scale * self.polarity)
+        clean, ctf = self.clean(n, generator, with_ctf=True)
+        clean = clean * (self.scale * self.polarity)
         if self.empty_fraction > 0:
             keep = torch.rand(n, generator=generator) >= self.empty_fraction
             clean = clean * keep.to(clean)[:, None, None]
@@ -116,6 +175,9 @@ class ReferencePairs:
         mean, std = background_stats(noisy, self.mask)
         noisy = (noisy - mean[:, None, None]) / std[:, None, None]
         clean = (clean - mean[:, None, None]) / std[:, None, None]
+        if self.phase_flip and ctf is not None:
+            signs = ctf_signs(ctf, self.box, self.apix, self.device)
+            noisy, clean = phase_flip(noisy, signs), phase_flip(clean, signs)
         return noisy[:, None], clean[:, None]
 
     def state_dict(self):
