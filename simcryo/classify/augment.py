@@ -10,6 +10,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from simcryo.geometry import rotate_images
+
 
 def soft_mask(box, radius, width=2.0, device=None):
     """(box, box) circular mask: 1 inside `radius` px, cosine edge of `width` px."""
@@ -24,11 +26,9 @@ def _uniform(n, lo, hi, gen, device):
 
 
 def rotate(x, angles_deg):
-    """Rotate (n, 1, b, b) images by the given angles (degrees) about the box centre."""
-    a = torch.deg2rad(angles_deg.to(x.dtype))
-    theta = _affine(torch.cos(a), torch.sin(a), torch.zeros_like(a), torch.zeros_like(a),
-                    torch.ones_like(a))
-    return _warp(x, theta)
+    """Rotate (n, 1, b, b) images by the given angles (degrees) about pixel (b//2, b//2), with
+    the project's sign convention (simcryo.geometry: +90 maps +x onto +y)."""
+    return rotate_images(x[:, 0], angles_deg.to(x.dtype), mode="bilinear")[:, None]
 
 
 def _affine(cos, sin, tx, ty, scale):

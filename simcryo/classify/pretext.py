@@ -1,6 +1,5 @@
 """Stage 1: SimCLR contrastive pretext training (NT-Xent) on augmented particle views."""
 import math
-import time
 
 import numpy as np
 import torch
@@ -51,7 +50,13 @@ def load_batch(images, idx, device):
     return torch.from_numpy(np.ascontiguousarray(images[idx], dtype=np.float32)).unsqueeze(1).to(device)
 
 
-def train_epoch(backbone, head, optimizer, images, augment, cfg, epoch, device, step0, total_steps):
+def _filtered(x, prefilter):
+    """`prefilter`: None, or a callable mapping cached (n, 1, b, b) images to network input."""
+    return x if prefilter is None else prefilter(x)
+
+
+def train_epoch(backbone, head, optimizer, images, augment, cfg, epoch, device, step0, total_steps,
+                prefilter=None):
     """One SimCLR epoch; returns (mean loss, images seen)."""
     backbone.train()
     head.train()
@@ -65,7 +70,7 @@ def train_epoch(backbone, head, optimizer, images, augment, cfg, epoch, device, 
         lr = cosine_lr(cfg.lr, step, total_steps, warmup)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        x = load_batch(images, idx, device)
+        x = _filtered(load_batch(images, idx, device), prefilter)
         v = torch.cat([augment(x, gen), augment(x, gen)])
         z = head(backbone(v))
         loss = nt_xent(z[:len(idx)], z[len(idx):], cfg.temperature)
@@ -75,14 +80,14 @@ def train_epoch(backbone, head, optimizer, images, augment, cfg, epoch, device, 
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         seen += 2 * len(idx)
         step += 1
     return float(np.mean(losses)), seen
 
 
 @torch.no_grad()
-def extract_features(backbone, images, n_rot, device, batch_size=512, mask=None):
+def extract_features(backbone, images, n_rot, device, batch_size=512, mask=None, prefilter=None):
     """Backbone features averaged over `n_rot` evenly spaced in-plane rotations, L2-normalised.
 
     Returns float32 (N, d) numpy; averaging over rotations makes the features (nearly)
@@ -93,7 +98,7 @@ def extract_features(backbone, images, n_rot, device, batch_size=512, mask=None)
     angles = torch.arange(n_rot, dtype=torch.float32, device=device) * (360.0 / n_rot)
     for s in range(0, len(images), batch_size):
         idx = np.arange(s, min(s + batch_size, len(images)))
-        x = load_batch(images, idx, device)
+        x = _filtered(load_batch(images, idx, device), prefilter)
         if mask is not None:
             x = x * mask
         n = x.shape[0]
@@ -104,22 +109,3 @@ def extract_features(backbone, images, n_rot, device, batch_size=512, mask=None)
             out = np.empty((len(images), h.shape[1]), np.float32)
         out[idx] = h
     return out
-
-
-class Throughput:
-    """Images per second of the pretext stage (both views counted)."""
-
-    def __init__(self):
-        self.images, self.seconds = 0, 0.0
-        self._t = None
-
-    def start(self):
-        self._t = time.time()
-
-    def stop(self, images):
-        self.seconds += time.time() - self._t
-        self.images += images
-
-    @property
-    def rate(self):
-        return self.images / self.seconds if self.seconds else 0.0

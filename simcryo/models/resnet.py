@@ -50,6 +50,7 @@ class ResNet18(nn.Module):
         else:
             raise ValueError(f"unknown stem {stem!r}")
         self.stem_name = stem
+        self.n_stages = len(blocks)
         layers, cin = [], width
         for i, n in enumerate(blocks):
             cout = width * 2 ** i
@@ -69,12 +70,8 @@ class ResNet18(nn.Module):
 
     def min_box(self):
         """Smallest input box that still leaves >= 2x2 pixels before pooling."""
-        down = 2 ** (len(self.layers_per_stage()) - 1)
-        down *= {"small": 1, "strided": 2, "imagenet": 4}[self.stem_name]
+        down = 2 ** (self.n_stages - 1) * {"small": 1, "strided": 2, "imagenet": 4}[self.stem_name]
         return 2 * down
-
-    def layers_per_stage(self):
-        return [b for b in (2, 2, 2, 2)]
 
     def forward(self, x):
         return torch.flatten(self.pool(self.layers(self.stem(x))), 1)

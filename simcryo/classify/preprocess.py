@@ -1,0 +1,207 @@
+"""Preprocessing for classification: phase flip, background normalisation, crop around the
+particle, Fourier downsampling to the working box, cached once in a memory-mapped file.
+
+The particle radius sets both the background mask and the crop: a small particle in a large
+box keeps its full resolution when the box is first cropped around it, instead of being
+Fourier-downsampled together with empty background.
+"""
+import os
+
+import numpy as np
+import torch
+
+from simcryo import ctf as ctfmod
+from simcryo import preprocess as pp
+from simcryo.errors import SimcryoError
+
+CACHE_NAME = "preprocessed.f32"
+
+
+def radial_profile(images):
+    """Mean of the images' squared pixels per integer radius from the box centre."""
+    box = images.shape[-1]
+    c = torch.arange(box, dtype=torch.float32) - box // 2
+    r = torch.sqrt(c[:, None] ** 2 + c[None, :] ** 2).round().long().flatten()
+    power = (images.reshape(len(images), -1) ** 2).mean(0)
+    counts = torch.bincount(r).float()
+    return (torch.zeros(len(counts)).index_add_(0, r, power) / counts.clamp_min(1)).numpy()
+
+
+def estimate_radius(images, threshold=0.05):
+    """Particle radius in px from the excess variance over the noise floor.
+
+    Noise is (nearly) flat across the box while the particles add variance near the centre;
+    the radius is where the excess falls below `threshold` of its peak, plus 2 px.
+    """
+    box = images.shape[-1]
+    prof = radial_profile(images)[:box // 2]
+    floor = np.median(prof[int(0.8 * (box // 2)):])
+    excess = prof - floor
+    peak = excess[: max(box // 4, 2)].max()
+    if not peak > 0:
+        return 0.4 * box
+    above = np.nonzero(excess > threshold * peak)[0]
+    radius = float(above.max()) + 2.0 if len(above) else 0.4 * box
+    return float(np.clip(radius, 0.15 * box, 0.45 * box))
+
+
+def shell_index(box):
+    """Integer radius (in Fourier pixels) of each fft2-layout frequency of a box."""
+    f = torch.fft.fftfreq(box) * box
+    return torch.sqrt(f[:, None] ** 2 + f[None, :] ** 2).round().long()
+
+
+def spectral_snr(images, radius):
+    """Per-shell spectral SNR of (n, box, box) images from the particle disc vs. the background.
+
+    Power inside a soft disc of the particle radius (signal + noise) against power outside
+    radius + 4 px (noise only), both normalised by the window energy; returns (box//2 + 1,)
+    numpy, clipped at 0."""
+    from simcryo.classify.augment import soft_mask
+    box = images.shape[-1]
+    inner = soft_mask(box, radius + 1.0, width=3.0)
+    outer = 1.0 - soft_mask(box, min(radius + 5.0, box / 2 - 2), width=3.0)
+    p_in = (torch.fft.fft2(images * inner).abs() ** 2).mean(0) / (inner ** 2).sum()
+    p_bg = (torch.fft.fft2(images * outer).abs() ** 2).mean(0) / (outer ** 2).sum()
+    sh = shell_index(box).flatten()
+    count = torch.bincount(sh).float()
+    p_in = torch.zeros(len(count)).index_add_(0, sh, p_in.flatten()) / count
+    p_bg = torch.zeros(len(count)).index_add_(0, sh, p_bg.flatten()) / count
+    ssnr = ((p_in - p_bg) / p_bg.clamp_min(1e-12)).numpy()[: box // 2 + 1]
+    # light smoothing: single shells of a few hundred images are noisy
+    sm = np.convolve(np.pad(ssnr, 1, mode="edge"), np.ones(3) / 3, mode="valid")
+    return np.clip(sm, 0.0, None)
+
+
+def resolution_shell(ssnr, threshold=0.05):
+    """Last shell before the spectral SNR first stays below `threshold` (2 shells in a row)."""
+    low = ssnr < threshold
+    for i in range(1, len(ssnr) - 1):
+        if low[i] and low[i + 1]:
+            return i
+    return len(ssnr) - 1
+
+
+class Geometry:
+    """Box sizes of the pipeline: input box -> crop window -> working box, and mask radii."""
+
+    def __init__(self, box, apix, radius_px, working_box, shift_margin=0.08, max_freq=0.5):
+        self.box = box
+        self.apix = apix
+        self.radius_px = radius_px
+        window = int(np.ceil(2 * radius_px * (1 + shift_margin))) + 4
+        window = min(box, window + window % 2)
+        self.window = window
+        # highest frequency with measurable signal (cycles per input px), for the record
+        self.max_freq = max_freq
+        self.working_box = min(working_box, window)
+        self.scale = self.working_box / window
+        self.work_radius = radius_px * self.scale
+        self.work_apix = apix / self.scale
+
+    def as_dict(self):
+        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in vars(self).items()}
+
+
+def center_crop(images, window):
+    box = images.shape[-1]
+    s = box // 2 - window // 2
+    return images[..., s:s + window, s:s + window]
+
+
+def prepare_batch(images, ctf, apix, geom, cfg, indices=None):
+    """(n, box, box) float32 tensor of raw particles -> (n, wb, wb) working images."""
+    pp.check_not_constant(images, indices)
+    x = images
+    if ctf is not None and cfg.phase_flip:
+        x = ctfmod.phase_flip(x, ctfmod.ctf_2d(ctf, x.shape[-1], apix, device=x.device, rfft=True))
+    x = pp.normalize_background(x, geom.radius_px if geom.radius_px < 0.45 * geom.box else None)
+    x = center_crop(x, geom.window)
+    if geom.working_box < geom.window:
+        x = pp.fourier_crop(x, geom.working_box)
+    if cfg.lowpass > 0:
+        x = lowpass(x, geom.work_apix, cfg.lowpass)
+    if cfg.equalize:
+        x = pp.equalize_histogram(x)
+    if not torch.isfinite(x).all():
+        raise SimcryoError("preprocessing produced NaN/Inf values (check the input images)")
+    return x
+
+
+def wiener_filter(geom, device=None):
+    """(wb, wb) fft2-layout filter SSNR / (1 + SSNR) from the spectral SNR measured on the data.
+
+    The cache keeps whitened (unfiltered) images for the likelihood-based refinement; the
+    contrastive stage sees them through this filter, which removes the noise-only frequencies
+    a network would otherwise use to tell particles apart."""
+    wb = geom.working_box
+    ssnr = torch.as_tensor(geom.ssnr, dtype=torch.float32, device=device)
+    # frequency of the working box in shells of the input box
+    f = torch.fft.fftfreq(wb, device=device) / geom.scale * geom.box
+    r = torch.sqrt(f[:, None] ** 2 + f[None, :] ** 2)
+    i0 = r.floor().long().clamp(max=len(ssnr) - 1)
+    i1 = (i0 + 1).clamp(max=len(ssnr) - 1)
+    t = (r - i0).clamp(0, 1)
+    s = ssnr[i0] * (1 - t) + ssnr[i1] * t
+    s = torch.where(r > len(ssnr) - 1, torch.zeros_like(s), s)
+    return s / (1 + s)
+
+
+def apply_filter(x, filt):
+    """Multiply (..., b, b) images by an fft2-layout filter."""
+    return torch.fft.ifft2(torch.fft.fft2(x) * filt).real
+
+
+def lowpass(x, apix, resolution):
+    box = x.shape[-1]
+    f = torch.fft.fftfreq(box, d=apix, device=x.device)
+    s2 = f[:, None] ** 2 + f[None, :] ** 2
+    filt = torch.exp(-s2 * (resolution ** 2) / 2)
+    return torch.fft.ifft2(torch.fft.fft2(x) * filt).real
+
+
+def build_cache(pset, cfg, out_dir, device, log=print, batch=512):
+    """Preprocess every particle once into OUT/preprocessed.f32 (memory-mapped).
+
+    Returns (memmap (N, wb, wb) float32, Geometry). An existing cache with the same geometry is
+    reused (resume)."""
+    apix = pset.apix
+    box = pset.box
+    sample = np.linspace(0, pset.n - 1, min(pset.n, 1000)).astype(np.int64)
+    x = torch.from_numpy(pset.images(sample))
+    pp.check_not_constant(x, sample)
+    ctf = pset.ctf.take(sample) if pset.ctf is not None else None
+    if ctf is not None and cfg.phase_flip:
+        x = ctfmod.phase_flip(x, ctfmod.ctf_2d(ctf, box, apix, rfft=True))
+    x = pp.normalize_background(x)
+    if cfg.particle_diameter > 0:
+        radius = min(cfg.particle_diameter / 2 / apix, 0.45 * box)
+    else:
+        radius = estimate_radius(x)
+    ssnr, max_freq = None, 0.5
+    if cfg.wiener:
+        ssnr = spectral_snr(x, radius)
+        max_freq = min((resolution_shell(ssnr) + 2) / box, 0.5)
+    geom = Geometry(box, apix, radius, cfg.working_box, max_freq=max_freq)
+    geom.ssnr = None if ssnr is None else [round(float(v), 4) for v in ssnr]
+    if geom.working_box < 16:
+        raise SimcryoError(f"particle too small: crop window {geom.window} px leaves a "
+                           f"{geom.working_box} px working box (need >= 16 px); give a larger "
+                           "--particle-diameter or a larger box")
+    wb = geom.working_box
+    path = os.path.join(out_dir, CACHE_NAME)
+    mm = np.memmap(path, dtype=np.float32, mode="w+", shape=(pset.n, wb, wb))
+    for s in range(0, pset.n, batch):
+        idx = np.arange(s, min(s + batch, pset.n))
+        raw = torch.from_numpy(pset.images(idx)).to(device)
+        ctf = pset.ctf.take(idx) if pset.ctf is not None else None
+        mm[idx] = prepare_batch(raw, ctf, apix, geom, cfg, idx).cpu().numpy()
+    mm.flush()
+    # one global scale: the network sees unit-variance inputs whatever the data's noise level
+    scale = float(np.sqrt(np.mean(np.square(mm[: min(pset.n, 4096)], dtype=np.float64))))
+    if not scale > 0:
+        raise SimcryoError("all preprocessed images are zero")
+    for s in range(0, pset.n, 4096):
+        mm[s:s + 4096] /= scale
+    mm.flush()
+    return np.memmap(path, dtype=np.float32, mode="r", shape=(pset.n, wb, wb)), geom

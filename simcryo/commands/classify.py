@@ -1,0 +1,104 @@
+"""`simcryo classify`: unsupervised 2D classification of particle images.
+
+Writes in --o: particles.star (every input row and column in input order, plus
+_rlnClassNumber 1..K, _rlnMaxValueProbDistribution, _rlnAnglePsi, _rlnOriginXAngst,
+_rlnOriginYAngst), class_averages.mrcs (class k at index k), run.json (config, versions,
+seed, timings, loss curves, pretext images/s, metrics when _simcryoTrueClass exists),
+features.npy (N x d), neighbors.npy (row i: particle i's neighbours, most similar first) and
+probabilities.npy (N x K). Pose convention: particle ~= transform_images(average, psi, origin).
+"""
+import os
+import time
+
+import numpy as np
+
+from simcryo.classify.config import ClassifyConfig
+from simcryo.classify.neighbors import neighbor_purity
+from simcryo.classify.pipeline import CHECKPOINT, Classifier
+from simcryo.classify.preprocess import CACHE_NAME
+from simcryo.classify.averages import wrap_psi
+from simcryo.config import add_config_arguments, config_from_args, config_to_dict
+from simcryo.io.mrc import write_stack
+from simcryo.io.particles import load_particles, write_particles
+from simcryo.runtime import (RunLog, ensure_output_dir, log, resolve_device, seed_everything,
+                             set_threads)
+
+
+def add_arguments(parser):
+    add_config_arguments(parser, ClassifyConfig)
+
+
+def main(args):
+    run(config_from_args(ClassifyConfig, args))
+    return 0
+
+
+def true_labels(pset):
+    if "simcryoTrueClass" not in pset.particles:
+        return None
+    return pset.particles.as_float("simcryoTrueClass").astype(np.int64)
+
+
+def score(result, truth):
+    from simcryo import metrics
+    scores = {k: float(v) for k, v in metrics.clustering_scores(result["labels"], truth).items()}
+    for k in (5, 10):
+        scores[f"neighbor_purity@{k}"] = neighbor_purity(result["neighbors"], truth, k)
+    return scores
+
+
+def run(cfg, stop_after_epochs=None):
+    """Run the whole command for a validated config; returns the pipeline's result dict."""
+    t0 = time.time()
+    set_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+    pset = load_particles(cfg.i, apix=cfg.apix or None)
+    out = ensure_output_dir(cfg.o)
+    runlog = RunLog("classify", config_to_dict(cfg), seed=cfg.seed, n_particles=pset.n,
+                    box=pset.box, apix=pset.apix, ctf=pset.ctf is not None)
+    clf = Classifier(pset, cfg, out, device, resume=cfg.resume, log=log,
+                     stop_after_epochs=stop_after_epochs)
+    result = clf.run()
+    labels, probs = result["labels"], result["probabilities"]
+    runlog.start("averages")
+    psi, shift, averages = clf.averages(labels, probs)
+    runlog.stop("averages")
+    np.save(os.path.join(out, "probabilities.npy"), probs)
+    conf = probs[np.arange(pset.n), labels]
+    columns = {
+        "rlnClassNumber": (labels + 1).tolist(),
+        "rlnMaxValueProbDistribution": [f"{v:.6f}" for v in conf],
+        "rlnAnglePsi": [f"{v:.3f}" for v in wrap_psi(psi)],
+        "rlnOriginXAngst": [f"{v:.3f}" for v in shift[:, 0] * pset.apix],
+        "rlnOriginYAngst": [f"{v:.3f}" for v in shift[:, 1] * pset.apix],
+    }
+    write_particles(os.path.join(out, "particles.star"), pset, columns)
+    write_stack(os.path.join(out, "class_averages.mrcs"), averages.astype(np.float32), pset.apix)
+    runlog["geometry"] = result["geometry"].as_dict()
+    runlog["pretext_images_per_s"] = round(result["pretext_images_per_s"], 1)
+    runlog["class_sizes"] = np.bincount(labels, minlength=cfg.K).tolist()
+    runlog["scan_head_losses"] = result["scan_head_losses"]
+    for name, values in result["curves"].items():
+        runlog.data["curves"][name] = values
+    runlog.data["timings_s"].update({k: round(v, 3) for k, v in result["timings"].items()})
+    truth = true_labels(pset)
+    if truth is not None:
+        runlog["metrics"] = score(result, truth)
+        from simcryo import metrics
+        before = metrics.clustering_scores(clf.scan_labels, truth)
+        runlog["metrics"]["before_refine_acc"] = float(before["acc"])
+        runlog["metrics"]["before_refine_nmi"] = float(before["nmi"])
+        log("[classify] vs _simcryoTrueClass: " + " ".join(
+            f"{k}={v:.3f}" for k, v in runlog["metrics"].items()))
+    runlog.data["timings_s"]["total"] = round(time.time() - t0, 3)
+    runlog.write(os.path.join(out, "run.json"))
+    cache = os.path.join(out, CACHE_NAME)
+    if os.path.exists(cache):
+        os.remove(cache)
+    log(f"[classify] wrote {out}/particles.star, class_averages.mrcs, run.json "
+        f"({time.time() - t0:.1f} s; pretext {result['pretext_images_per_s']:.0f} img/s; "
+        f"class sizes {runlog['class_sizes']})")
+    result["psi"], result["shift"], result["averages"] = psi, shift, averages
+    result["checkpoint"] = os.path.join(out, CHECKPOINT)
+    return result

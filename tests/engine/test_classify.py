@@ -1,0 +1,233 @@
+"""simcryo classify: outputs, determinism, resume, learning on an easy set, bad inputs.
+
+Tiny configurations (4-px-wide ResNet, 16 px working box, a few epochs) keep every run to a
+few seconds; they test correctness, not accuracy (benchmarks/classify.py measures that)."""
+import json
+import os
+
+import mrcfile
+import numpy as np
+import pytest
+import torch
+
+from simcryo.classify.augment import Augmenter, rotate
+from simcryo.classify.config import ClassifyConfig
+from simcryo.classify.neighbors import knn_cosine, neighbor_purity
+from simcryo.classify.pipeline import Interrupted
+from simcryo.classify.pretext import nt_xent
+from simcryo.classify.preprocess import estimate_radius
+from simcryo.classify.scan import scan_loss
+from simcryo.commands.classify import run
+from simcryo.commands.simulate import run as simulate
+from simcryo.errors import SimcryoError
+from simcryo.io import read_star
+from simcryo.io.mrc import write_stack
+from simcryo.simulate import SimulateConfig
+
+TINY = dict(K=3, width=4, working_box=16, batch_size=32, pretext_epochs=2, tta_rotations=2,
+            knn=5, scan_heads=2, scan_epochs=3, selflabel_epochs=2, average_iterations=1,
+            refine_iterations=2, refine_align_iterations=1, refine_angles=12, threads=1)
+
+
+@pytest.fixture(scope="module")
+def star(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sim")
+    cfg = SimulateConfig(o=str(out), box=32, classes=3, per_class=16, snr=1.0, batch=64, seed=3)
+    cfg.validate()
+    simulate(cfg)
+    return str(out / "particles.star")
+
+
+def _cfg(inp, out, **kw):
+    values = dict(TINY, i=str(inp), o=str(out))
+    values.update(kw)
+    return ClassifyConfig(**values).validate()
+
+
+def _stack(path, images, apix=2.0):
+    write_stack(str(path), np.asarray(images, np.float32), apix)
+    return str(path)
+
+
+def test_outputs_follow_the_contract(star, tmp_path):
+    res = run(_cfg(star, tmp_path / "o"))
+    o = tmp_path / "o"
+    n = 48
+    probs = np.load(o / "probabilities.npy")
+    assert probs.shape == (n, 3)
+    assert np.allclose(probs.sum(1), 1.0, atol=1e-5) and (probs >= 0).all()
+    feats = np.load(o / "features.npy")
+    nb = np.load(o / "neighbors.npy")
+    assert feats.shape[0] == n and nb.shape == (n, 5)
+    assert not (nb == np.arange(n)[:, None]).any()
+    # most similar first
+    sims = np.einsum("nd,nkd->nk", feats, feats[nb])
+    assert (np.diff(sims, axis=1) <= 1e-5).all()
+    inp = read_star(star)["particles"]
+    table = read_star(str(o / "particles.star"))["particles"]
+    assert table.n_rows == n
+    # every input row in input order, input columns kept
+    assert list(table["simcryoTruePsi"]) == list(inp["simcryoTruePsi"])
+    cls = table.as_int("rlnClassNumber")
+    assert cls.min() >= 1 and cls.max() <= 3
+    assert np.array_equal(cls - 1, probs.argmax(1))
+    assert np.allclose(table.as_float("rlnMaxValueProbDistribution"), probs.max(1), atol=1e-5)
+    for label in ("rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst"):
+        assert np.isfinite(table.as_float(label)).all()
+    with mrcfile.open(o / "class_averages.mrcs", permissive=True) as m:
+        assert m.data.shape == (3, 32, 32) and np.isfinite(m.data).all()
+    info = json.loads((o / "run.json").read_text())
+    assert info["config"]["K"] == 3 and info["seed"] == 0
+    assert len(info["curves"]["pretext_loss"]) == 2
+    assert info["pretext_images_per_s"] > 0
+    assert "acc" in info["metrics"] and "neighbor_purity@10" in info["metrics"] or \
+        "neighbor_purity@5" in info["metrics"]
+    assert not os.path.exists(o / "preprocessed.f32")  # cache removed when done
+    assert res["labels"].shape == (n,)
+
+
+def test_same_seed_same_result_other_seed_differs(star, tmp_path):
+    a = run(_cfg(star, tmp_path / "a"))
+    b = run(_cfg(star, tmp_path / "b"))
+    c = run(_cfg(star, tmp_path / "c", seed=5))
+    assert np.array_equal(a["probabilities"], b["probabilities"])
+    assert np.array_equal(a["features"], b["features"])
+    assert not np.array_equal(a["features"], c["features"])
+
+
+@pytest.mark.parametrize("stop", [1, 5, 7, 10])  # inside pretext, scan, self-label, refine
+def test_resume_gives_the_uninterrupted_result(star, tmp_path, stop):
+    full = run(_cfg(star, tmp_path / "full"))
+    with pytest.raises(Interrupted):
+        run(_cfg(star, tmp_path / "part"), stop_after_epochs=stop)
+    resumed = run(_cfg(star, tmp_path / "part", resume=True))
+    assert np.array_equal(full["features"], resumed["features"])
+    assert np.allclose(full["probabilities"], resumed["probabilities"], atol=1e-6)
+    assert np.allclose(full["psi"], resumed["psi"]) and np.allclose(full["shift"], resumed["shift"])
+
+
+def test_resume_refuses_changed_parameters(star, tmp_path):
+    with pytest.raises(Interrupted):
+        run(_cfg(star, tmp_path / "p"), stop_after_epochs=1)
+    with pytest.raises(SimcryoError, match="different parameters"):
+        run(_cfg(star, tmp_path / "p", resume=True, lr=0.1))
+
+
+def test_pretext_loss_decreases_on_an_easy_set(tmp_path):
+    # two very different shapes, no noise: contrastive learning must make progress
+    rng = np.random.default_rng(0)
+    box = 32
+    yy, xx = np.mgrid[:box, :box] - box // 2
+    bar = ((np.abs(yy) < 2) & (np.abs(xx) < 9)).astype(np.float32)
+    blob = np.exp(-((yy - 5) ** 2 + (xx + 4) ** 2) / 8.0).astype(np.float32)
+    imgs = np.stack([bar if i % 2 else blob for i in range(64)])
+    imgs += 0.05 * rng.standard_normal(imgs.shape).astype(np.float32)
+    src = _stack(tmp_path / "easy.mrcs", imgs)
+    res = run(_cfg(src, tmp_path / "o", K=2, pretext_epochs=8, width=8, particle_diameter=40))
+    loss = res["curves"]["pretext_loss"]
+    assert np.mean(loss[-2:]) < loss[0] - 0.1
+
+
+def test_bad_inputs(star, tmp_path):
+    with pytest.raises(SimcryoError, match="K must be at least 2"):
+        _cfg(star, tmp_path / "o", K=1)
+    with pytest.raises(SimcryoError, match="larger than the number of particles"):
+        run(_cfg(star, tmp_path / "o", K=100))
+    rng = np.random.default_rng(0)
+    imgs = rng.standard_normal((10, 32, 32)).astype(np.float32)
+    const = imgs.copy()
+    const[4] = 0.0
+    with pytest.raises(SimcryoError, match="particle 5 is empty or constant"):
+        run(_cfg(_stack(tmp_path / "c.mrcs", const), tmp_path / "o2"))
+    nan = imgs.copy()
+    nan[2, 3, 3] = np.nan
+    with pytest.raises(SimcryoError, match="NaN"):
+        run(_cfg(_stack(tmp_path / "n.mrcs", nan), tmp_path / "o3"))
+    with pytest.raises(SimcryoError, match="too small"):
+        run(_cfg(_stack(tmp_path / "t.mrcs", imgs[:, :12, :12]), tmp_path / "o4"))
+    with pytest.raises(SimcryoError, match="no output folder"):
+        ClassifyConfig(i=star).validate()
+
+
+def test_cli_reports_bad_input_in_one_line(star, tmp_path, capsys):
+    from simcryo.cli import main
+    rc = main(["classify", "--i", star, "--K", "1", "--o", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("simcryo classify: error:")
+
+
+def test_rotation_convention_and_augmenter_shapes():
+    x = torch.zeros(1, 1, 16, 16)
+    x[0, 0, 8, 12] = 1.0  # a point on +x
+    y = rotate(x, torch.tensor([90.0]))[0, 0]
+    # rotating by +90 deg moves +x to +y (row index grows): counter-clockwise in (x, y)
+    r, c = divmod(int(y.argmax()), 16)
+    assert (r, c) == (12, 8)
+    cfg = ClassifyConfig()
+    aug = Augmenter(cfg, 16, 6.0, torch.device("cpu"))
+    g = torch.Generator().manual_seed(0)
+    v = aug(torch.randn(5, 1, 16, 16), g)
+    assert v.shape == (5, 1, 16, 16) and torch.isfinite(v).all()
+    assert v[:, 0, 0, 0].abs().max() == 0  # outside the mask
+
+
+def test_losses_and_neighbours():
+    torch.manual_seed(0)
+    z = torch.nn.functional.normalize(torch.randn(16, 8), dim=1)
+    assert nt_xent(z, z, 0.2) < nt_xent(z, z.roll(1, 0), 0.2)
+    p = torch.softmax(torch.randn(1, 16, 4), -1)
+    total, cons, ent = scan_loss(p, p, 1.0)
+    assert total.shape == (1,) and ent > 0
+    feats = np.repeat(np.eye(4, dtype=np.float32), 5, axis=0) + 0.01 * np.random.default_rng(0).standard_normal((20, 4)).astype(np.float32)
+    nb, sim = knn_cosine(feats, 4, block=7)
+    labels = np.repeat(np.arange(4), 5)
+    assert neighbor_purity(nb, labels, 4) == 1.0
+    assert (np.diff(sim, axis=1) <= 1e-6).all()
+
+
+def test_radius_estimate_finds_a_small_particle():
+    rng = np.random.default_rng(0)
+    box = 64
+    yy, xx = np.mgrid[:box, :box] - box // 2
+    signal = 3 * np.exp(-(yy ** 2 + xx ** 2) / (2 * 5.0 ** 2))
+    imgs = signal[None] * rng.standard_normal((200, 1, 1)) + rng.standard_normal((200, box, box))
+    r = estimate_radius(torch.as_tensor(imgs, dtype=torch.float32))
+    assert 9 <= r <= 18
+
+
+def test_refinement_recovers_classes_and_relion_poses():
+    """Two distinct shapes under random poses: the EM refinement, started from a poor
+    partition, separates them, and its poses follow simcryo.geometry's convention."""
+    from simcryo.classify.refine import Refiner
+    from simcryo.geometry import transform_images
+    rng = np.random.default_rng(1)
+    b = 24
+    yy, xx = np.mgrid[:b, :b] - b // 2
+    a = np.exp(-((yy - 4) ** 2 + (xx + 2) ** 2) / 6.0) + 0.6 * np.exp(-((yy + 3) ** 2 + (xx - 4) ** 2) / 3.0)
+    c = np.exp(-((yy) ** 2 + (xx - 5) ** 2) / 4.0) + np.exp(-((yy) ** 2 + (xx + 5) ** 2) / 4.0)
+    refs = torch.tensor(np.stack([a, c]), dtype=torch.float32)
+    n = 60
+    truth = np.arange(n) % 2
+    psi = torch.tensor(rng.uniform(0, 360, n), dtype=torch.float32)
+    shift = torch.tensor(rng.integers(-2, 3, (n, 2)), dtype=torch.float32)
+    x = transform_images(refs[truth], psi, shift)
+    x = x + 0.3 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+    start = truth.copy()
+    flip = rng.choice(n, 12, replace=False)
+    start[flip] = 1 - start[flip]  # 20% wrong
+    r = Refiner(x.numpy(), 2, 10.0, torch.device("cpu"), n_angles=36, max_shift=5.0)
+    candidates = [np.nonzero(start == c)[0][:8] for c in range(2)]
+    seeds = r.choose_seeds(start, candidates)
+    w, a_hat, d_hat, hist = r.run(start, 5, seeds=seeds, align_iterations=2)
+    lab = w.argmax(1).numpy()
+    assert (lab == truth).mean() >= 0.9 > (start == truth).mean()
+    assert np.allclose(w.sum(1).numpy(), 1.0, atol=1e-5)
+    # pipeline convention: psi = -a, origin = -d, then transform_images(average) ~ particle
+    avg = r.averages(w, a_hat[:, None].repeat(1, 2), d_hat[:, None].repeat(1, 2, 1))
+    def corr(psi, shift):
+        pred = transform_images(avg[lab], psi, shift) * r.mask
+        return torch.nn.functional.cosine_similarity(pred.flatten(1), (x * r.mask).flatten(1),
+                                                     dim=1).median()
+    # noise limits the cosine to ~0.65 here; the opposite sign convention scores far lower
+    assert corr(-a_hat, -d_hat) > 0.4
+    assert corr(-a_hat, -d_hat) > corr(a_hat, d_hat) + 0.2
