@@ -12,6 +12,7 @@ from pwem.protocols import EMProtocol
 
 from .. import Plugin
 from .. import constants as cts
+from .. import convert
 
 
 class ProtSimcryoBase(EMProtocol):
@@ -83,6 +84,16 @@ class ProtSimcryoBase(EMProtocol):
         form.addParallelSection(threads=self._defaultThreads, mpi=0)
 
     # ------------------------------------------------------------------ engine
+    def _getVolumeFile(self, vol):
+        """Path of `vol` as an MRC map the engine can read (converted if needed)."""
+        fn = convert.stripFormatSuffix(vol.getFileName())
+        if os.path.splitext(fn)[1].lower() in ('.mrc', '.map'):
+            return os.path.abspath(fn)
+        from pwem.emlib.image import ImageHandler
+        out = os.path.abspath(self._getExtraPath('input', 'volume.mrc'))
+        ImageHandler().convert(vol, out)
+        return out
+
     def _useGpu(self):
         return self._usesGpu and self.usesGpu() and bool(self.getGpuList())
 

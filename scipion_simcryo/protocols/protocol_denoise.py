@@ -75,23 +75,13 @@ class ProtSimcryoDenoise(ProtSimcryoBase, ProtProcessParticles):
         convert.ParticleStarWriter(parts, stackFile=stack, writeAlignment=True).write(
             self._getFileName('input_star'))
 
-    def _getVolumeFile(self):
-        vol = self.inputVolume.get()
-        fn = convert.stripFormatSuffix(vol.getFileName())
-        if os.path.splitext(fn)[1].lower() in ('.mrc', '.map'):
-            return os.path.abspath(fn)
-        from pwem.emlib.image import ImageHandler
-        out = os.path.abspath(self._getExtraPath('input', 'volume.mrc'))
-        ImageHandler().convert(vol, out)
-        return out
-
     def _getEngineArgs(self):
         """Arguments of `denoise train`; `denoise apply` is derived from them."""
         args = ['--i', os.path.abspath(self._getFileName('input_star')),
                 '--o', os.path.abspath(self._getFileName('model_dir'))]
         if self.denoiseMode == cts.DENOISE_GAN:
             vol = self.inputVolume.get()
-            args += ['--mode', 'reference', '--volume', self._getVolumeFile(),
+            args += ['--mode', 'reference', '--volume', self._getVolumeFile(self.inputVolume.get()),
                      '--volume-apix', vol.getSamplingRate()]
         else:
             args += ['--mode', 'self']

@@ -123,16 +123,6 @@ class ProtSimcryoSimulate(ProtSimcryoBase):
             convert.ParticleStarWriter(parts, stackFile=stack).write(
                 self._getFileName('input_star'))
 
-    def _getVolumeFile(self):
-        vol = self.inputVolume.get()
-        fn = convert.stripFormatSuffix(vol.getFileName())
-        if os.path.splitext(fn)[1].lower() in ('.mrc', '.map'):
-            return os.path.abspath(fn)
-        from pwem.emlib.image import ImageHandler
-        out = os.path.abspath(self._getExtraPath('input', 'volume.mrc'))
-        ImageHandler().convert(vol, out)
-        return out
-
     def _getEngineArgs(self):
         args = ['--o', os.path.abspath(self._getFileName('output_dir')),
                 '--classes', self.numberOfClasses.get(),
@@ -144,7 +134,7 @@ class ProtSimcryoSimulate(ProtSimcryoBase):
         if self.boxSize.get():
             args += ['--box', self.boxSize.get()]
         if self.volumeSource == VOLUME:
-            args += ['--volume', self._getVolumeFile(),
+            args += ['--volume', self._getVolumeFile(self.inputVolume.get()),
                      '--apix', self.inputVolume.get().getSamplingRate()]
         else:
             args += ['--apix', self.samplingRate.get()]
