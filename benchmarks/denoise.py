@@ -195,7 +195,8 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true",
                    help="one volume (hand), SNR 0.1, short training: a few minutes")
     p.add_argument("--o", default=os.path.join(ROOT, "bench_output", "denoise"))
-    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--seeds", type=int, nargs="+", default=None,
+                   help="simulation/training seeds (default: 0 1 2; --quick: 0)")
     p.add_argument("--snrs", type=float, nargs="+", default=None)
     p.add_argument("--volumes", nargs="+", default=None, help="phantom and/or hand")
     p.add_argument("--threads", type=int, default=2)
@@ -211,6 +212,7 @@ def main(argv=None):
     if not args.classify:
         print("classification ACC: skipped (--no-classify / --quick)")
 
+    args.seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     snrs = args.snrs or ([0.1] if args.quick else [0.1, 0.03])
     volumes = args.volumes or (["hand"] if args.quick else ["phantom", "hand"])
     epochs = args.epochs or (3 if args.quick else 8)
