@@ -20,57 +20,7 @@ import shutil
 import sys
 import time
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-# ----------------------------------------------------------------------------- headless setup
-def setupHeadlessScipion(root):
-    """Point every Scipion path under ``root``; must run before pyworkflow is imported."""
-    home = os.path.join(root, 'scipion_home')
-    os.makedirs(os.path.join(home, 'config'), exist_ok=True)
-    hosts = os.path.join(home, 'config', 'hosts.conf')
-    with open(hosts, 'w') as f:
-        f.write('[localhost]\nPARALLEL_COMMAND = mpirun -np %_(JOB_NODES)d --map-by node '
-                '%_(COMMAND)s\n')
-    os.environ.update({
-        'SCIPION_HOME': home, 'SCIPION_USER_DATA': os.path.join(root, 'ScipionUserData'),
-        'SCIPION_TESTS': os.path.join(root, 'tests_data'), 'SCIPION_HOSTS': hosts,
-        'SCIPION_CONFIG': os.path.join(home, 'config', 'scipion.conf'),
-        'SCIPION_DOMAIN': 'pwem', 'SCIPION_PYTHON': sys.executable,
-        'SCIPION_TEST_NOSYNC': '1', 'SCIPION_NOTIFY': 'False', 'MPLBACKEND': 'Agg'})
-    os.environ.pop('DISPLAY', None)
-    # RELION 3.1 as .ci/install_relion.sh installs it (read by scipion-em-relion at import).
-    relionHome = os.path.join(os.environ.get('SIMCRYO_RELION_ROOT') or
-                              os.path.expanduser('~/.simcryo-relion'), 'relion-3.1')
-    if 'RELION_HOME' not in os.environ and os.path.isdir(relionHome):
-        os.environ['RELION_HOME'] = relionHome
-    os.environ.setdefault('OMPI_ALLOW_RUN_AS_ROOT', '1')
-    os.environ.setdefault('OMPI_ALLOW_RUN_AS_ROOT_CONFIRM', '1')
-    # Protocol subprocesses run in the project folder: make the checkout importable there.
-    paths = [p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep) if p]
-    if REPO_ROOT not in paths:
-        os.environ['PYTHONPATH'] = os.pathsep.join([REPO_ROOT] + paths)
-    if REPO_ROOT not in sys.path:
-        sys.path.insert(0, REPO_ROOT)
-    _ensureEntryPoint(root)
-
-
-def _ensureEntryPoint(root):
-    """Scipion finds plugins through the `pyworkflow.plugin` entry point; publish one when the
-    checkout is not pip-installed."""
-    import importlib.metadata
-    eps = importlib.metadata.entry_points(group='pyworkflow.plugin')
-    if any(ep.name == 'scipion_simcryo' for ep in eps):
-        return
-    site = os.path.join(root, 'site')
-    info = os.path.join(site, 'scipion_em_simcryo_demo-0.0.dist-info')
-    os.makedirs(info, exist_ok=True)
-    with open(os.path.join(info, 'METADATA'), 'w') as f:
-        f.write('Metadata-Version: 2.1\nName: scipion-em-simcryo-demo\nVersion: 0.0\n')
-    with open(os.path.join(info, 'entry_points.txt'), 'w') as f:
-        f.write('[pyworkflow.plugin]\nscipion_simcryo = scipion_simcryo\n')
-    sys.path.insert(0, site)
-    os.environ['PYTHONPATH'] = os.pathsep.join([site, os.environ['PYTHONPATH']])
+from scipion_simcryo.headless import registerPluginEntryPoint, setupHeadlessScipion
 
 
 def engineHas(command):
@@ -306,7 +256,7 @@ def main(argv=None):
         os.environ['SIMCRYO_DEMO_HEADLESS'] = out
         argv = sys.argv[1:] if argv is None else list(argv)
         os.execv(sys.executable, [sys.executable, '-m', 'scipion_simcryo.demo'] + argv)
-    _ensureEntryPoint(os.path.join(out, 'scipion'))
+    registerPluginEntryPoint(os.path.join(out, 'scipion'))
     return Demo(args).run()
 
 

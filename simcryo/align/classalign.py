@@ -28,6 +28,7 @@ from simcryo.align.core import (AlignParams, References, align_internal, centre_
                                 normalized_correlation, rotate_shift, spectral_power,
                                 to_geometry, warp_to_reference, wrap_angle)
 from simcryo.align.translate import fourier_shift
+from simcryo.ctf import CTFEvaluator
 
 
 @dataclass
@@ -72,8 +73,8 @@ class ParticleSource:
         """CTF (B, box, box//2+1) of the particles Fourier-cropped to `box`; with psi, as seen
         in the reference frame."""
         if box not in self._ctf_eval:
-            self._ctf_eval[box] = FastCTF(self.ctf, box, self.apix * self.box / box,
-                                          self.device)
+            self._ctf_eval[box] = CTFEvaluator(self.ctf, box, self.apix * self.box / box,
+                                               self.device, rfft=True)
         return self._ctf_eval[box](indices, psi)
 
     def load(self, indices):
@@ -93,51 +94,6 @@ def crop_spectrum(spec, box):
     h = box // 2
     rows = torch.cat([spec[..., :h, :], spec[..., n - h:, :]], dim=-2)
     return rows[..., : h + 1] * (box / n) ** 2
-
-
-class FastCTF:
-    """float32 CTF images in rfft2 layout for a subset of particles, optionally seen in the
-    reference frame (astigmatism axis turned by -psi). Same formula as simcryo.ctf.ctf_2d
-    (checked by a test), but the per-particle constants are folded so that one batch costs a
-    few fused float32 operations instead of float64 trigonometry."""
-
-    def __init__(self, ctf, box, apix, device):
-        from simcryo.ctf import electron_wavelength, frequency_grid
-        fy, fx = frequency_grid(box, apix, device, rfft=True)
-        s2 = fx ** 2 + fy ** 2
-        alpha = torch.atan2(fy, fx)
-        self.s2 = s2.float()
-        self.shape = tuple(s2.shape)
-        self.basis = torch.stack([s2, s2 * torch.cos(2 * alpha), s2 * torch.sin(2 * alpha),
-                                  s2 ** 2, torch.ones_like(s2)]).reshape(5, -1).float()
-        lam = electron_wavelength(ctf.voltage)
-        du, dv = np.asarray(ctf.defocus_u, np.float64), np.asarray(ctf.defocus_v, np.float64)
-        w = np.clip(np.asarray(ctf.amp_contrast, np.float64), 0.0, 0.999)
-        self.mean_def = np.pi * lam * 0.5 * (du + dv)
-        self.ast_def = np.pi * lam * 0.5 * (du - dv)
-        self.angle = np.deg2rad(np.asarray(ctf.defocus_angle, np.float64))
-        self.quartic = -0.5 * np.pi * np.asarray(ctf.cs, np.float64) * 1e7 * lam ** 3
-        self.const = np.deg2rad(np.asarray(ctf.phase_shift, np.float64)) + np.arcsin(w)
-        self.bfac = -np.asarray(ctf.bfactor, np.float64) / 4.0
-        self.device = device
-
-    def __call__(self, indices, psi=None):
-        idx = np.asarray(indices)
-        ang = torch.as_tensor(self.angle[idx], device=self.device)
-        if psi is not None:
-            ang = ang - torch.deg2rad(psi.to(self.device).double())
-        ast = torch.as_tensor(self.ast_def[idx], device=self.device)
-        # chi = [s2, s2 cos2a, s2 sin2a, s4, 1] . per-particle coefficients: one matmul
-        coef = torch.stack([torch.as_tensor(self.mean_def[idx], device=self.device),
-                            ast * torch.cos(2 * ang), ast * torch.sin(2 * ang),
-                            torch.as_tensor(self.quartic[idx], device=self.device),
-                            torch.as_tensor(self.const[idx], device=self.device)], 1).float()
-        chi = (coef @ self.basis).view(len(idx), *self.shape)
-        out = torch.sin(chi).neg_()
-        if np.any(self.bfac[idx] != 0):
-            bf = torch.as_tensor(self.bfac[idx], dtype=torch.float32, device=self.device)
-            out = out * torch.exp(bf[:, None, None] * self.s2)
-        return out
 
 
 def soft_mask(box, radius, device, width=4.0):

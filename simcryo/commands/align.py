@@ -49,9 +49,10 @@ class AlignConfig:
                 "resolved in real space)", "choices": ["rings", "magnitude"]})
     align_box: int = field(default=0, metadata={
         "help": "box (px) the particles are Fourier-cropped to for the search and the running "
-                "averages; the final averages use the full box (0: auto = box/2 within "
-                "[32, 128]; at 64 px, SNR 0.1 the benchmark's median angle error was 0.69 vs "
-                "0.66 deg (phantom) and 6.5 vs 5.8 deg (hand) for 32 vs 64, ~3x faster)"})
+                "averages; the final averages use the full box (0: auto = the full box up to "
+                "64 px, else box/2 within [64, 128]; at 64 px, SNR 0.1, CTF a 32 px search "
+                "box was ~3x faster but gave hand-vol.mrc 1.80-2.12 deg median error vs "
+                "1.10-2.01 at 64 px in benchmarks/align.py)"})
     final_iterations: int = field(default=2, metadata={
         "help": "iterations at the full box after those in the search box (recovers the "
                 "finest frequencies the search box drops; 0: none)"})
@@ -124,7 +125,9 @@ def main(args):
 def auto_align_box(box, requested):
     if requested:
         return min(int(requested) // 2 * 2, box)
-    return min(box, min(128, max(32, box // 2 // 2 * 2)))
+    if box <= 64:
+        return box
+    return min(128, max(64, box // 2 // 2 * 2))
 
 
 def read_classes(pset, path):

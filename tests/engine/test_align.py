@@ -6,7 +6,7 @@ import torch
 
 from simcryo.align.average import (ClassAccumulator, centre_of_mass, normalize_weights,
                                    rotational_average, spectra_to_images)
-from simcryo.align.classalign import (ClassAligner, ClassAlignParams, FastCTF, ParticleSource,
+from simcryo.align.classalign import (ClassAligner, ClassAlignParams, ParticleSource,
                                       crop_spectrum)
 from simcryo.align.core import (AlignParams, References, align_to_references,
                                 normalized_correlation, warp_to_reference)
@@ -118,20 +118,6 @@ def test_rotational_average_and_centre_of_mass():
     blob = _gauss(3.0, -2.0, 4.0)[None]
     com = centre_of_mass(blob)
     assert (com - torch.tensor([[3.0, -2.0]])).abs().max() < 0.2
-
-
-def test_fast_ctf_matches_ctf_module():
-    rng = np.random.default_rng(0)
-    n = 4
-    ctf = CTFParams(rng.uniform(1e4, 3e4, n), rng.uniform(1e4, 3e4, n), rng.uniform(0, 180, n),
-                    np.full(n, 300.0), np.full(n, 2.7), np.full(n, 0.1), rng.uniform(0, 30, n),
-                    rng.uniform(0, 40, n))
-    fast = FastCTF(ctf, 48, 1.5, torch.device("cpu"))
-    assert (fast(np.arange(n)) - ctf_2d(ctf, 48, 1.5, rfft=True)).abs().max() < 1e-3
-    psi = torch.tensor([10.0, -40.0, 95.0, 170.0])
-    turned = ctf.take(np.arange(n))
-    turned.defocus_angle = turned.defocus_angle - psi.double().numpy()
-    assert (fast(np.arange(n), psi) - ctf_2d(turned, 48, 1.5, rfft=True)).abs().max() < 1e-3
 
 
 def test_wiener_average_undoes_ctf():

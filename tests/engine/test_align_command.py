@@ -98,3 +98,14 @@ def test_align_command_options_gap_and_missing_labels(classified, tmp_path, caps
     rc = cli_main(["align", "--i", bad, "--o", str(tmp_path / "x")])
     assert rc == 2
     assert "_rlnClassNumber" in capsys.readouterr().err
+
+
+def test_auto_search_box():
+    from simcryo.commands.align import auto_align_box
+    assert auto_align_box(64, 0) == 64          # small boxes are searched whole
+    assert auto_align_box(48, 0) == 48
+    assert auto_align_box(100, 0) == 64         # box/2, at least 64
+    assert auto_align_box(160, 0) == 80
+    assert auto_align_box(400, 0) == 128        # at most 128
+    assert auto_align_box(64, 33) == 32         # a requested box is made even
+    assert auto_align_box(64, 96) == 64         # and never larger than the particles

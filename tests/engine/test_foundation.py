@@ -67,7 +67,7 @@ def test_ctf_known_values():
     assert electron_wavelength(300) == pytest.approx(0.019687, rel=1e-4)
     params = CTFParams(*(np.array([v]) for v in (20000.0, 20000.0, 0.0, 300.0, 2.7, 0.1, 0.0, 0.0)))
     c = ctf_2d(params, 64, 1.0)[0]
-    assert c[0, 0].item() == pytest.approx(-0.1, abs=1e-6)  # -sin(asin(w)) at s = 0
+    assert c[0, 0].item() == pytest.approx(0.1, abs=1e-6)  # sin(asin(w)) at s = 0 (RELION)
     # first zero of an isotropic CTF: pi*lambda*dF*s^2 ~= pi - asin(w) (Cs negligible there)
     lam = electron_wavelength(300)
     s0 = math.sqrt((math.pi - math.asin(0.1)) / (math.pi * lam * 20000.0))
@@ -83,6 +83,39 @@ def test_ctf_astigmatism_angle_rotates_pattern():
     a = ctf_2d(CTFParams(defocus_u=np.array([20000.0]), defocus_angle=np.array([0.0]), **base), 64, 1.0)[0]
     b = ctf_2d(CTFParams(defocus_u=np.array([20000.0]), defocus_angle=np.array([90.0]), **base), 64, 1.0)[0]
     assert torch.allclose(a, b.T, atol=5e-4)
+
+
+def _ctf_reference(ctf, box, apix, i):
+    """Particle i's CTF (fft2 layout) straight from the formula in float64 numpy."""
+    f = np.fft.fftfreq(box, d=apix)
+    fy, fx = np.meshgrid(f, f, indexing="ij")
+    s2, alpha = fx ** 2 + fy ** 2, np.arctan2(fy, fx)
+    lam = electron_wavelength(ctf.voltage[i])
+    dfs = 0.5 * (ctf.defocus_u[i] + ctf.defocus_v[i]) + 0.5 * (
+        ctf.defocus_u[i] - ctf.defocus_v[i]) * np.cos(2 * (alpha - np.deg2rad(ctf.defocus_angle[i])))
+    chi = (np.pi * lam * dfs * s2 - 0.5 * np.pi * ctf.cs[i] * 1e7 * lam ** 3 * s2 ** 2
+           + np.deg2rad(ctf.phase_shift[i]) + np.arcsin(ctf.amp_contrast[i]))
+    return np.sin(chi) * np.exp(-ctf.bfactor[i] * s2 / 4)
+
+
+def test_ctf_evaluator_matches_formula_and_turns_with_psi():
+    from simcryo.ctf import CTFEvaluator
+    rng = np.random.default_rng(0)
+    n = 4
+    ctf = CTFParams(rng.uniform(1e4, 3e4, n), rng.uniform(1e4, 3e4, n), rng.uniform(0, 180, n),
+                    np.full(n, 300.0), np.full(n, 2.7), np.full(n, 0.1), rng.uniform(0, 30, n),
+                    rng.uniform(0, 40, n))
+    full = ctf_2d(ctf, 48, 1.5).numpy()
+    for i in range(n):
+        assert np.abs(full[i] - _ctf_reference(ctf, 48, 1.5, i)).max() < 1e-3
+    half = CTFEvaluator(ctf, 48, 1.5, rfft=True)
+    # rfft layout: the same values (the Nyquist column is +fx there, -fx in fft layout)
+    assert np.allclose(half([2, 0]).numpy()[..., :24], full[[2, 0], :, :24], atol=1e-4)
+    # in a frame rotated by psi the astigmatism axis is at defocus_angle - psi
+    psi = np.array([10.0, -40.0, 95.0, 170.0])
+    turned = ctf.take(np.arange(n))
+    turned.defocus_angle = turned.defocus_angle - psi
+    assert (half(None, torch.tensor(psi)) - ctf_2d(turned, 48, 1.5, rfft=True)).abs().max() < 1e-4
 
 
 def test_phase_flip_twice_is_identity():

@@ -241,3 +241,36 @@ def test_relion_result_rows_are_matched_back_by_image_name(tmp_path):
     np.testing.assert_array_equal(labels, [i % 3 + 1 for i in range(6)])
     np.testing.assert_allclose(psi, [10.0 * i for i in range(6)])
     np.testing.assert_allclose(shifts, [[0.5 * i, -1.0 * i] for i in range(6)])
+
+
+@needs_refine
+def test_relion_ctf_sign_is_the_engines(tmp_path):
+    """Particles made with the engine's CTF (a bright object) must give RELION class averages
+    that are bright too: with the opposite CTF sign RELION's CTF-corrected averages come out
+    contrast-inverted. Compared through rotational averages (RELION picks its own frame)."""
+    from simcryo.ctf import ctf_2d
+    from simcryo.io.particles import CTFParams
+    rng = np.random.default_rng(1)
+    n = 80
+    A = _asymmetric_image(variant=1)
+    defocus = rng.uniform(8000.0, 15000.0, n)
+    ctf = CTFParams(defocus, defocus, np.zeros(n), np.full(n, 300.0), np.full(n, 2.7),
+                    np.full(n, 0.1), np.zeros(n), np.zeros(n))
+    spec = torch.fft.rfft2(torch.from_numpy(A))[None] * ctf_2d(ctf, BOX, APIX, rfft=True)
+    images = torch.fft.irfft2(spec, s=(BOX, BOX)).numpy()
+    images = images + 0.2 * images.std() * rng.standard_normal(images.shape).astype(np.float32)
+    images = (images - images.mean()) / images.std()
+    star = _write_relion31(str(tmp_path), "ctf", images, None, extra={
+        "rlnDefocusU": defocus.tolist(), "rlnDefocusV": defocus.tolist(),
+        "rlnDefocusAngle": [0.0] * n, "rlnCtfBfactor": [0.0] * n, "rlnPhaseShift": [0.0] * n})
+    relion = _load_relion_driver()
+    res = relion.run_relion_2d(star, 2, str(tmp_path / "relion"), threads=2, iterations=6,
+                               seed=0, ctf=True, particle_diameter_A=0.8 * BOX * APIX)
+    averages = mrcfile.read(res["class_averages"])
+    from simcryo.align.average import rotational_average
+    truth = rotational_average(torch.from_numpy(A)[None])[0].numpy().ravel()
+    populated = [k for k in range(2) if np.any(res["labels"] == k + 1)]
+    for k in populated:
+        ring = rotational_average(torch.from_numpy(averages[k].copy())[None])[0].numpy().ravel()
+        cc = np.corrcoef(ring, truth)[0, 1]
+        assert cc > 0.5, f"RELION's average {k + 1} correlates {cc:.2f} with the object"
