@@ -19,13 +19,7 @@ from simcryo.io.particles import CTFParams
 BOX = 64
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tests are small: one thread avoids thread contention on a shared machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _gauss(x0, y0, sigma, box=BOX):

@@ -5,19 +5,13 @@ import os
 import mrcfile
 import numpy as np
 import pytest
-import torch
 
 from simcryo.cli import main as cli_main
 from simcryo.io.particles import load_particles
 from simcryo.io.star import read_star, write_star
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
