@@ -17,12 +17,16 @@ with their true class (`_rlnClassNumber`), runs `simcryo align` on the STAR and 
   passes, no re-averaging): a reference point for what the search itself can do.
 Then a speed run (a default run on 8,000 particles of 64 px, CTF on: particles/s per iteration
 in the search box, at the full box, and over all iterations), and, with --relion, RELION 2D's
-class averages on one data set for comparison.
+class averages against ours on the first 5-view set of each volume (part of the bar).
 
 Bar (SNR 0.1, 64 px, CTF on): median angle error <= 2 deg, median shift error <= 0.5 px,
-resolution <= 1.1 x true-pose resolution; speed >= 5,000 particles/s per iteration at 2
-threads over all iterations of a default run. Exit status 1 when a bar is missed. Timings on a
-shared machine are noisy.
+resolution <= 1.1 x true-pose resolution and, with --relion, no worse than RELION 2D's
+averages; speed >= 5,000 particles/s per iteration at 2 threads over all iterations of a
+default run. Exit status 1 when a bar is missed. Timings on a
+shared machine are noisy. The bar is meant for the full grid (2,000 particles per set): with
+--quick's 1,000, a 5-view class has 200 particles and its average's FRC against the projection
+can hover around 0.5 over many shells, so one class crossing a shell earlier moves the ratio a
+lot.
 
     python benchmarks/align.py --quick          # a few minutes
     python benchmarks/align.py                  # full grid
@@ -259,11 +263,24 @@ def speed_run(tmp, threads, n_total=8000):
     return median_rate(search), median_rate(full), effective, al.history[0]["search_box"]
 
 
-def relion_compare(case_folder, classes, apix, seed, iters=25):
-    """RELION 2D classification (K = classes) on the same particles; FRC=0.5 resolution of
-    each true class's best-matching RELION average vs its true projection."""
+def best_match_resolution(averages, references, apix):
+    """Mean over the true views of the FRC=0.5 resolution (Å) of the average that matches
+    each view best, every average rotated onto the view (image_frame_resolution): the same
+    measure for RELION's averages and ours."""
+    best = []
+    for j in range(len(references)):
+        res = image_frame_resolution(averages, np.repeat(references[j:j + 1], len(averages), 0),
+                                     apix)
+        best.append(res.min())
+    return float(np.mean(best))
+
+
+def relion_compare(case_folder, classes, seed, iters=25):
+    """RELION 2D classification (K = classes) on the same particles. Returns RELION's
+    averages and its wall time, or None when RELION is missing or fails."""
     if shutil.which("relion_refine") is None:
         return None
+    apix = load_particles(os.path.join(case_folder, "particles.star")).apix
     out = os.path.join(case_folder, "relion")
     os.makedirs(out, exist_ok=True)
     # RELION resolves image names relative to its working folder
@@ -281,12 +298,34 @@ def relion_compare(case_folder, classes, apix, seed, iters=25):
         print("RELION failed:", r.stdout[-500:])
         return None
     avgs = np.asarray(open_stack(os.path.join(out, f"run_it{iters:03d}_classes.mrcs")))
-    refs = np.asarray(open_stack(os.path.join(case_folder, "references.mrcs")))
-    best = []
-    for j in range(len(refs)):
-        res = image_frame_resolution(avgs, np.repeat(refs[j:j + 1], len(avgs), 0), apix)
-        best.append(res.min())
-    return float(np.mean(best)), time.time() - t0
+    return avgs, time.time() - t0
+
+
+def relion_bar(tmp, bar_rows, iters):
+    """RELION 2D vs `simcryo align` on the first 5-view SNR 0.1 CTF set of each volume, both
+    scored by best_match_resolution. True when ours is at least as good on every set tried
+    (or RELION could not run)."""
+    ok = True
+    for volume in dict.fromkeys(r["volume"] for r in bar_rows):
+        case = [r for r in bar_rows if r["volume"] == volume and r["views"] != "single"][0]
+        folder = os.path.join(tmp, f"{volume}_5_0.1_1_{case['seed']}")
+        rel = relion_compare(folder, 5, case["seed"], iters)
+        if rel is None:
+            print(f"RELION: not available or failed on {folder}")
+            continue
+        refs = np.asarray(open_stack(os.path.join(folder, "references.mrcs")))
+        ours = np.asarray(open_stack(os.path.join(folder, f"align_{case['method']}_"
+                                                  f"{case['label_noise']:g}",
+                                                  "class_averages.mrcs")))
+        res_rel = best_match_resolution(rel[0], refs, case["apix"])
+        res_ours = best_match_resolution(ours, refs, case["apix"])
+        passed = res_ours <= res_rel
+        ok &= passed
+        print(f"BAR RELION 2D (K=5, {iters} iterations, {rel[1]:.0f} s) on {folder}: mean "
+              f"FRC=0.5 resolution of the best-matching average per view {res_rel:.2f} Å vs "
+              f"simcryo align {res_ours:.2f} Å (true poses {case['true_res']:.2f} Å): "
+              f"{'PASS' if passed else 'FAIL'}")
+    return ok
 
 
 def fmt(r):
@@ -315,7 +354,7 @@ def main():
     ap.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
                     help="any other AlignConfig field, e.g. --set n_theta=256 final_iterations=4")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--relion", action="store_true", help="also run RELION 2D on one set")
+    ap.add_argument("--relion", action="store_true", help="also run RELION 2D on the first 5-view set of each volume")
     ap.add_argument("--relion-iter", type=int, default=25, help="RELION 2D iterations")
     ap.add_argument("--no-speed", action="store_true")
     ap.add_argument("--speed-only", action="store_true", help="only the speed run")
@@ -394,16 +433,7 @@ def main():
               f"(load {os.getloadavg()[0]:.1f}: timings on a shared machine are noisy)")
         ok &= passed
     if args.relion:
-        case = [r for r in bar_rows if r["views"] != "single"][0]
-        folder = os.path.join(tmp, f"{case['volume']}_5_0.1_1_{case['seed']}")
-        rel = relion_compare(folder, 5, case["apix"], case["seed"], args.relion_iter)
-        if rel is None:
-            print("RELION: not available or failed")
-        else:
-            print(f"RELION 2D (K=5, {args.relion_iter} iterations) on {folder}: mean FRC=0.5 "
-                  "resolution "
-                  f"{rel[0]:.2f} Å vs simcryo align {case['res']:.2f} Å "
-                  f"(true poses {case['true_res']:.2f} Å); RELION took {rel[1]:.0f} s")
+        ok &= relion_bar(tmp, bar_rows, args.relion_iter)
     if not args.keep:
         shutil.rmtree(tmp, ignore_errors=True)
     print("RESULT:", "PASS" if ok else "FAIL")

@@ -1,5 +1,6 @@
-"""Image preprocessing shared by the commands: masks, background normalisation, Fourier
-cropping, histogram equalisation."""
+"""Image preprocessing shared by the commands: masks, background normalisation, particle
+radius, Fourier cropping, histogram equalisation."""
+import numpy as np
 import torch
 
 from simcryo.errors import SimcryoError
@@ -24,6 +25,39 @@ def normalize_background(images, radius=None, eps=1e-6):
     """RELION-style normalisation: background (outside the mask) to mean 0, std 1."""
     mean, std = background_stats(images, radius)
     return (images - mean[:, None, None]) / (std[:, None, None] + eps)
+
+
+def radial_power_profile(images):
+    """Mean of the images' squared pixels per integer radius from the box centre."""
+    box = images.shape[-1]
+    c = torch.arange(box, dtype=torch.float32) - box // 2
+    r = torch.sqrt(c[:, None] ** 2 + c[None, :] ** 2).round().long().flatten()
+    power = (images.reshape(len(images), -1) ** 2).mean(0)
+    counts = torch.bincount(r).float()
+    return (torch.zeros(len(counts)).index_add_(0, r, power) / counts.clamp_min(1)).numpy()
+
+
+def estimate_radius(images, threshold=0.05):
+    """Particle radius in px from the excess variance over the noise floor.
+
+    Noise is (nearly) flat across the box while the particles add variance near the centre;
+    the radius is where the excess falls below `threshold` of its peak, plus 2 px.
+    """
+    box = images.shape[-1]
+    prof = radial_power_profile(images)[:box // 2]
+    floor = np.median(prof[int(0.8 * (box // 2)):])
+    excess = prof - floor
+    peak = excess[: max(box // 4, 2)].max()
+    if not peak > 0:
+        return 0.4 * box
+    above = np.nonzero(excess > threshold * peak)[0]
+    radius = float(above.max()) + 2.0 if len(above) else 0.4 * box
+    return float(np.clip(radius, 0.15 * box, 0.45 * box))
+
+
+def mask_radius_for(radius, box):
+    """Soft-mask radius (px) for a particle of `radius` px: 10 % larger, inside the box."""
+    return float(min(1.1 * radius, box / 2 - 2))
 
 
 def check_not_constant(images, indices=None, eps=1e-12):

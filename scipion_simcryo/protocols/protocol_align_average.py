@@ -51,8 +51,8 @@ class ProtSimcryoAlignAverage(ProtSimcryoBase, ProtAlign2D):
                       label='Iterations', help='Align/re-average rounds. 0: engine default.')
         form.addParam('maskRadius', params.IntParam, default=-1,
                       label='Particle mask radius (px)',
-                      help='Soft circular mask of the references. -1: engine default '
-                           '(box/2 - 2).')
+                      help='Soft circular mask of the references. -1: estimated from the '
+                           'particles (1.1 x their radius).')
         form.addParam('method', params.EnumParam, default=0, choices=['rings', 'magnitude'],
                       expertLevel=LEVEL_ADVANCED, label='Rotation search',
                       help='rings: real-space polar rings, FFT along the angle (keeps phases, '

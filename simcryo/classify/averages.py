@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from simcryo.classify.augment import rotate
+from simcryo.preprocess import mask_radius_for
 
 
 def _load(images, idx, device):
@@ -65,7 +66,7 @@ def aligned_averages(pset, labels, probs, k, radius_px, cfg, device, log):
         return None
     src = ParticleSource(pset.images, pset.n, pset.box, device, ctf=pset.ctf, apix=pset.apix)
     params = ClassAlignParams(iterations=cfg.average_iterations, seed=cfg.seed,
-                              mask_radius=min(radius_px * 1.1, pset.box / 2 - 2),
+                              mask_radius=mask_radius_for(radius_px, pset.box),
                               align_box=min(pset.box, 64))
     aligner = ClassAligner(src, labels, probs, k, params, log=log)
     aligner.run()

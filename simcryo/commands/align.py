@@ -50,9 +50,7 @@ class AlignConfig:
     align_box: int = field(default=0, metadata={
         "help": "box (px) the particles are Fourier-cropped to for the search and the running "
                 "averages; the final averages use the full box (0: auto = the full box up to "
-                "64 px, else box/2 within [64, 128]; at 64 px, SNR 0.1, CTF a 32 px search "
-                "box was ~3x faster but gave hand-vol.mrc 1.80-2.12 deg median error vs "
-                "1.10-2.01 at 64 px in benchmarks/align.py)"})
+                "64 px, else box/2 within [64, 128])"})
     final_iterations: int = field(default=2, metadata={
         "help": "iterations at the full box after those in the search box (recovers the "
                 "finest frequencies the search box drops; 0: none)"})
@@ -63,17 +61,18 @@ class AlignConfig:
         "help": "largest shift searched per step (px of the input box; 0: box/4)"})
     mask_radius: float = field(default=0.0, metadata={
         "help": "soft circular mask of the references and outermost polar ring (px of the "
-                "input box; 0: box/2 - 2)"})
+                "input box; 0: 1.1 x the particle radius estimated from the particles' "
+                "excess variance over the noise, at most box/2 - 2)"})
     n_theta: int = field(default=128, metadata={
         "help": "angular samples per polar ring (the peak is interpolated to ~0.1 degree)"})
     ctf: bool = field(default=True, metadata={
         "help": "use the CTF columns when present (--no-ctf ignores them)"})
     ctf_mode: str = field(default="flip", metadata={
         "help": "CTF handling in the search: flip (phase-flipped particles) or multiply "
-                "(particles times their CTF: the textbook matched filter). Averages are "
-                "Wiener-filtered either way. flip is the default: in benchmarks/align.py at "
-                "SNR 0.1 it halved the angle error on hand-vol.mrc (1 Å/px, strong CTF "
-                "delocalisation: 5.4-6.5 -> 3.4-3.5 deg) and cost <= 0.1 deg on the phantom",
+                "(particles times their CTF: the matched filter for white noise). Averages are "
+                "Wiener-filtered either way. flip is the default: in benchmarks/align.py "
+                "multiply lowered the median angle error by <= 0.15 deg at SNR 0.1, but at SNR "
+                "0.03 the 90th percentile grew from 7 to 79-87 deg on the phantom",
         "choices": ["flip", "multiply"]})
     reference_filter: str = field(default="wiener", metadata={
         "help": "filter of the running references: wiener (CTF-corrected average shrunk by "
@@ -156,9 +155,10 @@ def align_params(cfg, box, apix, device=None):
     scale = abox / box
     # Fourier pixels: the same index in the full and the cropped box
     lowpass_px = box * apix / cfg.lowpass if cfg.lowpass > 0 else 0.0
-    ring_radius = (cfg.mask_radius or box // 2 - 2) * scale
+    # ring_radius None: the aligner sets it from the (estimated) mask radius
+    ring_radius = max(cfg.mask_radius * scale, 2.0) if cfg.mask_radius > 0 else None
     ap = AlignParams(method=cfg.method, n_theta=cfg.n_theta, lowpass=lowpass_px,
-                     ring_radius=max(ring_radius, 2.0),
+                     ring_radius=ring_radius,
                      max_shift=cfg.max_shift * scale if cfg.max_shift > 0 else None)
     # CPU: one batch per thread, each single-threaded (robust on a shared machine)
     on_cpu = device is None or device.type == "cpu"
@@ -244,6 +244,7 @@ def run(cfg):
     runlog["box"] = pset.box
     runlog["apix"] = apix
     runlog["search_box"] = aligner.abox
+    runlog["mask_radius_px"] = aligner.mask_radius
     runlog["ctf_used"] = ctf is not None
     runlog["iterations"] = aligner.history
     for h in aligner.history:

@@ -173,6 +173,24 @@ def test_class_alignment_recovers_poses(ctf_on, ctf_mode):
     assert al.history and al.history[0]["particles_per_s"] > 0
 
 
+def test_mask_radius_is_estimated_from_the_particles():
+    """Without --mask-radius the mask and the outermost ring follow the particle's size."""
+    rng = np.random.default_rng(5)
+    radii = {}
+    for sigma in (3.0, 7.0):
+        clean = _gauss(0, 0, sigma)[None] * torch.as_tensor(rng.uniform(2, 4, (400, 1, 1)))
+        imgs = (clean + torch.as_tensor(rng.standard_normal((400, BOX, BOX)))).float().numpy()
+        src = ParticleSource(lambda idx: imgs[idx], 400, BOX, torch.device("cpu"))
+        al = ClassAligner(src, np.zeros(400, int), np.ones(400), 1,
+                          ClassAlignParams(align_box=32), log=lambda m: None)
+        assert al.p.align.ring_radius == pytest.approx(al.mask_radius * 0.5)
+        radii[sigma] = al.mask_radius
+    assert 2 * 3.0 < radii[3.0] < radii[7.0] < BOX / 2 - 2
+    fixed = ClassAligner(src, np.zeros(400, int), np.ones(400), 1,
+                         ClassAlignParams(mask_radius=20.0), log=lambda m: None)
+    assert fixed.mask_radius == 20.0 and fixed.p.align.ring_radius == 20.0
+
+
 def test_reassign_moves_mislabelled_particles():
     n = 160
     a, b = asymmetric_image(), _gauss(0, 0, 5) + _gauss(12, 0, 3) + _gauss(-12, 0, 3)

@@ -15,7 +15,6 @@ from simcryo.classify.config import ClassifyConfig
 from simcryo.classify.neighbors import knn_cosine, neighbor_purity
 from simcryo.classify.pipeline import Interrupted
 from simcryo.classify.pretext import nt_xent
-from simcryo.classify.preprocess import estimate_radius
 from simcryo.classify.scan import scan_loss
 from simcryo.commands.classify import run
 from simcryo.commands.simulate import run as simulate
@@ -183,16 +182,6 @@ def test_losses_and_neighbours():
     labels = np.repeat(np.arange(4), 5)
     assert neighbor_purity(nb, labels, 4) == 1.0
     assert (np.diff(sim, axis=1) <= 1e-6).all()
-
-
-def test_radius_estimate_finds_a_small_particle():
-    rng = np.random.default_rng(0)
-    box = 64
-    yy, xx = np.mgrid[:box, :box] - box // 2
-    signal = 3 * np.exp(-(yy ** 2 + xx ** 2) / (2 * 5.0 ** 2))
-    imgs = signal[None] * rng.standard_normal((200, 1, 1)) + rng.standard_normal((200, box, box))
-    r = estimate_radius(torch.as_tensor(imgs, dtype=torch.float32))
-    assert 9 <= r <= 18
 
 
 def test_refinement_recovers_classes_and_relion_poses():

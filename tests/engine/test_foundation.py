@@ -14,8 +14,8 @@ from simcryo.ctf import ctf_2d, electron_wavelength, phase_flip
 from simcryo.errors import SimcryoError
 from simcryo.geometry import align_images, compose, rotate_images, transform_images
 from simcryo.io import CTFParams
-from simcryo.preprocess import (circular_mask, equalize_histogram, fourier_crop, fourier_pad,
-                                normalize_background)
+from simcryo.preprocess import (circular_mask, equalize_histogram, estimate_radius, fourier_crop,
+                                fourier_pad, mask_radius_for, normalize_background)
 from simcryo.runtime import resolve_device
 
 
@@ -148,6 +148,18 @@ class _Cfg:
     epochs: int = dataclasses.field(default=10, metadata={"help": "training epochs"})
     lr: float = dataclasses.field(default=0.1, metadata={"help": "learning rate"})
     phase_flip: bool = dataclasses.field(default=True, metadata={"help": "flip phases"})
+
+
+def test_radius_estimate_finds_a_small_particle():
+    rng = np.random.default_rng(0)
+    box = 64
+    yy, xx = np.mgrid[:box, :box] - box // 2
+    signal = 3 * np.exp(-(yy ** 2 + xx ** 2) / (2 * 5.0 ** 2))
+    imgs = signal[None] * rng.standard_normal((200, 1, 1)) + rng.standard_normal((200, box, box))
+    r = estimate_radius(torch.as_tensor(imgs, dtype=torch.float32))
+    assert 9 <= r <= 18
+    assert mask_radius_for(r, box) == pytest.approx(1.1 * r)
+    assert mask_radius_for(31, box) == box / 2 - 2
 
 
 def test_config_precedence_flag_over_file_over_default(tmp_path):
