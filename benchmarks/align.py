@@ -32,6 +32,7 @@ lot.
     python benchmarks/align.py                  # full grid
 """
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -44,7 +45,6 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from simcryo.align.average import spectra_to_images  # noqa: E402
 from simcryo.align.classalign import ClassAligner, ParticleSource  # noqa: E402
 from simcryo.align.core import AlignParams, References, align_to_references  # noqa: E402
 from simcryo.metrics import pose_errors  # noqa: E402
@@ -145,7 +145,7 @@ def averages_from_poses(star, cfg, labels_true, psi, shift):
     al = ClassAligner(source, np.asarray(labels_true) - 1, weights, k,
                       align_cmd.align_params(cfg, pset.box, pset.apix), log=lambda m: None)
     acc = al.final_averages(psi=psi, shift=shift, exact=True)
-    return spectra_to_images(acc.wiener()).numpy()
+    return al.output_averages(acc).numpy()
 
 
 def resolution_in_reference_frame(star, cfg, labels, psi, shift, references, apix):
@@ -275,18 +275,22 @@ def best_match_resolution(averages, references, apix):
     return float(np.mean(best))
 
 
-def relion_compare(case_folder, classes, seed, iters=25):
-    """RELION 2D classification (K = classes) on the same particles. Returns RELION's
-    averages and its wall time, or None when RELION is missing or fails."""
+def relion_compare(case_folder, classes, seed, diameter, iters=25):
+    """RELION 2D classification (K = classes, mask `diameter` in Å) on the same particles.
+    Returns RELION's
+    averages and its wall time (None when a finished run in the folder was reused), or None
+    when RELION is missing or fails."""
+    out = os.path.join(case_folder, "relion")
+    result = os.path.join(out, f"run_it{iters:03d}_classes.mrcs")
+    if os.path.exists(result):
+        return np.asarray(open_stack(result)), None
     if shutil.which("relion_refine") is None:
         return None
-    apix = load_particles(os.path.join(case_folder, "particles.star")).apix
-    out = os.path.join(case_folder, "relion")
     os.makedirs(out, exist_ok=True)
     # RELION resolves image names relative to its working folder
     cmd = ["relion_refine", "--i", "particles.star", "--o", "relion/run", "--K", str(classes),
            "--iter", str(iters),
-           "--tau2_fudge", "2", "--particle_diameter", str(int(0.8 * 64 * apix)),
+           "--tau2_fudge", "2", "--particle_diameter", f"{diameter:.0f}",
            "--zero_mask", "--norm", "--scale", "--ctf", "--psi_step", "6", "--offset_range",
            "5", "--offset_step", "1", "--j", "2", "--pool", "100",
            "--dont_combine_weights_via_disc",
@@ -297,8 +301,7 @@ def relion_compare(case_folder, classes, seed, iters=25):
     if r.returncode != 0:
         print("RELION failed:", r.stdout[-500:])
         return None
-    avgs = np.asarray(open_stack(os.path.join(out, f"run_it{iters:03d}_classes.mrcs")))
-    return avgs, time.time() - t0
+    return np.asarray(open_stack(result)), time.time() - t0
 
 
 def relion_bar(tmp, bar_rows, iters):
@@ -309,19 +312,23 @@ def relion_bar(tmp, bar_rows, iters):
     for volume in dict.fromkeys(r["volume"] for r in bar_rows):
         case = [r for r in bar_rows if r["volume"] == volume and r["views"] != "single"][0]
         folder = os.path.join(tmp, f"{volume}_5_0.1_1_{case['seed']}")
-        rel = relion_compare(folder, 5, case["seed"], iters)
+        ours_dir = os.path.join(folder, f"align_{case['method']}_{case['label_noise']:g}")
+        # RELION gets the mask our run estimated (a user would give a similar diameter)
+        with open(os.path.join(ours_dir, "run.json")) as f:
+            diameter = 2 * json.load(f)["mask_radius_px"] * case["apix"]
+        rel = relion_compare(folder, 5, case["seed"], diameter, iters)
         if rel is None:
             print(f"RELION: not available or failed on {folder}")
             continue
         refs = np.asarray(open_stack(os.path.join(folder, "references.mrcs")))
-        ours = np.asarray(open_stack(os.path.join(folder, f"align_{case['method']}_"
-                                                  f"{case['label_noise']:g}",
-                                                  "class_averages.mrcs")))
+        ours = np.asarray(open_stack(os.path.join(ours_dir, "class_averages.mrcs")))
         res_rel = best_match_resolution(rel[0], refs, case["apix"])
         res_ours = best_match_resolution(ours, refs, case["apix"])
         passed = res_ours <= res_rel
         ok &= passed
-        print(f"BAR RELION 2D (K=5, {iters} iterations, {rel[1]:.0f} s) on {folder}: mean "
+        took = "a reused run" if rel[1] is None else f"{rel[1]:.0f} s"
+        print(f"BAR RELION 2D (K=5, {iters} iterations, mask {diameter:.0f} Å, {took}) on "
+              f"{folder}: mean "
               f"FRC=0.5 resolution of the best-matching average per view {res_rel:.2f} Å vs "
               f"simcryo align {res_ours:.2f} Å (true poses {case['true_res']:.2f} Å): "
               f"{'PASS' if passed else 'FAIL'}")

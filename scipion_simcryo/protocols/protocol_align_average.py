@@ -133,9 +133,18 @@ class ProtSimcryoAlignAverage(ProtSimcryoBase, ProtAlign2D):
     def _methods(self):
         if not self.hasAttribute('outputClasses'):
             return []
-        return ['The particles of %s were aligned inside their classes by polar Fourier-'
-                'magnitude rotational correlation and phase-correlation shifts, and averaged '
-                'with class-probability weights (SimCryoCluster), with the %s%s.'
-                % (self.getObjectTag('inputClasses'), self._methodsIntro(),
+        search = ('polar Fourier-magnitude rotational correlation (SimCryoCluster; the '
+                  '180-degree ambiguity resolved by a translation search)'
+                  if self.method.get() == 1 else
+                  'rotational correlation of real-space polar rings (FFT along the angle)')
+        runLog = self._readRunLog()
+        mask = runLog.get('mask_radius_px')
+        return ['The particles of %s were aligned inside their classes by %s and '
+                'cross-correlation shifts, inside a %s mask, and averaged with '
+                'class-probability weights%s, with the %s%s.'
+                % (self.getObjectTag('inputClasses'), search,
+                   '%.1f px radius' % mask if isinstance(mask, (int, float)) else 'circular',
+                   ' (CTF-corrected Wiener averages)' if runLog.get('ctf_used') else '',
+                   self._methodsIntro(),
                    '; particles were re-assigned to their best-matching average'
                    if self.reassign else '')]

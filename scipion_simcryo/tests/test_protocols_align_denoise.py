@@ -71,6 +71,10 @@ class TestSimcryoAlignDenoise(SimcryoTestBase):
                 self.assertAlmostEqual(sy * apix, result.oy[r], places=3)
                 prob = p.getAttributeValue(cts.CLASS_PROB)
                 self.assertTrue(0.0 <= prob <= 1.0)
+        # the methods text reports the search and the mask the engine used
+        methods = ' '.join(prot.methods())
+        self.assertIn('real-space polar rings', methods)
+        self.assertRegex(methods, r'inside a \d+\.\d px radius mask')
 
         # Alignment against the known poses (modulo each class frame) at SNR 2.
         if engineHas('evaluate'):

@@ -47,6 +47,7 @@ class ClassAlignParams:
     ctf_mode: str = "flip"         # "flip" (phase flip) or "multiply" (matched filter)
     align_box: int = 0             # Fourier-crop to this box for the search (0: full box)
     polish: bool = True            # final averages with exact shifts + bicubic rotation
+    flatten_solvent: bool = True   # final averages times the soft mask (solvent 0, as RELION)
     final_iterations: int = 2      # iterations at the full box after the search box ones
     reference_filter: str = "wiener"  # running references: "wiener" or "none" (CTF-corrected)
     starts: int = 4                # candidate seeds per class (best-connected members)
@@ -450,6 +451,13 @@ class ClassAligner:
             acc.add(spec, self.labels[idx].to(self.dev), w[idx], self.halves[idx], c2)
         return acc
 
+    def output_averages(self, acc):
+        """Full-box Wiener averages of a `final_averages` accumulator; with flatten_solvent
+        the solvent outside the soft mask is set to 0 (its noise would only lower the
+        averages' FRC against the particle's projection)."""
+        avg = spectra_to_images(acc.wiener())
+        return avg * self.mask if self.p.flatten_solvent else avg
+
     def polish(self):
         """Final full-box averages (re-centred), and each particle's normalised correlation
         with its final average (search box)."""
@@ -458,7 +466,7 @@ class ClassAligner:
         com = centre_of_mass(avg * self.mask)
         self._apply_recentre(acc, com, com)
         self.acc = acc
-        self.averages = spectra_to_images(acc.wiener())
+        self.averages = self.output_averages(acc)
         spec = crop_spectrum(torch.fft.rfft2(self.averages), self.abox)
         self.small = torch.fft.irfft2(spec, s=(self.abox, self.abox))
         refs = self._references()

@@ -13,7 +13,6 @@ import torch
 from simcryo import ctf as ctfmod
 from simcryo import preprocess as pp
 from simcryo.errors import SimcryoError
-from simcryo.preprocess import estimate_radius
 
 CACHE_NAME = "preprocessed.f32"
 
@@ -150,7 +149,7 @@ def build_cache(pset, cfg, out_dir, device, log=print, batch=512):
     if cfg.particle_diameter > 0:
         radius = min(cfg.particle_diameter / 2 / apix, 0.45 * box)
     else:
-        radius = estimate_radius(x)
+        radius = pp.estimate_radius(x)
     ssnr, max_freq = None, 0.5
     if cfg.wiener:
         ssnr = spectral_snr(x, radius)

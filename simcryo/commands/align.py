@@ -25,11 +25,9 @@ REASSIGN_HELP = (
     "after aligning, move each particle to the class average it matches best (normalised "
     "cross-correlation after alignment against every average; costs K alignments per "
     "particle) and re-average; the number moved is logged and written to run.json. Off by "
-    "default: in benchmarks/align.py (5 views 15+ degrees apart, SNR 0.1, CTF) it repaired "
-    "10%% wrong labels on the phantom (92.0%% -> 99.4%% correct) but on the small hand "
-    "volume, whose views look alike, it moved correctly labelled particles away (100%% -> "
-    "59.1%% correct) and blurred the averages; use it to clean up an imperfect "
-    "classification of clearly different views")
+    "default for its cost: with 10%% wrong labels (5 views, SNR 0.1, CTF, benchmarks/align.py) "
+    "it brought the correct fraction to 99.1-99.6%% on the phantom and 91.9-99.6%% on "
+    "hand-vol.mrc; use it to clean up an imperfect classification")
 
 
 @dataclass
@@ -71,9 +69,12 @@ class AlignConfig:
         "help": "CTF handling in the search: flip (phase-flipped particles) or multiply "
                 "(particles times their CTF: the matched filter for white noise). Averages are "
                 "Wiener-filtered either way. flip is the default: in benchmarks/align.py "
-                "multiply lowered the median angle error by <= 0.15 deg at SNR 0.1, but at SNR "
-                "0.03 the 90th percentile grew from 7 to 79-87 deg on the phantom",
+                "multiply changed the median angle error by -0.16 to +0.03 deg at SNR 0.1, but "
+                "at SNR 0.03 the 90th percentile grew from 7 to 79-87 deg on the phantom",
         "choices": ["flip", "multiply"]})
+    flatten_solvent: bool = field(default=True, metadata={
+        "help": "set the solvent of the class averages to 0 outside the soft mask, as RELION's "
+                "--flatten_solvent (--no-flatten-solvent keeps the full box)"})
     reference_filter: str = field(default="wiener", metadata={
         "help": "filter of the running references: wiener (CTF-corrected average shrunk by "
                 "the half-set SSNR) or none (CTF-corrected only)", "choices": ["wiener", "none"]})
@@ -169,6 +170,7 @@ def align_params(cfg, box, apix, device=None):
                             tol_shift=cfg.tol_shift, snr_weights=cfg.snr_weights,
                             reassign=cfg.reassign, ctf_mode=cfg.ctf_mode, align_box=abox,
                             reference_filter=cfg.reference_filter, starts=cfg.starts,
+                            flatten_solvent=cfg.flatten_solvent,
                             seed=cfg.seed, align=ap)
 
 
