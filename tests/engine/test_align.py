@@ -191,6 +191,22 @@ def test_mask_radius_is_estimated_from_the_particles():
     assert fixed.mask_radius == 20.0 and fixed.p.align.ring_radius == 20.0
 
 
+def test_solvent_flattening_zeroes_the_averages_outside_the_mask():
+    n = 60
+    imgs, *_ = _noisy_class_set(n, 0.5, False, seed=6)
+    src = ParticleSource(lambda idx: imgs[idx], n, BOX, torch.device("cpu"))
+    outside = {}
+    for flatten in (True, False):
+        params = ClassAlignParams(iterations=1, starts=1, trial_iterations=0, mask_radius=20.0,
+                                  flatten_solvent=flatten)
+        al = ClassAligner(src, np.zeros(n, int), np.ones(n), 1, params, log=lambda m: None)
+        avg = al.run().averages[0]
+        ax = torch.arange(BOX, dtype=torch.float32) - BOX // 2
+        far = (ax[:, None] ** 2 + ax[None, :] ** 2) > 25.0 ** 2
+        outside[flatten] = float(avg[far].abs().max())
+    assert outside[True] == 0.0 and outside[False] > 0.0
+
+
 def test_reassign_moves_mislabelled_particles():
     n = 160
     a, b = asymmetric_image(), _gauss(0, 0, 5) + _gauss(12, 0, 3) + _gauss(-12, 0, 3)
