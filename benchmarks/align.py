@@ -22,11 +22,10 @@ class averages against ours on the first 5-view set of each volume (part of the 
 Bar (SNR 0.1, 64 px, CTF on): median angle error <= 2 deg, median shift error <= 0.5 px,
 resolution <= 1.1 x true-pose resolution and, with --relion, no worse than RELION 2D's
 averages; speed >= 5,000 particles/s per iteration at 2 threads over all iterations of a
-default run. Exit status 1 when a bar is missed. Timings on a
-shared machine are noisy. The bar is meant for the full grid (2,000 particles per set): with
---quick's 1,000, a 5-view class has 200 particles and its average's FRC against the projection
-can hover around 0.5 over many shells, so one class crossing a shell earlier moves the ratio a
-lot.
+default run. Exit status 1 when a bar is missed. Timings on a shared machine are noisy.
+The bar is meant for the full grid (2,000 particles per set): with --quick's 1,000, a 5-view
+class has 200 particles and its average's FRC against the projection can hover around 0.5
+over many shells, so one class crossing a shell earlier moves the ratio a lot.
 
     python benchmarks/align.py --quick          # a few minutes
     python benchmarks/align.py                  # full grid
@@ -277,9 +276,8 @@ def best_match_resolution(averages, references, apix):
 
 def relion_compare(case_folder, classes, seed, diameter, iters=25):
     """RELION 2D classification (K = classes, mask `diameter` in Å) on the same particles.
-    Returns RELION's
-    averages and its wall time (None when a finished run in the folder was reused), or None
-    when RELION is missing or fails."""
+    Returns RELION's averages and its wall time (None when a finished run in the folder was
+    reused), or None when RELION is missing or fails."""
     out = os.path.join(case_folder, "relion")
     result = os.path.join(out, f"run_it{iters:03d}_classes.mrcs")
     if os.path.exists(result):
@@ -328,9 +326,9 @@ def relion_bar(tmp, bar_rows, iters):
         ok &= passed
         took = "a reused run" if rel[1] is None else f"{rel[1]:.0f} s"
         print(f"BAR RELION 2D (K=5, {iters} iterations, mask {diameter:.0f} Å, {took}) on "
-              f"{folder}: mean "
-              f"FRC=0.5 resolution of the best-matching average per view {res_rel:.2f} Å vs "
-              f"simcryo align {res_ours:.2f} Å (true poses {case['true_res']:.2f} Å): "
+              f"{folder}: mean FRC=0.5 resolution of the best-matching average per view "
+              f"{res_rel:.2f} Å vs simcryo align {res_ours:.2f} Å (true-pose averages rebuilt "
+              f"in the projection's frame: {case['true_res']:.2f} Å): "
               f"{'PASS' if passed else 'FAIL'}")
     return ok
 
@@ -361,7 +359,8 @@ def main():
     ap.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
                     help="any other AlignConfig field, e.g. --set n_theta=256 final_iterations=4")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--relion", action="store_true", help="also run RELION 2D on the first 5-view set of each volume")
+    ap.add_argument("--relion", action="store_true",
+                    help="also run RELION 2D on the first 5-view set of each volume")
     ap.add_argument("--relion-iter", type=int, default=25, help="RELION 2D iterations")
     ap.add_argument("--no-speed", action="store_true")
     ap.add_argument("--speed-only", action="store_true", help="only the speed run")
