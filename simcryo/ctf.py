@@ -50,12 +50,12 @@ class CTFEvaluator:
         dv = np.asarray(ctf.defocus_v, np.float64)
         w = np.clip(np.asarray(ctf.amp_contrast, np.float64), 0.0, 0.999)
         self.n = len(du)
-        self.mean_def = math.pi * lam * 0.5 * (du + dv) * np.ones(self.n)
-        self.ast_def = math.pi * lam * 0.5 * (du - dv) * np.ones(self.n)
+        self.mean_def = math.pi * lam * 0.5 * (du + dv)
+        self.ast_def = math.pi * lam * 0.5 * (du - dv)
         self.angle = np.deg2rad(np.asarray(ctf.defocus_angle, np.float64))
         self.quartic = -0.5 * math.pi * np.asarray(ctf.cs, np.float64) * 1e7 * lam ** 3
         self.const = np.deg2rad(np.asarray(ctf.phase_shift, np.float64)) + np.arcsin(w)
-        self.bfac = -np.asarray(ctf.bfactor, np.float64) / 4.0 * np.ones(self.n)
+        self.bfac = -np.asarray(ctf.bfactor, np.float64) / 4.0
 
     def _column(self, values, idx):
         values = np.broadcast_to(np.asarray(values, np.float64), (self.n,))
@@ -72,8 +72,8 @@ class CTFEvaluator:
                             ast * torch.sin(2 * ang), self._column(self.quartic, idx),
                             self._column(self.const, idx)], 1).to(self.dtype)
         out = torch.sin((coef @ self.basis).view(len(idx), *self.shape))
-        if np.any(self.bfac[idx] != 0):
-            bf = self._column(self.bfac, idx).to(self.dtype)
+        bf = self._column(self.bfac, idx).to(self.dtype)
+        if bool((bf != 0).any()):
             out = out * torch.exp(bf[:, None, None] * self.s2)
         return out
 

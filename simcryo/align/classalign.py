@@ -28,7 +28,7 @@ from simcryo.align.core import (AlignParams, References, align_internal, centre_
                                 normalized_correlation, rotate_shift, spectral_power,
                                 to_geometry, warp_to_reference, wrap_angle)
 from simcryo.align.translate import fourier_shift
-from simcryo.ctf import CTFEvaluator
+from simcryo.ctf import CTFEvaluator, phase_flip
 from simcryo.preprocess import estimate_radius, mask_radius_for
 
 
@@ -106,11 +106,10 @@ def auto_mask_radius(source, sample=1000):
     correlations: for hand-vol.mrc (radius ~13 px in a 64 px box) it lowered the median angle
     error on 8 of 10 sets of benchmarks/align.py (worst set 2.01 -> 1.87 deg)."""
     idx = np.unique(np.linspace(0, source.n - 1, min(source.n, sample)).astype(np.int64))
-    spec = torch.fft.rfft2(source.load(idx))
+    x = source.load(idx)
     if source.has_ctf:
-        spec = spec * torch.sign(source.ctf_images(idx, source.box))
-    x = torch.fft.irfft2(spec, s=(source.box, source.box)).cpu()
-    return mask_radius_for(estimate_radius(x), source.box)
+        x = phase_flip(x, source.ctf_images(idx, source.box))
+    return mask_radius_for(estimate_radius(x.cpu()), source.box)
 
 
 def soft_mask(box, radius, device, width=4.0):
@@ -148,8 +147,9 @@ class ClassAligner:
         self.halves = torch.randint(0, 2, (self.n,), generator=self.gen)
         radius = params.mask_radius or auto_mask_radius(source)
         self.mask_radius = float(radius)
-        if self.p.align.ring_radius is None:
-            self.p.align = dataclasses.replace(self.p.align, ring_radius=radius * self.scale)
+        # the rotation search reads the particle out to the mask edge and no further
+        self.p.align = dataclasses.replace(self.p.align,
+                                           ring_radius=max(radius * self.scale, 2.0))
         self.mask = soft_mask(self.box, radius, self.dev)
         self.mask_small = soft_mask(self.abox, radius * self.scale, self.dev,
                                     width=max(4.0 * self.scale, 1.5))
@@ -494,7 +494,7 @@ class ClassAligner:
         acc = self.final_averages(exact=False)
         a = self.p.align
         self.p.align = dataclasses.replace(
-            a, ring_radius=None if a.ring_radius is None else a.ring_radius / self.scale,
+            a, ring_radius=a.ring_radius / self.scale,
             max_shift=None if a.max_shift is None else a.max_shift / self.scale)
         self.abox, self.scale, self.mask_small = self.box, 1.0, self.mask
         self._set_small(acc)

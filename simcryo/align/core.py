@@ -35,7 +35,7 @@ class AlignParams:
     n_theta: int = 128             # angular samples per ring (full circle)
     angle_upsample: int = 8        # zero-padding factor of the angular correlation
     ring_radius: float = None      # outermost ring, px (default: box//2 - 2; ClassAligner
-                                   # sets its mask radius)
+                                   # always sets its mask radius)
     ring_step: float = 1.0         # ring spacing, px
     max_shift: float = None        # largest |shift| searched per step, px (default box/4)
     lowpass: float = 0.0           # band limit of the correlations, Fourier px (0: none)

@@ -156,10 +156,8 @@ def align_params(cfg, box, apix, device=None):
     scale = abox / box
     # Fourier pixels: the same index in the full and the cropped box
     lowpass_px = box * apix / cfg.lowpass if cfg.lowpass > 0 else 0.0
-    # ring_radius None: the aligner sets it from the (estimated) mask radius
-    ring_radius = max(cfg.mask_radius * scale, 2.0) if cfg.mask_radius > 0 else None
+    # the aligner sets the outermost ring from its (given or estimated) mask radius
     ap = AlignParams(method=cfg.method, n_theta=cfg.n_theta, lowpass=lowpass_px,
-                     ring_radius=ring_radius,
                      max_shift=cfg.max_shift * scale if cfg.max_shift > 0 else None)
     # CPU: one batch per thread, each single-threaded (robust on a shared machine)
     on_cpu = device is None or device.type == "cpu"
