@@ -117,19 +117,30 @@ class ClassAccumulator:
         h = self.half_averages()
         return shell_frc(h[0], h[1])
 
-    def wiener(self):
-        """Full-set Wiener average spectra (K, n, m): num / (den + mean_shell(den) / SSNR),
-        SSNR = 2 FRC / (1 - FRC) from the half sets (SSNR of the full set). A shell with no
-        signal is suppressed, one with high SSNR is left as the weighted CTF-corrected mean."""
-        num = self.num.sum(0)
-        den = self.den.sum(0)
+    def ssnr_grid(self):
+        """Full-set SSNR = 2 FRC / (1 - FRC) of the half sets per shell, on the rfft2 grid
+        (K, n, m)."""
         frc = self.frc_halves().clamp(1e-3, 0.999)
         ssnr = 2 * frc / (1 - frc)
-        n = self.box
-        rad = radial_frequency(n, num.device).round().long().clamp(max=n // 2)
-        ssnr_grid = ssnr[:, rad]
-        reg = shell_mean(den) / ssnr_grid
-        return num / (den + reg + 1e-12)
+        rad = radial_frequency(self.box, ssnr.device).round().long().clamp(max=self.box // 2)
+        return ssnr[:, rad]
+
+    def wiener(self):
+        """Full-set Wiener average spectra (K, n, m): num / (den + mean_shell(den) / SSNR).
+        A shell with no signal is suppressed, one with high SSNR is left as the weighted
+        CTF-corrected mean."""
+        den = self.den.sum(0)
+        return self.num.sum(0) / (den + shell_mean(den) / self.ssnr_grid() + 1e-12)
+
+    def masked_wiener(self, mask):
+        """Wiener-filtered average of the masked CTF-corrected average (spectra (K, n, m)):
+        the real-space `mask` first, then the per-shell SSNR / (1 + SSNR) shrinkage.
+        Masking after the shrinkage would mix the strong low shells into the shrunk high
+        ones and distort the signal there (benchmarks/align.py: FRC=0.5 resolution against
+        the true projections 9.9 -> 9.3 Å on a phantom 5-view set, same poses)."""
+        masked = torch.fft.rfft2(spectra_to_images(self.corrected()) * mask)
+        ssnr = self.ssnr_grid()
+        return masked * (ssnr / (1 + ssnr))
 
     def corrected(self, eps_fraction=0.1):
         """Full-set CTF-corrected average without the SSNR shrinkage (regularised only where

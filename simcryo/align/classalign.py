@@ -453,10 +453,11 @@ class ClassAligner:
 
     def output_averages(self, acc):
         """Full-box Wiener averages of a `final_averages` accumulator; with flatten_solvent
-        the solvent outside the soft mask is set to 0 (its noise would only lower the
-        averages' FRC against the particle's projection)."""
-        avg = spectra_to_images(acc.wiener())
-        return avg * self.mask if self.p.flatten_solvent else avg
+        the solvent outside the soft mask is removed before the shell filter (its noise would
+        only lower the averages' FRC against the particle's projection)."""
+        if self.p.flatten_solvent:
+            return spectra_to_images(acc.masked_wiener(self.mask))
+        return spectra_to_images(acc.wiener())
 
     def polish(self):
         """Final full-box averages (re-centred), and each particle's normalised correlation

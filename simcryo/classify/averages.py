@@ -69,9 +69,8 @@ def aligned_averages(pset, labels, probs, k, radius_px, cfg, device, log):
                               mask_radius=mask_radius_for(radius_px, pset.box),
                               align_box=min(pset.box, 64))
     aligner = ClassAligner(src, labels, probs, k, params, log=log)
-    aligner.run()
-    psi = np.asarray(aligner.psi, dtype=np.float32)
-    shift = np.asarray(aligner.shift, dtype=np.float32)
+    psi, shift = aligner.run().poses()  # the RELION convention, not the internal one
+    psi, shift = psi.astype(np.float32), shift.astype(np.float32)
     avg = aligner.averages
     avg = avg.cpu().numpy() if torch.is_tensor(avg) else np.asarray(avg)
     return psi, shift, avg.astype(np.float32)

@@ -73,8 +73,9 @@ class AlignConfig:
                 "at SNR 0.03 the 90th percentile grew from 7 to 79-87 deg on the phantom",
         "choices": ["flip", "multiply"]})
     flatten_solvent: bool = field(default=True, metadata={
-        "help": "set the solvent of the class averages to 0 outside the soft mask, as RELION's "
-                "--flatten_solvent (--no-flatten-solvent keeps the full box)"})
+        "help": "remove the solvent outside the soft mask from the class averages before "
+                "their Wiener filter (only its small spill remains beyond the mask), as "
+                "RELION's --flatten_solvent (--no-flatten-solvent keeps the full box)"})
     reference_filter: str = field(default="wiener", metadata={
         "help": "filter of the running references: wiener (CTF-corrected average shrunk by "
                 "the half-set SSNR) or none (CTF-corrected only)", "choices": ["wiener", "none"]})
