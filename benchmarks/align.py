@@ -127,14 +127,15 @@ def frame_poses(averages, references):
 
 def reference_in_frame(ref, psi, shift, oversample=4):
     """The clean projection `ref` (n, n) moved into an average's frame (the inverse of
-    align_images(average, psi, shift)): rotated on a 4x Fourier-oversampled grid, shifted by
-    a Fourier phase ramp, so that the noisy average it is compared with is never resampled."""
-    from simcryo.geometry import rotate_images, shift_images
+    align_images(average, psi, shift)): transform_images on a 4x Fourier-oversampled grid,
+    so that the noisy average it is compared with is never resampled."""
+    from simcryo.geometry import transform_images
     from simcryo.preprocess import fourier_crop, fourier_pad
     n = ref.shape[-1]
     big = fourier_pad(torch.as_tensor(ref, dtype=torch.float32)[None], n * oversample)
-    small = fourier_crop(rotate_images(big, torch.tensor([-float(psi)])), n)
-    return shift_images(small, torch.tensor([[-float(shift[0]), -float(shift[1])]]))[0]
+    moved = transform_images(big, torch.tensor([float(psi)]),
+                             torch.tensor([[float(shift[0]), float(shift[1])]]) * oversample)
+    return fourier_crop(moved, n)[0]
 
 
 def averages_from_poses(star, cfg, labels_true, psi, shift):

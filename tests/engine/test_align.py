@@ -253,7 +253,7 @@ def test_classify_fallback_averages_return_relion_poses():
     from types import SimpleNamespace
     from simcryo.classify.averages import aligned_averages
     n = 120
-    imgs, psi, shift, _, obj = _noisy_class_set(n, 0.5, False, seed=8)
+    imgs, psi, shift, _, _ = _noisy_class_set(n, 0.5, False, seed=8)
     pset = SimpleNamespace(images=lambda idx: imgs[idx], n=n, box=BOX, ctf=None, apix=2.0)
     cfg = SimpleNamespace(average_iterations=3, seed=0)
     out_psi, out_shift, avg = aligned_averages(pset, np.zeros(n, int), np.ones(n), 1, 8.0, cfg,
