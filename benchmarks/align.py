@@ -4,7 +4,7 @@ For every data set (built-in phantom and hand-vol.mrc; single-view and multi-vie
 0.03; CTF on/off; several seeds) it simulates particles with `simcryo simulate`, labels them
 with their true class (`_rlnClassNumber`), runs `simcryo align` on the STAR and prints:
 - median / 90th-percentile in-plane angle and shift errors, measured modulo each class frame
-  (simcryo.metrics.pose_errors);
+  (simcryo.evaluation.metrics.pose_errors);
 - FRC=0.5 resolution of the averages against the true (CTF-free, central-view) projections,
   and the same for averages built with the *true* poses by the same Wiener averaging (the best
   possible), with their ratio;
@@ -47,15 +47,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from simcryo.align.classalign import ClassAligner, ParticleSource  # noqa: E402
 from simcryo.align.core import AlignParams, References, align_to_references  # noqa: E402
-from simcryo.metrics import pose_errors  # noqa: E402
+from simcryo.evaluation.metrics import pose_errors  # noqa: E402
 from simcryo.commands import align as align_cmd  # noqa: E402
 from simcryo.commands import simulate as simulate_cmd  # noqa: E402
-from simcryo.frc import frc, resolution_at  # noqa: E402
-from simcryo.geometry import align_images  # noqa: E402
+from simcryo.evaluation.frc import frc, resolution_at  # noqa: E402
+from simcryo.image.geometry import align_images  # noqa: E402
 from simcryo.io.mrc import open_stack  # noqa: E402
 from simcryo.io.particles import load_particles  # noqa: E402
 from simcryo.io.star import read_star, write_star  # noqa: E402
-from simcryo.simulate import SimulateConfig  # noqa: E402
+from simcryo.simulation.simulate import SimulateConfig  # noqa: E402
 
 HAND = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..",
                     "shared", "data", "hand-vol.mrc")
@@ -105,7 +105,7 @@ def frame_poses(averages, references):
     projection, and the correlation reached: a global search, then a local polish from that
     peak and from the peak rotated by 90, 180 and 270 degrees (a near-symmetric view can fool
     the global search); the polished pose with the highest correlation wins."""
-    from simcryo.geometry import compose
+    from simcryo.image.geometry import compose
     avg = torch.as_tensor(np.array(averages, dtype=np.float32))
     ref = torch.as_tensor(np.array(references, dtype=np.float32))
     out = align_to_references(avg, References(ref, AlignParams(inner_rounds=6, n_theta=360)),
@@ -129,8 +129,8 @@ def reference_in_frame(ref, psi, shift, oversample=4):
     """The clean projection `ref` (n, n) moved into an average's frame (the inverse of
     align_images(average, psi, shift)): transform_images on a 4x Fourier-oversampled grid,
     so that the noisy average it is compared with is never resampled."""
-    from simcryo.geometry import transform_images
-    from simcryo.preprocess import fourier_crop, fourier_pad
+    from simcryo.image.geometry import transform_images
+    from simcryo.image.preprocess import fourier_crop, fourier_pad
     n = ref.shape[-1]
     big = fourier_pad(torch.as_tensor(ref, dtype=torch.float32)[None], n * oversample)
     moved = transform_images(big, torch.tensor([float(psi)]),
@@ -158,7 +158,7 @@ def resolution_in_reference_frame(star, cfg, labels, psi, shift, references, api
     add an interpolation that true-pose averages (already in that frame) do not pay. So the
     frame offset is measured, composed into every particle's pose, and the average rebuilt
     from the particles directly in the projection's frame."""
-    from simcryo.geometry import compose
+    from simcryo.image.geometry import compose
     labels = np.asarray(labels)
     avgs = averages_from_poses(star, cfg, labels, psi, shift)
     frames, _ = frame_poses(avgs, references)

@@ -34,7 +34,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
-from simcryo import metrics  # noqa: E402
+from simcryo.evaluation import metrics  # noqa: E402
 from simcryo.io import read_star  # noqa: E402
 
 HAND = os.path.join(ROOT, "..", "shared", "data", "hand-vol.mrc")

@@ -38,12 +38,12 @@ if ROOT not in sys.path:
 from simcryo import cli  # noqa: E402
 from simcryo.denoise.apply import denoise_images  # noqa: E402
 from simcryo.denoise.train import DenoiseConfig, arch_of, build_generator  # noqa: E402
-from simcryo.frc import frc  # noqa: E402
+from simcryo.evaluation.frc import frc  # noqa: E402
 from simcryo.denoise.pairs import ctf_signs  # noqa: E402
 from simcryo.io import CTFParams, load_particles, open_stack, write_volume  # noqa: E402
-from simcryo.metrics import accuracy  # noqa: E402
-from simcryo.phantom import make_phantom  # noqa: E402
-from simcryo.simulate import PHANTOM_APIX, apply_ctf_padded  # noqa: E402
+from simcryo.evaluation.metrics import accuracy  # noqa: E402
+from simcryo.simulation.phantom import make_phantom  # noqa: E402
+from simcryo.simulation.simulate import PHANTOM_APIX, apply_ctf_padded  # noqa: E402
 
 HAND = os.path.abspath(os.path.join(ROOT, "..", "shared", "data", "hand-vol.mrc"))
 

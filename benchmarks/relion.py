@@ -203,7 +203,7 @@ def true_poses(star):
 
 def score(truth, labels):
     """ACC / NMI / ARI / FMI of predicted labels against the truth."""
-    from simcryo.metrics import clustering_scores
+    from simcryo.evaluation.metrics import clustering_scores
     scores = clustering_scores(labels, truth)
     return {name: float(scores[name.lower()]) for name in ("ACC", "NMI", "ARI", "FMI")}
 

@@ -4,8 +4,8 @@
 Fourier magnitudes, FFT along the angle, cross-/phase-correlation with sub-pixel peaks);
 `polar`, `translate`: the primitives; `average`: weights, rotational averages, CTF-aware
 (Wiener) class averages with half sets; `classalign`: reference-free iterative alignment of
-classified particles streamed in batches (pose errors: `simcryo.metrics.pose_errors`).
-Pose convention: particle ~= simcryo.geometry.transform_images(average, psi, shift).
+classified particles streamed in batches (pose errors: `simcryo.evaluation.metrics.pose_errors`).
+Pose convention: particle ~= simcryo.image.geometry.transform_images(average, psi, shift).
 """
 from simcryo.align.classalign import ClassAligner, ClassAlignParams, ParticleSource  # noqa: F401
 from simcryo.align.core import AlignParams, References, align_to_references  # noqa: F401

@@ -65,7 +65,7 @@ def shell_mean(spectrum_like):
 
 def shell_frc(spec_a, spec_b):
     """FRC per integer shell between rfft2 spectra (K, n, m) -> (K, n//2+1) up to Nyquist.
-    (Used inside the iterations; the reported curves come from simcryo.frc.)"""
+    (Used inside the iterations; the reported curves come from simcryo.evaluation.frc.)"""
     k, n, m = spec_a.shape
     rad = radial_frequency(n, spec_a.device).round().long().reshape(-1)
     n_bins = int(rad.max()) + 1

@@ -28,8 +28,8 @@ from simcryo.align.core import (AlignParams, References, align_internal, centre_
                                 normalized_correlation, rotate_shift, spectral_power,
                                 to_geometry, warp_to_reference, wrap_angle)
 from simcryo.align.translate import fourier_shift
-from simcryo.ctf import CTFEvaluator, phase_flip
-from simcryo.preprocess import estimate_radius, mask_radius_for
+from simcryo.image.ctf import CTFEvaluator, phase_flip
+from simcryo.image.preprocess import estimate_radius, mask_radius_for
 
 
 @dataclass
@@ -84,7 +84,7 @@ class ParticleSource:
         x = torch.as_tensor(np.asarray(self.get_images(indices)), dtype=torch.float32,
                             device=self.device)
         if self.normalize:
-            from simcryo.preprocess import normalize_background
+            from simcryo.image.preprocess import normalize_background
             x = normalize_background(x)
         return x
 
@@ -101,7 +101,7 @@ def crop_spectrum(spec, box):
 
 def auto_mask_radius(source, sample=1000):
     """Mask radius (px) from the particles' excess variance over the noise
-    (simcryo.preprocess.estimate_radius on up to `sample` phase-flipped particles spread over
+    (simcryo.image.preprocess.estimate_radius on up to `sample` phase-flipped particles spread over
     the set). Outer rings and reference pixels beyond the particle only add noise to the
     correlations: for hand-vol.mrc (radius ~13 px in a 64 px box) it lowered the median angle
     error on 8 of 10 sets of benchmarks/align.py (worst set 2.01 -> 1.87 deg)."""
@@ -124,7 +124,7 @@ class ClassAligner:
 
     The search and the running averages live in the Fourier-cropped search box (`align_box`);
     the final averages (`polish`) are built once at the full box. After `run()`: `poses()`
-    (psi, shift) in the simcryo.geometry / RELION convention (full-box px; the attributes
+    (psi, shift) in the simcryo.image.geometry / RELION convention (full-box px; the attributes
     psi/shift hold the internal convention, see simcryo.align.core), labels (N,) 0-based,
     averages (K, n, n), acc (the final ClassAccumulator: half sets, FRC), ncc (N,), history
     (per-iteration changes and speed)."""
@@ -418,15 +418,15 @@ class ClassAligner:
         return moved
 
     def poses(self):
-        """(psi (N,) deg, shift (N, 2) px) in the simcryo.geometry / RELION convention."""
+        """(psi (N,) deg, shift (N, 2) px) in the simcryo.image.geometry / RELION convention."""
         psi, shift = to_geometry(self.psi, self.shift)
         return psi.numpy(), shift.numpy()
 
     def final_averages(self, psi=None, shift=None, exact=None):
-        """Full-box Wiener averages from poses given in the simcryo.geometry convention
+        """Full-box Wiener averages from poses given in the simcryo.image.geometry convention
         (default: the current ones), exact Fourier shifts + bicubic rotation when `exact`
         (default: params.polish). Returns the accumulator (half sets for the FRC)."""
-        from simcryo.geometry import align_images
+        from simcryo.image.geometry import align_images
         if psi is None:
             psi, shift = self.psi, self.shift
         else:

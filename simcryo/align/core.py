@@ -1,7 +1,7 @@
 """Combined in-plane rotation + translation alignment of particles against references.
 
 Pose conventions. Public results (`align_to_references`, `ClassAligner.poses`) follow
-`simcryo.geometry` / RELION: p ~= transform_images(A, psi, shift), so
+`simcryo.image.geometry` / RELION: p ~= transform_images(A, psi, shift), so
 `geometry.align_images(p, psi, shift)` ~= A (psi in degrees, [-180, 180); shift (x, y) px).
 Internally (`align_internal`, `warp_to_reference`, ClassAligner.psi/shift) the pose is
 (psi_i, s_i) with p(R(psi_i) u + s_i) = A(u), u measured from the box centre, i.e. A rotated
@@ -162,14 +162,14 @@ def _rotation_magnitude(images, refs, labels):
 
 
 def to_geometry(psi_i, shift_i):
-    """Internal pose -> simcryo.geometry / RELION pose (and back: the map is its own inverse)."""
+    """Internal pose -> simcryo.image.geometry / RELION pose (and back: the map is its own inverse)."""
     return wrap_angle(-psi_i), -shift_i
 
 
 def align_to_references(images, refs, labels, shift0=None):
     """Align particles (B, n, n) to references `refs` (a References), particle i against
     reference labels[i]; shift0: starting shift estimates (B, 2) px, default: a
-    rotation-independent centring. Poses in the simcryo.geometry convention:
+    rotation-independent centring. Poses in the simcryo.image.geometry convention:
     align_images(images[i], psi[i], shift[i]) ~= reference labels[i].
 
     Returns a dict: psi (B,), shift (B, 2), score (B,) (cross-correlation peak) and spectrum

@@ -10,7 +10,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from simcryo.geometry import rotate_images
+from simcryo.image.geometry import rotate_images
 
 
 def soft_mask(box, radius, width=2.0, device=None):
@@ -27,7 +27,7 @@ def _uniform(n, lo, hi, gen, device):
 
 def rotate(x, angles_deg):
     """Rotate (n, 1, b, b) images by the given angles (degrees) about pixel (b//2, b//2), with
-    the project's sign convention (simcryo.geometry: +90 maps +x onto +y)."""
+    the project's sign convention (simcryo.image.geometry: +90 maps +x onto +y)."""
     return rotate_images(x[:, 0], angles_deg.to(x.dtype), mode="bilinear")[:, None]
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from simcryo.classify.augment import rotate
-from simcryo.preprocess import mask_radius_for
+from simcryo.image.preprocess import mask_radius_for
 
 
 def _load(images, idx, device):

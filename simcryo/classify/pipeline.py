@@ -19,8 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from simcryo import ctf as ctfmod
-from simcryo import preprocess as pp
+from simcryo.image import ctf as ctfmod
+from simcryo.image import preprocess as pp
 from simcryo import runtime
 from simcryo.classify import averages as avgmod
 from simcryo.classify import pretext, scan, selflabel
@@ -325,7 +325,7 @@ class Classifier:
         probs /= probs.sum(1, keepdims=True)
         labels = probs.argmax(1)
         # The refinement models particle = shift(rotate(average, a), d) with rotate_images'
-        # sign; RELION's pose (simcryo.geometry.transform_images) is its inverse: psi = -a,
+        # sign; RELION's pose (simcryo.image.geometry.transform_images) is its inverse: psi = -a,
         # origin = -d, in px of the input box (the refinement works in the working box).
         self.poses = None if psi is None else (-psi, -shift / self.geom.scale)
         rate = self.state["pretext_images"] / max(self.state["pretext_seconds"], 1e-9)
@@ -370,7 +370,7 @@ class Classifier:
     def posed_averages(self, labels, probs, psi, shift):
         """Probability-weighted averages of the phase-flipped particles at the input box, each
         aligned with its refined pose (align_images undoes particle = T(average, psi, shift))."""
-        from simcryo.geometry import align_images
+        from simcryo.image.geometry import align_images
         k, box = self.cfg.K, self.pset.box
         sums = torch.zeros(k, box, box, device=self.device)
         wsum = torch.zeros(k, device=self.device)

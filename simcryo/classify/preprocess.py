@@ -10,8 +10,8 @@ import os
 import numpy as np
 import torch
 
-from simcryo import ctf as ctfmod
-from simcryo import preprocess as pp
+from simcryo.image import ctf as ctfmod
+from simcryo.image import preprocess as pp
 from simcryo.errors import SimcryoError
 
 CACHE_NAME = "preprocessed.f32"

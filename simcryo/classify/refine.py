@@ -7,7 +7,7 @@ every small shift (FFT cross-correlation), turns the scores into class posterior
 Gaussian noise model (expectation-maximisation, as RELION's 2D classification does), and
 rebuilds the averages from the posterior-weighted, best-aligned particles.
 
-Pose convention (simcryo.geometry): particle ~= shift(rotate(average, psi), shift).
+Pose convention (simcryo.image.geometry): particle ~= shift(rotate(average, psi), shift).
 """
 import math
 

@@ -7,7 +7,7 @@ particles.star (every input row and column, plus _rlnClassNumber, _rlnMaxValuePr
 _rlnAnglePsi, _rlnOriginXAngst/YAngst, _simcryoAlignCC), class_averages.mrcs (class k at index
 k; classes without particles are blank) and run.json (config, per-iteration changes, speed,
 per-class half-set FRC and resolution, pose errors when _simcryoTrue* columns exist).
-Pose convention (RELION's, simcryo.geometry): align_images(particle, psi, origin) ~= its class
+Pose convention (RELION's, simcryo.image.geometry): align_images(particle, psi, origin) ~= its class
 average (shift by +origin, then rotate by +psi, as relion_stack_create --apply_transformation).
 """
 import os
@@ -174,9 +174,9 @@ def align_params(cfg, box, apix, device=None):
 
 
 def class_report(aligner, apix):
-    """Per-class counts, weights, half-set FRC curve and resolutions (simcryo.frc)."""
+    """Per-class counts, weights, half-set FRC curve and resolutions (simcryo.evaluation.frc)."""
     from simcryo.align.average import spectra_to_images
-    from simcryo.frc import frc, resolution_at
+    from simcryo.evaluation.frc import frc, resolution_at
     half = aligner.acc.half_averages()
     halves = spectra_to_images(half.reshape(-1, *half.shape[2:]))
     halves = halves.reshape(2, aligner.k, aligner.box, aligner.box).cpu()
@@ -196,7 +196,7 @@ def class_report(aligner, apix):
 
 def truth_report(pset, aligner):
     """Pose errors vs _simcryoTrue* columns (simulated data), modulo each class frame."""
-    from simcryo.metrics import pose_errors, summarize_pose_errors
+    from simcryo.evaluation.metrics import pose_errors, summarize_pose_errors
     need = ("simcryoTruePsi", "simcryoTrueOriginXAngst", "simcryoTrueOriginYAngst")
     if not all(label in pset.particles for label in need):
         return None

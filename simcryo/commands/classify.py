@@ -40,7 +40,7 @@ def true_labels(pset):
 
 
 def score(result, truth):
-    from simcryo import metrics
+    from simcryo.evaluation import metrics
     scores = {k: float(v) for k, v in metrics.clustering_scores(result["labels"], truth).items()}
     for k in (5, 10):
         scores[f"neighbor_purity@{k}"] = neighbor_purity(result["neighbors"], truth, k)
@@ -85,7 +85,7 @@ def run(cfg, stop_after_epochs=None):
     truth = true_labels(pset)
     if truth is not None:
         runlog["metrics"] = score(result, truth)
-        from simcryo import metrics
+        from simcryo.evaluation import metrics
         before = metrics.clustering_scores(clf.scan_labels, truth)
         runlog["metrics"]["before_refine_acc"] = float(before["acc"])
         runlog["metrics"]["before_refine_nmi"] = float(before["nmi"])

@@ -10,7 +10,7 @@ matrix; top-k kNN accuracy and neighbour purity when --features are given; FRC o
 average against its matched true reference after a brute-force rotation (--angle-step) and
 cross-correlation shift search (an average with inverted contrast, as from CTF-modulated
 particles, is sign-flipped first), with the resolutions at FRC 0.5 and 0.143 in Å; in-plane angle
-and shift errors modulo each class's frame (see simcryo.metrics.pose_errors), over the
+and shift errors modulo each class's frame (see simcryo.evaluation.metrics.pose_errors), over the
 particles whose predicted class is matched to their true class.
 """
 import json
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from simcryo import metrics
+from simcryo.evaluation import metrics
 from simcryo.config import add_config_arguments, config_from_args, config_to_dict
 from simcryo.errors import SimcryoError
 from simcryo.io.star import read_star
@@ -220,7 +220,7 @@ def _knn_report(cfg, true, n):
 
 
 def _frc_report(cfg, mapping, apix):
-    from simcryo.frc import aligned_frc, resolution_at
+    from simcryo.evaluation.frc import aligned_frc, resolution_at
     refs = _stack(cfg.references, "references")
     avgs = _stack(cfg.averages, "class averages")
     if refs.shape[1:] != avgs.shape[1:]:

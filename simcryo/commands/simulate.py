@@ -4,7 +4,7 @@ Writes in --o: particles.mrcs, particles.star (RELION 3.1: optics block, CTF col
 truth columns _simcryoTrueClass, _simcryoTruePsi, _simcryoTrueOriginXAngst/YAngst,
 _simcryoTrueAngleRot/Tilt), references.mrcs (class k at index k: clean centred projection at
 the class's central direction, no CTF), clean.mrcs with --save-clean, run.json.
-The forward model and the realistic-noise cutting are described in simcryo/simulate.py.
+The forward model and the realistic-noise cutting are described in simcryo/simulation/simulate.py.
 """
 import os
 
@@ -17,7 +17,7 @@ from simcryo.io.mrc import StackWriter, write_stack
 from simcryo.io.star import StarBlock, write_star
 from simcryo.runtime import (Progress, RunLog, ensure_output_dir, log, resolve_device,
                              seed_everything, set_threads)
-from simcryo.simulate import (SimulateConfig, WhiteNoise, class_views, ctf_alias_resolution,
+from simcryo.simulation.simulate import (SimulateConfig, WhiteNoise, class_views, ctf_alias_resolution,
                               load_volume,
                               real_noise_source, reference_images, sample_ctf, sample_poses,
                               simulate_batches)

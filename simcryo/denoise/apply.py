@@ -4,7 +4,7 @@ import torch
 
 from simcryo.denoise.noise import background_mask, background_stats
 from simcryo.denoise.pairs import ctf_signs, phase_flip
-from simcryo.preprocess import check_not_constant
+from simcryo.image.preprocess import check_not_constant
 
 
 @torch.inference_mode()

@@ -23,7 +23,7 @@ produces the same quantity, so the two modes are interchangeable and comparable.
 import numpy as np
 import torch
 
-from simcryo import ctf as ctf_mod
+from simcryo.image import ctf as ctf_mod
 from simcryo.denoise.noise import background_stats, remove_signal
 from simcryo.errors import SimcryoError
 
@@ -92,7 +92,7 @@ class ReferencePairs:
     def __init__(self, volume, noise_model, mask, apix, ctf_params=None, signal_power=1.0,
                  max_shift=0.0, empty_fraction=0.0, projector=None, rotations=None,
                  phase_flip=False):
-        from simcryo import projection
+        from simcryo.simulation import projection
         self.volume = volume
         self.noise = self.raw_noise = noise_model
         self.mask = mask

@@ -21,7 +21,7 @@ from simcryo.commands.simulate import run as simulate
 from simcryo.errors import SimcryoError
 from simcryo.io import read_star
 from simcryo.io.mrc import write_stack
-from simcryo.simulate import SimulateConfig
+from simcryo.simulation.simulate import SimulateConfig
 
 TINY = dict(K=3, width=4, working_box=16, batch_size=32, pretext_epochs=2, tta_rotations=2,
             knn=5, scan_heads=2, scan_epochs=3, selflabel_epochs=2, average_iterations=1,
@@ -186,9 +186,9 @@ def test_losses_and_neighbours():
 
 def test_refinement_recovers_classes_and_relion_poses():
     """Two distinct shapes under random poses: the EM refinement, started from a poor
-    partition, separates them, and its poses follow simcryo.geometry's convention."""
+    partition, separates them, and its poses follow simcryo.image.geometry's convention."""
     from simcryo.classify.refine import Refiner
-    from simcryo.geometry import transform_images
+    from simcryo.image.geometry import transform_images
     rng = np.random.default_rng(1)
     b = 24
     yy, xx = np.mgrid[:b, :b] - b // 2

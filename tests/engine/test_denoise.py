@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from simcryo import cli, projection
+from simcryo import cli
+from simcryo.simulation import projection
 from simcryo.denoise import noise as noise_mod
 from simcryo.denoise.apply import denoise_images
 from simcryo.denoise.networks import Discriminator, Generator
@@ -13,10 +14,10 @@ from simcryo.denoise.pairs import ReferencePairs, ctf_padded, ctf_signs, resampl
 from simcryo.denoise.train import (DenoiseConfig, ReferenceTrainer, SelfTrainer, load_generator,
                                    measure_data, neighbor_choice, neighbor_subsample)
 from simcryo.errors import SimcryoError
-from simcryo.frc import frc
+from simcryo.evaluation.frc import frc
 from simcryo.io import CTFParams, StarBlock, load_particles, read_star, write_stack, write_star
 from simcryo.io.mrc import read_apix, write_volume
-from simcryo.phantom import make_phantom
+from simcryo.simulation.phantom import make_phantom
 
 BOX, APIX, N = 32, 4.0, 48
 TINY = dict(channels=16, res_blocks=1, batch_size=16, images_per_epoch=64,

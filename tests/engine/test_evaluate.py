@@ -10,7 +10,7 @@ import torch
 
 from simcryo.commands.evaluate import EvaluateConfig, evaluate, format_report
 from simcryo.errors import SimcryoError
-from simcryo.geometry import transform_images
+from simcryo.image.geometry import transform_images
 from simcryo.io import read_star, write_star, write_stack
 
 K, M, BOX = 4, 25, 32

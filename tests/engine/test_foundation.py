@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from simcryo.config import add_config_arguments, config_from_args
-from simcryo.ctf import ctf_2d, electron_wavelength, phase_flip
+from simcryo.image.ctf import ctf_2d, electron_wavelength, phase_flip
 from simcryo.errors import SimcryoError
-from simcryo.geometry import align_images, compose, rotate_images, transform_images
+from simcryo.image.geometry import align_images, compose, rotate_images, transform_images
 from simcryo.io import CTFParams
-from simcryo.preprocess import (circular_mask, equalize_histogram, estimate_radius, fourier_crop,
+from simcryo.image.preprocess import (circular_mask, equalize_histogram, estimate_radius, fourier_crop,
                                 fourier_pad, mask_radius_for, normalize_background)
 from simcryo.runtime import resolve_device
 
@@ -99,7 +99,7 @@ def _ctf_reference(ctf, box, apix, i):
 
 
 def test_ctf_evaluator_matches_formula_and_turns_with_psi():
-    from simcryo.ctf import CTFEvaluator
+    from simcryo.image.ctf import CTFEvaluator
     rng = np.random.default_rng(0)
     n = 4
     ctf = CTFParams(rng.uniform(1e4, 3e4, n), rng.uniform(1e4, 3e4, n), rng.uniform(0, 180, n),

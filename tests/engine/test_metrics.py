@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from simcryo import metrics
-from simcryo.frc import align_to_reference, aligned_frc, frc, resolution_at, ring_frequencies
-from simcryo.geometry import transform_images
+from simcryo.evaluation import metrics
+from simcryo.evaluation.frc import align_to_reference, aligned_frc, frc, resolution_at, ring_frequencies
+from simcryo.image.geometry import transform_images
 
 sk = pytest.importorskip("sklearn.metrics", reason="scikit-learn is only used to cross-check")
 

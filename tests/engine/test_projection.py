@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from simcryo.errors import SimcryoError
-from simcryo.phantom import make_phantom
-from simcryo.projection import (Projector, angles_to_direction, euler_to_matrix,
+from simcryo.simulation.phantom import make_phantom
+from simcryo.simulation.projection import (Projector, angles_to_direction, euler_to_matrix,
                                 gaussian_image, gaussian_volume, matrix_to_euler,
                                 min_angular_separation, project, random_rotations,
                                 view_directions)

@@ -22,7 +22,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from simcryo.geometry import align_images, transform_images
+from simcryo.image.geometry import align_images, transform_images
 from simcryo.io import StarBlock, write_star
 
 BOX = 48
@@ -248,7 +248,7 @@ def test_relion_ctf_sign_is_the_engines(tmp_path):
     """Particles made with the engine's CTF (a bright object) must give RELION class averages
     that are bright too: with the opposite CTF sign RELION's CTF-corrected averages come out
     contrast-inverted. Compared through rotational averages (RELION picks its own frame)."""
-    from simcryo.ctf import ctf_2d
+    from simcryo.image.ctf import ctf_2d
     from simcryo.io.particles import CTFParams
     rng = np.random.default_rng(1)
     n = 80

@@ -94,7 +94,7 @@ def align_to_reference(image, reference, step_deg=1.0, max_shift=None):
     and (angle, shift) are refined to sub-step precision by parabolic fits.
     Returns (psi, (sx, sy), score) such that
     image ~ transform_images(reference, psi, (sx, sy)) (project convention)."""
-    from simcryo.geometry import shift_images
+    from simcryo.image.geometry import shift_images
     img = torch.as_tensor(image, dtype=torch.float32)
     ref = torch.as_tensor(reference, dtype=torch.float32, device=img.device)
     D = img.shape[-1]
@@ -117,7 +117,7 @@ def align_to_reference(image, reference, step_deg=1.0, max_shift=None):
 
 def _best_pose(img, ref, angles, step, max_shift, circular):
     """Cross-correlate img with ref rotated by each angle; parabolic sub-step peak."""
-    from simcryo.geometry import rotate_images
+    from simcryo.image.geometry import rotate_images
     D = img.shape[-1]
     rots = rotate_images(ref.expand(len(angles), D, D).contiguous(), angles)
     cc = torch.fft.irfft2(torch.fft.rfft2(img)[None] * torch.fft.rfft2(rots).conj(), s=(D, D))
@@ -149,7 +149,7 @@ def aligned_frc(image, reference, step_deg=1.0, allow_invert=True):
     contrast (e.g. an average of CTF-modulated particles, dark protein) is compared after a
     sign flip: the sign of a class average is a display convention, not a resolution.
     Returns (curve, psi, shift, score, sign)."""
-    from simcryo.geometry import transform_images
+    from simcryo.image.geometry import transform_images
     img = torch.as_tensor(image, dtype=torch.float32)
     psi, shift, score = align_to_reference(img, reference, step_deg)
     sign = 1.0

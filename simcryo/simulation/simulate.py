@@ -5,7 +5,7 @@ Forward model of one particle i of view class k:
    tilted by a random angle <= `spread` degrees (uniform over the spherical cap) about an axis
    in the image plane, so the viewing direction stays within `spread` of the class centre
    without adding in-plane rotation.
-2. proj = project(volume, R_i)  (Fourier slice, see simcryo.projection).
+2. proj = project(volume, R_i)  (Fourier slice, see simcryo.simulation.projection).
 3. posed = transform_images(proj, psi_i, shift_i): psi uniform in [0, 360), shift ~ N(0, sigma)
    px per axis. Hence particle ~ transform_images(reference_k, psi_i, shift_i): the truth
    columns follow the project's pose convention.
@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from simcryo.errors import SimcryoError
-from simcryo.projection import (Projector, axis_angle_matrix, euler_to_matrix, matrix_to_euler,
+from simcryo.simulation.projection import (Projector, axis_angle_matrix, euler_to_matrix, matrix_to_euler,
                                 min_angular_separation, angles_to_direction, view_directions)
 
 TRUTH_LABELS = ("simcryoTrueClass", "simcryoTruePsi", "simcryoTrueOriginXAngst",
@@ -156,7 +156,7 @@ def fourier_resize_volume(vol, new_box):
 def load_volume(cfg):
     """(volume tensor (box,)*3, apix of the output in Å/px, description)."""
     if not cfg.volume:
-        from simcryo.phantom import make_phantom
+        from simcryo.simulation.phantom import make_phantom
         box = cfg.box or 64
         apix = cfg.apix or PHANTOM_APIX
         return torch.from_numpy(make_phantom(box, seed=0)), apix, "built-in phantom"
@@ -236,7 +236,7 @@ def ctf_alias_resolution(defocus_max_um, voltage, box, apix):
 
     The CTF phase pi lambda dF s^2 has local frequency lambda dF s in s-space, sampled every
     1 / (2 box apix): aliasing starts at s = box apix / (lambda dF)."""
-    from simcryo.ctf import electron_wavelength
+    from simcryo.image.ctf import electron_wavelength
     lam = float(electron_wavelength(voltage))
     s_alias = box * apix / (lam * defocus_max_um * 1e4)
     return None if s_alias >= 0.5 / apix else 1.0 / s_alias
@@ -244,7 +244,7 @@ def ctf_alias_resolution(defocus_max_um, voltage, box, apix):
 
 def apply_ctf_padded(images, ctf, apix):
     """CTF-modulate (n, D, D) images on a 2D x 2D zero-padded box, then crop back to D."""
-    from simcryo.ctf import ctf_2d
+    from simcryo.image.ctf import ctf_2d
     n, D, _ = images.shape
     P = 2 * D
     o = P // 2 - D // 2
@@ -358,7 +358,7 @@ class RealNoise:
 def real_noise_source(cfg, box, apix, rng):
     """Read up to `cfg.noise_images` images of `cfg.noise_stack`, resample them to `apix`."""
     from simcryo.io.particles import load_particles
-    from simcryo.preprocess import fourier_crop, fourier_pad
+    from simcryo.image.preprocess import fourier_crop, fourier_pad
     try:
         pset = load_particles(cfg.noise_stack, apix=cfg.noise_apix or None)
     except SimcryoError as exc:  # the loader's advice names its own flag
@@ -389,7 +389,7 @@ def simulate_batches(volume, apix, poses, ctf, noise_source, snr, batch, device)
     """Yield (start, particles, clean) float32 CPU tensor batches in particle order.
 
     `ctf` is a CTFParams or None; `noise_source.sample(n)` gives standardised noise."""
-    from simcryo.geometry import transform_images
+    from simcryo.image.geometry import transform_images
     projector = Projector(volume.to(device))
     n = len(poses.label)
     for s in range(0, n, batch):

@@ -1,0 +1,1 @@
+"""Evaluation: clustering metrics, pose errors, FRC and resolution."""

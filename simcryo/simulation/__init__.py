@@ -1,0 +1,1 @@
+"""Simulation: volume projection, the built-in phantom, simulated particle stacks with truth."""
