@@ -130,7 +130,7 @@ def reference_in_frame(ref, psi, shift, oversample=4):
     align_images(average, psi, shift)): transform_images on a 4x Fourier-oversampled grid,
     so that the noisy average it is compared with is never resampled."""
     from simcryo.image.geometry import transform_images
-    from simcryo.image.preprocess import fourier_crop, fourier_pad
+    from simcryo.image.fourier import fourier_crop, fourier_pad
     n = ref.shape[-1]
     big = fourier_pad(torch.as_tensor(ref, dtype=torch.float32)[None], n * oversample)
     moved = transform_images(big, torch.tensor([float(psi)]),
@@ -175,7 +175,7 @@ def resolution_in_reference_frame(star, cfg, labels, psi, shift, references, api
 def oracle_errors(star, cfg, refs, true_psi, true_sh, labels):
     """Pose errors of the same aligner given the true projections as references (two passes,
     no re-averaging in between): the accuracy limit of the search itself."""
-    from simcryo.align.classalign import crop_spectrum
+    from simcryo.image.fourier import crop_spectrum
     pset = load_particles(star)
     _, k, weights = align_cmd.read_classes(pset, star)
     source = ParticleSource(pset.images, pset.n, pset.box, torch.device("cpu"), ctf=pset.ctf,

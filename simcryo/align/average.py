@@ -7,7 +7,7 @@ and their FRC. Without CTF the CTF factors are 1 and the Wiener average is the w
 """
 import torch
 
-from simcryo.align.translate import fourier_shift, radial_frequency
+from simcryo.image.fourier import fourier_shift, radial_frequency
 
 
 def normalize_weights(weights, labels, n_classes):

@@ -13,7 +13,6 @@ once at the full box. Particles are streamed in batches from a `ParticleSource`;
 with N only through per-particle arrays.
 """
 import dataclasses
-import math
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -27,7 +26,8 @@ from simcryo.align.average import (ClassAccumulator, centre_of_mass, normalize_w
 from simcryo.align.core import (AlignParams, References, align_internal, centre_particles,
                                 normalized_correlation, rotate_shift, spectral_power,
                                 to_geometry, warp_to_reference, wrap_angle)
-from simcryo.align.translate import fourier_shift
+from simcryo.image.fourier import crop_spectrum, fourier_shift
+from simcryo.image.mask import normalize_background, soft_mask
 from simcryo.image.ctf import CTFEvaluator, phase_flip
 from simcryo.image.preprocess import estimate_radius, mask_radius_for
 
@@ -84,19 +84,8 @@ class ParticleSource:
         x = torch.as_tensor(np.asarray(self.get_images(indices)), dtype=torch.float32,
                             device=self.device)
         if self.normalize:
-            from simcryo.image.preprocess import normalize_background
             x = normalize_background(x)
         return x
-
-
-def crop_spectrum(spec, box):
-    """Fourier crop of rfft2 spectra (..., n, n//2+1) to (..., box, box//2+1)."""
-    n = spec.shape[-2]
-    if box >= n:
-        return spec
-    h = box // 2
-    rows = torch.cat([spec[..., :h, :], spec[..., n - h:, :]], dim=-2)
-    return rows[..., : h + 1] * (box / n) ** 2
 
 
 def auto_mask_radius(source, sample=1000):
@@ -110,13 +99,6 @@ def auto_mask_radius(source, sample=1000):
     if source.has_ctf:
         x = phase_flip(x, source.ctf_images(idx, source.box))
     return mask_radius_for(estimate_radius(x.cpu()), source.box)
-
-
-def soft_mask(box, radius, device, width=4.0):
-    ax = torch.arange(box, device=device, dtype=torch.float32) - box // 2
-    r = torch.sqrt(ax[:, None] ** 2 + ax[None, :] ** 2)
-    t = ((r - radius) / width).clamp(0, 1)
-    return 0.5 * (1 + torch.cos(math.pi * t))
 
 
 class ClassAligner:
@@ -150,8 +132,8 @@ class ClassAligner:
         # the rotation search reads the particle out to the mask edge and no further
         self.p.align = dataclasses.replace(self.p.align,
                                            ring_radius=max(radius * self.scale, 2.0))
-        self.mask = soft_mask(self.box, radius, self.dev)
-        self.mask_small = soft_mask(self.abox, radius * self.scale, self.dev,
+        self.mask = soft_mask(self.box, radius, device=self.dev)
+        self.mask_small = soft_mask(self.abox, radius * self.scale, device=self.dev,
                                     width=max(4.0 * self.scale, 1.5))
         self.history = []
         self.active = None         # restricts the passes to a subsample (seed trials)

@@ -25,8 +25,8 @@ import torch
 
 from simcryo.align import polar
 from simcryo.align.average import rotational_average
-from simcryo.align.translate import (correlation_peak, cross_correlate, fourier_shift,
-                                     lowpass_filter)
+from simcryo.align.translate import correlation_peak, cross_correlate
+from simcryo.image.fourier import fourier_shift, lowpass_filter
 
 
 @dataclass

@@ -1,48 +1,9 @@
-"""Translations: Fourier shifts and cross-correlation / phase-correlation peaks.
+"""Translation search: cross-correlation / phase-correlation maps and their sub-pixel peaks.
 
-Spectra are in `torch.fft.rfft2` layout (n, n//2+1). A shift s = (sx, sy) px moves image
-content from x to x + s.
+Spectra are in `torch.fft.rfft2` layout (n, n//2+1); Fourier shifts live in
+simcryo.image.fourier. A shift s = (sx, sy) px moves image content from x to x + s.
 """
 import torch
-
-
-def frequency_grid(n, device, dtype=torch.float32):
-    """(ky, kx) in cycles per box for the rfft2 layout, shapes (n, 1) and (1, n//2+1)."""
-    ky = torch.fft.fftfreq(n, d=1.0 / n, device=device).to(dtype)[:, None]
-    kx = torch.fft.rfftfreq(n, d=1.0 / n, device=device).to(dtype)[None, :]
-    return ky, kx
-
-
-def radial_frequency(n, device):
-    """|k| in Fourier pixels for the rfft2 layout, (n, n//2+1)."""
-    ky, kx = frequency_grid(n, device)
-    return torch.sqrt(ky ** 2 + kx ** 2)
-
-
-def shift_phase(shift, n, device):
-    """exp(-2 pi i k.s / n) for shifts (B, 2): multiplying an rfft2 spectrum by it shifts the
-    image by +s. Separable: only B * (n + n//2 + 1) complex exponentials are evaluated."""
-    ky, kx = frequency_grid(n, device)
-    s = shift.to(device, torch.float32)
-    px = torch.polar(torch.ones(1, device=device), (-2 * torch.pi / n) * kx[0][None] * s[:, :1])
-    py = torch.polar(torch.ones(1, device=device), (-2 * torch.pi / n) * ky[:, 0][None] * s[:, 1:])
-    return py[:, :, None] * px[:, None, :]
-
-
-def fourier_shift(spectra, shift):
-    """Shift images given by rfft2 spectra (B, n, n//2+1) by (B, 2) px (exact, periodic)."""
-    return spectra * shift_phase(shift, spectra.shape[-2], spectra.device)
-
-
-def lowpass_filter(n, cutoff, device, width=2.0):
-    """Raised-cosine low-pass on the rfft2 grid; cutoff and width in Fourier pixels.
-    cutoff <= 0 or >= n/2 returns all ones (no band limit)."""
-    k = radial_frequency(n, device)
-    if cutoff is None or cutoff <= 0 or cutoff >= n / 2:
-        return torch.ones_like(k)
-    lo = cutoff - width / 2
-    t = ((k - lo) / width).clamp(0, 1)
-    return 0.5 * (1 + torch.cos(torch.pi * t))
 
 
 def _parabola_offset(ym, y0, yp):

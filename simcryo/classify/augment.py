@@ -11,14 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from simcryo.image.geometry import rotate_images
-
-
-def soft_mask(box, radius, width=2.0, device=None):
-    """(box, box) circular mask: 1 inside `radius` px, cosine edge of `width` px."""
-    c = torch.arange(box, device=device, dtype=torch.float32) - box // 2
-    r = torch.sqrt(c[:, None] ** 2 + c[None, :] ** 2)
-    edge = ((r - radius) / width).clamp(0, 1)
-    return 0.5 * (1 + torch.cos(math.pi * edge))
+from simcryo.image.mask import soft_mask
 
 
 def _uniform(n, lo, hi, gen, device):
@@ -65,7 +58,7 @@ class Augmenter:
         self.cfg = cfg
         self.box = box
         self.device = device
-        self.mask = soft_mask(box, mask_radius, device=device)
+        self.mask = soft_mask(box, mask_radius, width=2.0, device=device)
 
     def __call__(self, x, gen):
         cfg, n, dev = self.cfg, x.shape[0], x.device

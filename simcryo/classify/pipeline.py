@@ -20,11 +20,12 @@ import torch
 import torch.nn.functional as F
 
 from simcryo.image import ctf as ctfmod
-from simcryo.image import preprocess as pp
+from simcryo.image.fourier import fourier_crop
 from simcryo import runtime
 from simcryo.classify import averages as avgmod
 from simcryo.classify import pretext, scan, selflabel
-from simcryo.classify.augment import Augmenter, soft_mask
+from simcryo.classify.augment import Augmenter
+from simcryo.image.mask import soft_mask
 from simcryo.classify.neighbors import knn_cosine
 from simcryo.classify.preprocess import (CACHE_NAME, Geometry, build_cache, prepare_batch,
                                         wiener_filter)
@@ -138,7 +139,7 @@ class Classifier:
             if filt is not None:
                 x = torch.fft.ifft2(torch.fft.fft2(x) * filt).real
             if box < x.shape[-1]:
-                x = pp.fourier_crop(x[:, 0], box)[:, None]
+                x = fourier_crop(x[:, 0], box)[:, None]
             return x
 
         # back to unit variance: the augmentations' noise and jitter are in units of the std
@@ -192,7 +193,7 @@ class Classifier:
         if self.state["stage"] != "features" and os.path.exists(feat_path):
             return np.load(feat_path), np.load(nb_path)
         t = time.time()
-        mask = soft_mask(self.pretext_box, self.pretext_radius, device=self.device)
+        mask = soft_mask(self.pretext_box, self.pretext_radius, width=2.0, device=self.device)
         feats = pretext.extract_features(backbone, self.images, cfg.tta_rotations, self.device,
                                          mask=mask, prefilter=self.prefilter())
         neighbors, _ = knn_cosine(feats, cfg.knn, self.device)

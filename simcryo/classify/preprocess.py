@@ -12,6 +12,8 @@ import torch
 
 from simcryo.image import ctf as ctfmod
 from simcryo.image import preprocess as pp
+from simcryo.image.fourier import fourier_crop
+from simcryo.image.mask import normalize_background, soft_mask
 from simcryo.errors import SimcryoError
 
 CACHE_NAME = "preprocessed.f32"
@@ -29,7 +31,6 @@ def spectral_snr(images, radius):
     Power inside a soft disc of the particle radius (signal + noise) against power outside
     radius + 4 px (noise only), both normalised by the window energy; returns (box//2 + 1,)
     numpy, clipped at 0."""
-    from simcryo.classify.augment import soft_mask
     box = images.shape[-1]
     inner = soft_mask(box, radius + 1.0, width=3.0)
     outer = 1.0 - soft_mask(box, min(radius + 5.0, box / 2 - 2), width=3.0)
@@ -87,10 +88,10 @@ def prepare_batch(images, ctf, apix, geom, cfg, indices=None):
     x = images
     if ctf is not None and cfg.phase_flip:
         x = ctfmod.phase_flip(x, ctfmod.ctf_2d(ctf, x.shape[-1], apix, device=x.device, rfft=True))
-    x = pp.normalize_background(x, geom.radius_px if geom.radius_px < 0.45 * geom.box else None)
+    x = normalize_background(x, geom.radius_px if geom.radius_px < 0.45 * geom.box else None)
     x = center_crop(x, geom.window)
     if geom.working_box < geom.window:
-        x = pp.fourier_crop(x, geom.working_box)
+        x = fourier_crop(x, geom.working_box)
     if cfg.lowpass > 0:
         x = lowpass(x, geom.work_apix, cfg.lowpass)
     if cfg.equalize:
@@ -145,7 +146,7 @@ def build_cache(pset, cfg, out_dir, device, log=print, batch=512):
     ctf = pset.ctf.take(sample) if pset.ctf is not None else None
     if ctf is not None and cfg.phase_flip:
         x = ctfmod.phase_flip(x, ctfmod.ctf_2d(ctf, box, apix, rfft=True))
-    x = pp.normalize_background(x)
+    x = normalize_background(x)
     if cfg.particle_diameter > 0:
         radius = min(cfg.particle_diameter / 2 / apix, 0.45 * box)
     else:

@@ -14,7 +14,8 @@ import math
 import numpy as np
 import torch
 
-from simcryo.classify.augment import rotate, soft_mask
+from simcryo.classify.augment import rotate
+from simcryo.image.mask import soft_mask
 
 
 def _load(images, idx, device):

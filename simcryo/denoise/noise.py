@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from simcryo.errors import SimcryoError
-from simcryo.image.preprocess import circular_mask
+from simcryo.image.mask import circular_mask
 
 
 def background_mask(box, radius_fraction, device="cpu"):

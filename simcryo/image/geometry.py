@@ -13,6 +13,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from simcryo.image.fourier import shift_images
+
 
 def _as_batch(values, n, device, dtype):
     t = torch.as_tensor(values, device=device, dtype=dtype)
@@ -35,20 +37,6 @@ def rotate_images(images, psi_deg, mode="bicubic"):
     out = F.grid_sample(images[:, None].to(dtype), grid, mode=mode, padding_mode="zeros",
                         align_corners=True)
     return out[:, 0]
-
-
-def shift_images(images, shift_px):
-    """Translate each image by (x, y) pixels with a Fourier phase ramp (exact, circular)."""
-    n, h, w = images.shape
-    shift = torch.as_tensor(shift_px, device=images.device, dtype=torch.float64)
-    if shift.ndim == 1:
-        shift = shift.expand(n, 2)
-    fy = torch.fft.fftfreq(h, device=images.device, dtype=torch.float64)
-    fx = torch.fft.rfftfreq(w, device=images.device, dtype=torch.float64)
-    phase = -2.0 * math.pi * (fx[None, None, :] * shift[:, 0, None, None]
-                              + fy[None, :, None] * shift[:, 1, None, None])
-    ramp = torch.polar(torch.ones_like(phase), phase).to(torch.complex64)
-    return torch.fft.irfft2(torch.fft.rfft2(images) * ramp, s=(h, w))
 
 
 def transform_images(images, psi_deg, shift_px):

@@ -358,7 +358,7 @@ class RealNoise:
 def real_noise_source(cfg, box, apix, rng):
     """Read up to `cfg.noise_images` images of `cfg.noise_stack`, resample them to `apix`."""
     from simcryo.io.particles import load_particles
-    from simcryo.image.preprocess import fourier_crop, fourier_pad
+    from simcryo.image.fourier import fourier_crop, fourier_pad
     try:
         pset = load_particles(cfg.noise_stack, apix=cfg.noise_apix or None)
     except SimcryoError as exc:  # the loader's advice names its own flag

@@ -11,7 +11,8 @@ from simcryo.align.classalign import (ClassAligner, ClassAlignParams, ParticleSo
 from simcryo.align.core import (AlignParams, References, align_to_references,
                                 normalized_correlation, warp_to_reference)
 from simcryo.evaluation.metrics import pose_errors
-from simcryo.align.translate import correlation_peak, cross_correlate, fourier_shift
+from simcryo.align.translate import correlation_peak, cross_correlate
+from simcryo.image.fourier import fourier_shift
 from simcryo.image.ctf import ctf_2d
 from simcryo.evaluation.frc import frc
 from simcryo.image.geometry import align_images, transform_images
@@ -240,7 +241,7 @@ def test_normalized_correlation_bounds():
 
 
 def test_crop_spectrum_matches_fourier_crop():
-    from simcryo.image.preprocess import fourier_crop
+    from simcryo.image.fourier import fourier_crop
     img = asymmetric_image()[None]
     ours = torch.fft.irfft2(crop_spectrum(torch.fft.rfft2(img), 32), s=(32, 32))
     ref = fourier_crop(img, 32)

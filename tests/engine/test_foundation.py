@@ -14,8 +14,9 @@ from simcryo.image.ctf import ctf_2d, electron_wavelength, phase_flip
 from simcryo.errors import SimcryoError
 from simcryo.image.geometry import align_images, compose, rotate_images, transform_images
 from simcryo.io import CTFParams
-from simcryo.image.preprocess import (circular_mask, equalize_histogram, estimate_radius, fourier_crop,
-                                fourier_pad, mask_radius_for, normalize_background)
+from simcryo.image.fourier import fourier_crop, fourier_pad
+from simcryo.image.mask import circular_mask, normalize_background
+from simcryo.image.preprocess import equalize_histogram, estimate_radius, mask_radius_for
 from simcryo.runtime import resolve_device
 
 
