@@ -46,7 +46,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from simcryo.align.classalign import ClassAligner, ParticleSource  # noqa: E402
-from simcryo.align.core import AlignParams, References, align_to_references  # noqa: E402
+from simcryo.align.rings import AlignParams, RingAligner  # noqa: E402
 from simcryo.evaluation.metrics import pose_errors  # noqa: E402
 from simcryo.commands import align as align_cmd  # noqa: E402
 from simcryo.commands import simulate as simulate_cmd  # noqa: E402
@@ -108,15 +108,14 @@ def frame_poses(averages, references):
     from simcryo.image.geometry import compose
     avg = torch.as_tensor(np.array(averages, dtype=np.float32))
     ref = torch.as_tensor(np.array(references, dtype=np.float32))
-    out = align_to_references(avg, References(ref, AlignParams(inner_rounds=6, n_theta=360)),
-                              torch.arange(len(avg)))
+    out = RingAligner(AlignParams(inner_rounds=6, n_theta=360))(avg, ref)
     poses, corr = [], []
     for i in range(len(avg)):
         best = None
         for turn in (0.0, 90.0, 180.0, 270.0):
             # rotating the average's frame by `turn` first: compose the two poses
-            psi0, sh0 = compose(turn, np.zeros(2), np.array([float(out["psi"][i])]),
-                                np.asarray(out["shift"][i], float)[None])
+            psi0, sh0 = compose(turn, np.zeros(2), np.array([float(out.psi[i])]),
+                                np.asarray(out.shift[i], float)[None])
             x, cost = _refine_frame(avg[i], ref[i], psi0[0], sh0[0])
             if best is None or cost < best[1]:
                 best = (x, cost)

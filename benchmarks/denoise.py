@@ -37,13 +37,16 @@ if ROOT not in sys.path:
 
 from simcryo import cli  # noqa: E402
 from simcryo.denoise.apply import denoise_images  # noqa: E402
-from simcryo.denoise.train import DenoiseConfig, arch_of, build_generator  # noqa: E402
+from simcryo.denoise.config import DenoiseConfig  # noqa: E402
+from simcryo.denoise.model_io import arch_of, build_generator  # noqa: E402
 from simcryo.evaluation.frc import frc  # noqa: E402
+from simcryo.image.ctf import apply_ctf_padded  # noqa: E402
+from simcryo.image.fourier import frequency_grid  # noqa: E402
 from simcryo.denoise.pairs import ctf_signs  # noqa: E402
 from simcryo.io import CTFParams, load_particles, open_stack, write_volume  # noqa: E402
 from simcryo.evaluation.metrics import accuracy  # noqa: E402
 from simcryo.simulation.phantom import make_phantom  # noqa: E402
-from simcryo.simulation.simulate import PHANTOM_APIX, apply_ctf_padded  # noqa: E402
+from simcryo.simulation.simulate import PHANTOM_APIX  # noqa: E402
 
 HAND = os.path.abspath(os.path.join(ROOT, "..", "shared", "data", "hand-vol.mrc"))
 
@@ -81,11 +84,12 @@ def mean_frc(x, clean):
 
 
 def gaussian_lowpass(images, sigma_px):
+    """Convolution with a Gaussian of `sigma_px` px (its transform, in cycles per pixel)."""
     box = images.shape[-1]
-    f = torch.fft.fftfreq(box)
-    f2 = f[:, None] ** 2 + f[None, :] ** 2
-    return torch.fft.ifft2(torch.fft.fft2(images) * torch.exp(-2 * np.pi ** 2 * sigma_px ** 2
-                                                              * f2)).real
+    ky, kx = frequency_grid(box)
+    f2 = (ky ** 2 + kx ** 2) / box ** 2
+    kernel = torch.exp(-2 * np.pi ** 2 * sigma_px ** 2 * f2)
+    return torch.fft.irfft2(torch.fft.rfft2(images) * kernel, s=(box, box))
 
 
 def best_lowpass(noisy, clean):

@@ -61,7 +61,6 @@ class Demo:
 
     def run(self):
         from pyworkflow.project import Manager
-        import pyworkflow.utils as pwutils
         from scipion_simcryo.protocols import (ProtSimcryoSimulate, ProtSimcryoClassify2D,
                                                ProtSimcryoAlignAverage, ProtSimcryoEvaluate)
         a = self.args

@@ -53,7 +53,11 @@ def main(argv=None):
     except ModuleNotFoundError as exc:
         print(f"simcryo: error: command not available: {exc}", file=sys.stderr)
         return 2
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SimcryoError as exc:  # a removed flag (simcryo.config): one line, exit 2
+        print(f"{' '.join(['simcryo'] + wanted)}: error: {exc}", file=sys.stderr)
+        return 2
     if not args.command:
         parser.print_help()
         return 2

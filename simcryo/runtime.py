@@ -41,6 +41,21 @@ def seed_everything(seed):
     torch.manual_seed(seed)
 
 
+def epoch_generator(seed, stream, epoch, device="cpu"):
+    """A generator seeded from (seed, stream name, epoch): every epoch of every stream gets its
+    own random numbers, so a run resumed at an epoch draws exactly what an uninterrupted run
+    does."""
+    g = torch.Generator(device=device)
+    g.manual_seed((int(seed) * 1_000_003 + _stream_number(stream) * 10_007 + int(epoch))
+                  % (2 ** 62))
+    return g
+
+
+def _stream_number(stream):
+    # a fixed function of the name (the built-in hash() is salted per process)
+    return sum((i + 1) * ord(c) for i, c in enumerate(stream))
+
+
 def set_threads(n):
     """Use n CPU threads for torch (0 or None: leave torch's default)."""
     if n:
@@ -110,10 +125,11 @@ class RunLog:
 
     def write(self, path):
         self.data["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-        atomic_write_text(path, json.dumps(self.data, indent=2, default=_json_default))
+        atomic_write_text(path, json.dumps(self.data, indent=2, default=json_default))
 
 
-def _json_default(obj):
+def json_default(obj):
+    """`json.dumps(default=...)` for numpy / torch scalars and arrays."""
     if isinstance(obj, (np.integer,)):
         return int(obj)
     if isinstance(obj, (np.floating,)):

@@ -49,10 +49,11 @@ class ProtSimcryoAlignAverage(ProtSimcryoBase, ProtAlign2D):
         form.addSection(label='Alignment')
         form.addParam('iterations', params.IntParam, default=0,
                       label='Iterations', help='Align/re-average rounds. 0: engine default.')
-        form.addParam('maskRadius', params.IntParam, default=-1,
-                      label='Particle mask radius (px)',
-                      help='Soft circular mask of the references. -1: estimated from the '
-                           'particles (1.1 x their radius).')
+        self._defineMaskDiameterParam(
+            form, use='soft mask of the references and the outermost ring of the rotation '
+                      'search (at most the box)',
+            auto='estimated from the particles: 1.1 x their diameter measured from the excess '
+                 'variance over the noise, at most the box minus 4 px')
         form.addParam('method', params.EnumParam, default=0, choices=['rings', 'magnitude'],
                       expertLevel=LEVEL_ADVANCED, label='Rotation search',
                       help='rings: real-space polar rings, FFT along the angle (keeps phases, '
@@ -78,8 +79,7 @@ class ProtSimcryoAlignAverage(ProtSimcryoBase, ProtAlign2D):
             args += ['--iterations', self.iterations.get()]
         args += ['--reassign' if self.reassign else '--no-reassign',
                  '--method', ['rings', 'magnitude'][self.method.get()]]
-        if self.maskRadius.get() > 0:
-            args += ['--mask-radius', self.maskRadius.get()]
+        args += self._maskDiameterArgs()
         return self._formatArgs(args + self._getComputeArgs())
 
     def _inputParticles(self):
@@ -107,6 +107,8 @@ class ProtSimcryoAlignAverage(ProtSimcryoBase, ProtAlign2D):
         classes = self.inputClasses.get()
         if classes is not None and not any(c.getSize() for c in classes):
             errors.append('The input classes are empty.')
+        if classes is not None:
+            errors += self._validateMaskDiameter(classes.getImages())
         return errors
 
     def _warnings(self):
@@ -124,6 +126,7 @@ class ProtSimcryoAlignAverage(ProtSimcryoBase, ProtAlign2D):
                            % (self.getObjectTag('outputClasses'),
                               self.outputClasses.getSize(),
                               self.getObjectTag('outputParticles')))
+            summary += self._maskSummary()
             runLog = self._readRunLog()
             moved = runLog.get('reassigned', runLog.get('moved'))
             if isinstance(moved, (int, float)):
@@ -138,12 +141,12 @@ class ProtSimcryoAlignAverage(ProtSimcryoBase, ProtAlign2D):
                   if self.method.get() == 1 else
                   'rotational correlation of real-space polar rings (FFT along the angle)')
         runLog = self._readRunLog()
-        mask = runLog.get('mask_radius_px')
+        mask = self._maskText()
         return ['The particles of %s were aligned inside their classes by %s and '
-                'cross-correlation shifts, inside a %s mask, and averaged with '
+                'cross-correlation shifts, inside a circular mask%s, and averaged with '
                 'class-probability weights%s, with the %s%s.'
                 % (self.getObjectTag('inputClasses'), search,
-                   '%.1f px radius' % mask if isinstance(mask, (int, float)) else 'circular',
+                   ' of %s' % mask if mask else '',
                    ' (CTF-corrected Wiener averages)' if runLog.get('ctf_used') else '',
                    self._methodsIntro(),
                    '; particles were re-assigned to their best-matching average'

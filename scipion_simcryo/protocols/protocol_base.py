@@ -22,6 +22,7 @@ class ProtSimcryoBase(EMProtocol):
     _usesGpu = True             # False: the command is CPU-only (no GPU section)
     _defaultThreads = 2
     _hasSeed = True             # False: the command takes no --seed (deterministic)
+    _maskAutoText = 'estimated from the particles'  # what --mask-diameter 0 means
 
     # ------------------------------------------------------------------ files
     def _createFilenameTemplates(self):
@@ -42,11 +43,12 @@ class ProtSimcryoBase(EMProtocol):
 
     def _initialize(self):
         self._createFilenameTemplates()
-        self._simcryoFilenamesReady = True
+        self._simcryoFilenamesDir = self.getWorkingDir()
 
     def _getFileName(self, key, **kwargs):
-        # Summary, viewers and tests call this in processes where no step was inserted.
-        if not getattr(self, '_simcryoFilenamesReady', False):
+        # Summary, viewers and tests call this in processes where no step was inserted, and
+        # possibly before the protocol has its working folder (then again once it has one).
+        if getattr(self, '_simcryoFilenamesDir', None) != self.getWorkingDir():
             self._initialize()
         return EMProtocol._getFileName(self, key, **kwargs)
 
@@ -82,6 +84,56 @@ class ProtSimcryoBase(EMProtocol):
                            'See `python -m simcryo %s --help` for every option.'
                            % (self._engineCommand or '<command>'))
         form.addParallelSection(threads=self._defaultThreads, mpi=0)
+
+    def _defineMaskDiameterParam(self, form, use, auto, name='maskDiameterA',
+                                 label='Mask diameter (Å)', **kwargs):
+        """The one particle/mask size parameter of the plugin: a diameter in Å (as
+        scipion-em-relion's maskDiameterA), passed to the engine as --mask-diameter."""
+        form.addParam(name, params.IntParam, default=0, validators=[params.GE(0)],
+                      label=label,
+                      help='Diameter in Å (not px, not a radius) of the circular mask around '
+                           'the particle: %s. Use the wizard to see it on your particles.\n'
+                           '0 (default): %s.' % (use, auto), **kwargs)
+
+    def _maskDiameterArgs(self, name='maskDiameterA'):
+        diameter = getattr(self, name).get() or 0
+        return ['--mask-diameter', diameter] if diameter > 0 else []
+
+    def _validateMaskDiameter(self, imgSet, name='maskDiameterA', what='particles'):
+        """Errors when the diameter (Å) is wider than the box of `imgSet` (in Å)."""
+        diameter = getattr(self, name).get() or 0
+        if imgSet is None or diameter <= 0:
+            return []
+        box, apix = imgSet.getXDim() or 0, imgSet.getSamplingRate() or 0
+        if box and apix and diameter > box * apix:
+            return ['Mask diameter %d Å is wider than the box of the %s (%d px x %.3f Å/px '
+                    '= %.1f Å).' % (diameter, what, box, apix, box * apix)]
+        return []
+
+    def _maskUsed(self):
+        """(diameter Å, radius px, automatic?) recorded by the engine in run.json, or None."""
+        runLog = self._readRunLog()
+        diameter = runLog.get('mask_diameter_A')
+        if not isinstance(diameter, (int, float)):
+            return None
+        radius = runLog.get('mask_radius_px')
+        auto = not (runLog.get('config') or {}).get('mask_diameter')
+        return float(diameter), radius if isinstance(radius, (int, float)) else None, auto
+
+    def _maskText(self):
+        """'150 Å diameter (25.0 px radius, estimated from the particles)', None before a
+        run."""
+        used = self._maskUsed()
+        if used is None:
+            return None
+        diameter, radius, auto = used
+        details = (['%.1f px radius' % radius] if radius is not None else []) + \
+            [self._maskAutoText if auto else 'as given']
+        return '%.0f Å diameter (%s)' % (diameter, ', '.join(details))
+
+    def _maskSummary(self):
+        text = self._maskText()
+        return ['Mask used: %s.' % text] if text else []
 
     # ------------------------------------------------------------------ engine
     def _getVolumeFile(self, vol):

@@ -4,7 +4,6 @@ from enum import Enum
 import pyworkflow.protocol.params as params
 from pyworkflow.object import Float
 from pyworkflow.protocol.constants import LEVEL_ADVANCED
-from pwem.constants import ALIGN_2D
 from pwem.objects import SetOfClasses2D, SetOfParticles
 from pwem.protocols import ProtClassify2D
 
@@ -53,12 +52,10 @@ class ProtSimcryoClassify2D(ProtSimcryoBase, ProtClassify2D):
                            'SCAN leaves unneeded classes small.')
 
         form.addSection(label='Preprocessing')
-        form.addParam('maskRadius', params.IntParam, default=-1,
-                      label='Particle mask radius (px)',
-                      help='Radius of the circular mask around the particle; the background '
-                           'outside it normalises the images. -1: estimated by the engine '
-                           'from the radial variance of the images. Use the wizard to see it '
-                           'on your particles.')
+        self._defineMaskDiameterParam(
+            form, use='the background outside it normalises the images and the images are '
+                      'cropped around it (at most 0.9 x the box)',
+            auto='estimated from the particles (radial variance of the images)')
         form.addParam('phaseFlip', params.BooleanParam, default=True,
                       label='CTF phase flip?',
                       help='Phase-flip the images with their CTF before learning features '
@@ -115,10 +112,7 @@ class ProtSimcryoClassify2D(ProtSimcryoBase, ProtClassify2D):
                 '--o', os.path.abspath(self._getFileName('output_dir')),
                 '--K', self.numberOfClasses.get()]
         parts = self.inputParticles.get()
-        if self.maskRadius.get() > 0:
-            # The engine takes a particle diameter in Å.
-            args += ['--particle-diameter',
-                     round(2 * self.maskRadius.get() * parts.getSamplingRate(), 3)]
+        args += self._maskDiameterArgs()
         optional = [('--working-box', self.workingBox.get(), 0),
                     ('--pretext-epochs', self.pretextEpochs.get(), 0),
                     ('--batch-size', self.batchSize.get(), 0),
@@ -169,9 +163,7 @@ class ProtSimcryoClassify2D(ProtSimcryoBase, ProtClassify2D):
         box = parts.getXDim() or 0
         if box and box < 16:
             errors.append('Box of %d px is too small (at least 16 px).' % box)
-        if self.maskRadius.get() > box // 2 > 0:
-            errors.append('Mask radius %d px exceeds half the box (%d px).'
-                          % (self.maskRadius.get(), box // 2))
+        errors += self._validateMaskDiameter(parts)
         return errors
 
     def _warnings(self):
@@ -182,6 +174,11 @@ class ProtSimcryoClassify2D(ProtSimcryoBase, ProtClassify2D):
         if parts.getSize() < 20 * self.numberOfClasses.get():
             warnings.append('Fewer than 20 particles per class on average: contrastive '
                             'features and class averages will be noisy.')
+        diameter, box = self.maskDiameterA.get(), parts.getXDim() or 0
+        if diameter and box and diameter <= box * parts.getSamplingRate() < diameter / 0.9:
+            warnings.append('Mask diameter %d Å is wider than 0.9 x the box: the engine '
+                            'limits it to %.0f Å.' % (diameter,
+                                                      0.9 * box * parts.getSamplingRate()))
         if self.phaseFlip and not parts.hasCTF():
             warnings.append('The particles have no CTF: phase flipping is skipped.')
         if not self._useGpu() and parts.getSize() > 20000:
@@ -196,6 +193,7 @@ class ProtSimcryoClassify2D(ProtSimcryoBase, ProtClassify2D):
             summary.append('Output: %s with %d non-empty classes.'
                            % (self.getObjectTag('outputClasses'),
                               self.outputClasses.getSize()))
+            summary += self._maskSummary()
             runLog = self._readRunLog()
             for key, label in [('metrics', 'metrics vs true labels (engine)')]:
                 if isinstance(runLog.get(key), dict):
@@ -208,11 +206,14 @@ class ProtSimcryoClassify2D(ProtSimcryoBase, ProtClassify2D):
     def _methods(self):
         if not self.hasAttribute('outputClasses'):
             return []
+        mask = self._maskText()
         return ['%s were classified into %d classes by contrastive learning (SimCLR with a '
                 'ResNet-18 encoder) followed by SCAN clustering and self-labelling, as in '
-                'SimCryoCluster, with the %s.'
+                'SimCryoCluster, with the %s%s.'
                 % (self.getObjectTag('inputParticles'), self.outputClasses.getSize(),
-                   self._methodsIntro())]
+                   self._methodsIntro(),
+                   '; the images were normalised outside a circular mask of %s' % mask
+                   if mask else '')]
 
     def _citations(self):
         return ['Simcryocluster', 'Chen2020SimCLR', 'VanGansbeke2020SCAN', 'He2016ResNet']

@@ -32,6 +32,7 @@ class ProtSimcryoDenoise(ProtSimcryoBase, ProtProcessParticles):
     _label = 'denoise particles'
     _possibleOutputs = DenoiseOutputs
     _engineCommand = 'denoise'
+    _maskAutoText = '0.8 x the box'
 
     def _defineParams(self, form):
         form.addSection(label='Input')
@@ -46,11 +47,11 @@ class ProtSimcryoDenoise(ProtSimcryoBase, ProtProcessParticles):
                       label='Reference volume')
 
         form.addSection(label='Preprocessing')
-        form.addParam('maskRadius', params.IntParam, default=-1,
-                      label='Particle mask radius (px)',
-                      help='Pixels outside this radius are background: they give the noise '
-                           'statistics and the normalisation. -1: engine default (80% of '
-                           'half the box).')
+        self._defineMaskDiameterParam(
+            form, use='pixels outside it are background: they give the noise statistics and '
+                      'the normalisation',
+            auto='0.8 x the box (not estimated from the particles: give the particle\'s '
+                 'diameter when it fills less of the box)')
 
         form.addSection(label='Training')
         form.addParam('epochs', params.IntParam, default=0, label='Training epochs',
@@ -85,10 +86,7 @@ class ProtSimcryoDenoise(ProtSimcryoBase, ProtProcessParticles):
                      '--volume-apix', vol.getSamplingRate()]
         else:
             args += ['--mode', 'self']
-        if self.maskRadius.get() > 0:
-            # The engine takes the radius as a fraction of half the box.
-            half = self.inputParticles.get().getXDim() / 2.0
-            args += ['--mask-radius', round(min(1.0, self.maskRadius.get() / half), 4)]
+        args += self._maskDiameterArgs()
         for flag, value in [('--epochs', self.epochs.get()),
                             ('--images-per-epoch', self.imagesPerEpoch.get()),
                             ('--batch-size', self.batchSize.get())]:
@@ -151,6 +149,7 @@ class ProtSimcryoDenoise(ProtSimcryoBase, ProtProcessParticles):
             vol = self.inputVolume.get()
             if vol is None:
                 errors.append('The reference-guided mode needs a volume.')
+        errors += self._validateMaskDiameter(self.inputParticles.get())
         return errors
 
     def _warnings(self):
@@ -170,6 +169,7 @@ class ProtSimcryoDenoise(ProtSimcryoBase, ProtProcessParticles):
             summary.append('Output: %s (%d particles).'
                            % (self.getObjectTag('outputParticles'),
                               self.outputParticles.getSize()))
+            summary += self._maskSummary()
         return summary
 
     def _methods(self):
@@ -178,5 +178,8 @@ class ProtSimcryoDenoise(ProtSimcryoBase, ProtProcessParticles):
         how = ('a GAN trained on projections of %s with noise harvested from the particles'
                % self.getObjectTag('inputVolume')
                if self.denoiseMode == cts.DENOISE_GAN else 'a self-supervised denoiser')
-        return ['%s were denoised with %s (%s).' % (self.getObjectTag('inputParticles'), how,
-                                                    self._methodsIntro())]
+        mask = self._maskText()
+        return ['%s were denoised with %s (%s)%s.'
+                % (self.getObjectTag('inputParticles'), how, self._methodsIntro(),
+                   '; the background outside a circular mask of %s gave the noise '
+                   'statistics' % mask if mask else '')]

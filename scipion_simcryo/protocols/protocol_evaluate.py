@@ -143,7 +143,6 @@ class ProtSimcryoEvaluate(ProtSimcryoBase):
         if report is None:
             return []
         flat = flattenMetrics(report)
-        rows = []
         return [(label, flat[key]) for key, label in METRIC_LABELS if key in flat]
 
     # ------------------------------------------------------------------ info

@@ -91,10 +91,11 @@ class ProtSimcryoSimulate(ProtSimcryoBase):
         form.addParam('noiseParticles', params.PointerParam, pointerClass='SetOfParticles',
                       allowsNull=True, condition='noiseMode == %d' % cts.NOISE_REAL,
                       label='Particles to take noise from')
-        form.addParam('noiseMaskRadius', params.IntParam, default=0,
-                      condition='noiseMode == %d' % cts.NOISE_REAL,
-                      label='Their particle mask radius (px)',
-                      help='Noise is cut outside this radius. 0: 0.4 x their box.')
+        self._defineMaskDiameterParam(
+            form, name='noiseMaskDiameterA', label='Their mask diameter (Å)',
+            condition='noiseMode == %d' % cts.NOISE_REAL,
+            use='the particles to take noise from: noise is cut outside it',
+            auto='0.8 x their box')
         form.addParam('applyCtf', params.BooleanParam, default=True, label='Apply CTF?')
         line = form.addLine('Defocus range (Å)', condition='applyCtf',
                             help='Defocus of each particle drawn uniformly in this range.')
@@ -141,8 +142,11 @@ class ProtSimcryoSimulate(ProtSimcryoBase):
         if self.noiseMode == cts.NOISE_REAL:
             args += ['--noise', 'real',
                      '--noise-stack', os.path.abspath(self._getFileName('input_star'))]
-            if self.noiseMaskRadius.get() > 0:
-                args += ['--noise-mask-radius', self.noiseMaskRadius.get()]
+            diameter = self.noiseMaskDiameterA.get()
+            if diameter > 0:
+                # The simulation's own parameter: a radius in px of the noise images.
+                apix = self.noiseParticles.get().getSamplingRate()
+                args += ['--noise-mask-radius', round(diameter / 2.0 / apix, 3)]
         if self.applyCtf:
             # Scipion keeps defocus in Å, the engine's simulate flags take µm.
             args += ['--ctf', '--defocus-min', self.defocusMin.get() / 1e4,
@@ -189,6 +193,10 @@ class ProtSimcryoSimulate(ProtSimcryoBase):
             errors.append('Choose an input volume, or project the built-in phantom.')
         if self.noiseMode == cts.NOISE_REAL and self.noiseParticles.get() is None:
             errors.append('Real-noise mode needs particles to take the noise from.')
+        if self.noiseMode == cts.NOISE_REAL:
+            errors += self._validateMaskDiameter(self.noiseParticles.get(),
+                                                 name='noiseMaskDiameterA',
+                                                 what='noise particles')
         if self.applyCtf and self.defocusMin.get() > self.defocusMax.get():
             errors.append('Defocus min (%s Å) is above defocus max (%s Å).'
                           % (self.defocusMin.get(), self.defocusMax.get()))

@@ -7,13 +7,12 @@ import numpy as np
 import pytest
 
 import pwem.objects as emobj
-from pwem.constants import ALIGN_2D
 from pwem.convert.transformations import euler_matrix, euler_from_matrix
 from pyworkflow.object import Float, Integer
 
 from scipion_simcryo import constants as cts
 from scipion_simcryo import convert
-from simcryo.io.star import read_star, write_star, StarBlock
+from simcryo.io.star import read_star, write_star
 
 
 # ----------------------------------------------------------------------------- poses
@@ -210,3 +209,25 @@ def test_format_suffix_and_locations():
     assert convert.stripFormatSuffix('/a/b.mrc:mrcs') == '/a/b.mrc'
     assert convert.locationToRelion(0, '/a/b.mrc') == '000001@/a/b.mrc'
     assert convert.relionToLocation('000012@/x/y.mrcs') == (12, '/x/y.mrcs')
+
+
+def test_convert_package_one_module_per_concern():
+    """`from scipion_simcryo import convert` exposes every public converter; each lives in
+    the module of its concern."""
+    from scipion_simcryo.convert import (engine_results, locations, poses, stacks,
+                                         star_writer, truth)
+    homes = {poses: ['matrixFromPose', 'poseFromMatrix', 'transformFromPose'],
+             locations: ['locationToRelion', 'relionToLocation', 'stripFormatSuffix',
+                         'projectRelative'],
+             stacks: ['needsStackConversion', 'writeImagesStack', 'writeClassAverages'],
+             star_writer: ['ParticleStarWriter', 'writeClassesStar', 'ctfToRow',
+                           'acquisitionRow'],
+             truth: ['truthFromParticles', 'truthFromClasses', 'writeTruthStar',
+                     'setTruthAttributes'],
+             engine_results: ['EngineResult', 'readSetOfParticles', 'rowToCtf',
+                              'opticsToAcquisition']}
+    for module, names in homes.items():
+        for name in names:
+            assert getattr(convert, name) is getattr(module, name), name
+            assert name in convert.__all__
+    assert all(hasattr(convert, name) for name in convert.__all__)

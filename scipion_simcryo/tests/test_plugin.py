@@ -29,7 +29,7 @@ def test_plugin_is_discovered_by_scipion():
     assert protocols['ProtSimcryoBase'].isBase()
     viewers = Domain.getViewers()
     assert {'SimcryoClassesViewer', 'SimcryoEvaluateViewer'} <= set(viewers)
-    assert 'SimcryoMaskRadiusWizard' in Domain.getWizards()
+    assert 'SimcryoMaskDiameterWizard' in Domain.getWizards()
 
 
 def test_protocols_are_in_the_2d_classify_menu():

@@ -74,7 +74,14 @@ class TestSimcryoAlignDenoise(SimcryoTestBase):
         # the methods text reports the search and the mask the engine used
         methods = ' '.join(prot.methods())
         self.assertIn('real-space polar rings', methods)
-        self.assertRegex(methods, r'inside a \d+\.\d px radius mask')
+        runLog = prot._readRunLog()
+        self.assertIn('inside a circular mask of %.0f Å diameter (%.1f px radius, estimated '
+                      'from the particles)' % (runLog['mask_diameter_A'],
+                                               runLog['mask_radius_px']), methods)
+        self.assertAlmostEqual(runLog['mask_diameter_A'], 2 * runLog['mask_radius_px'] * apix,
+                               places=2)
+        self.assertIn('Mask used: %.0f Å diameter' % runLog['mask_diameter_A'],
+                      '\n'.join(prot.summary()))
 
         # Alignment against the known poses (modulo each class frame) at SNR 2.
         if engineHas('evaluate'):
@@ -89,14 +96,32 @@ class TestSimcryoAlignDenoise(SimcryoTestBase):
         prot = self.newProtocol(ProtSimcryoAlignAverage, inputClasses=self.truthClasses)
         self.assertEqual(prot.validate(), [])
         self.assertIn('--no-reassign', prot._getEngineArgs())
+        self.assertNotIn('--mask-', prot._getEngineArgs())
+        boxA = BOX * self.sim.outputParticles.getSamplingRate()
+        prot = self.newProtocol(ProtSimcryoAlignAverage, inputClasses=self.truthClasses,
+                                maskDiameterA=int(boxA) + 1)
+        self.assertTrue(any('wider than the box' in e for e in prot.validate()))
+        prot = self.newProtocol(ProtSimcryoAlignAverage, inputClasses=self.truthClasses,
+                                maskDiameterA=int(boxA) // 2)
+        self.assertEqual(prot.validate(), [])
+        self.assertIn('--mask-diameter %d' % (int(boxA) // 2), prot._getEngineArgs())
 
     @pytest.mark.skipif(not engineHas('denoise'), reason='`simcryo denoise` not available')
     def test_denoise_keeps_ids_ctf_and_sampling(self):
         inputSet = self.sim.outputParticles
+        diameter = int(0.6 * BOX * inputSet.getSamplingRate())
         prot = self.newProtocol(ProtSimcryoDenoise, inputParticles=inputSet,
-                                useGpu=False, numberOfThreads=2,
+                                useGpu=False, numberOfThreads=2, maskDiameterA=diameter,
                                 extraParams=fastArgs('denoise'))
+        self.assertIn('--mask-diameter %d' % diameter, prot._getEngineArgs())
         prot = self.launchProtocol(prot)
+        # the engine used diameter / 2 / apix px, and the summary says so (from run.json)
+        runLog = prot._readRunLog()
+        self.assertAlmostEqual(runLog['mask_radius_px'],
+                               diameter / 2.0 / inputSet.getSamplingRate(), places=3)
+        self.assertIn('Mask used: %d Å diameter (%.1f px radius, as given).'
+                      % (diameter, runLog['mask_radius_px']), '\n'.join(prot.summary()))
+        self.assertIn('circular mask of %d Å diameter' % diameter, ' '.join(prot.methods()))
         out = prot.outputParticles
         self.assertSetSize(out, N)
         self.assertTrue(out.hasCTF())
@@ -139,7 +164,8 @@ class TestSimcryoVolumeInput(SimcryoTestBase):
         self.assertAlmostEqual(parts.getSamplingRate(), 2.0, places=3)
         den = self.newProtocol(ProtSimcryoDenoise, inputParticles=parts,
                                denoiseMode=cts.DENOISE_GAN, inputVolume=vol, useGpu=False,
-                               maskRadius=15,  # the hand fills most of the 32 px box
+                               # the hand fills most of the 32 px box: 30 px at 2 Å/px
+                               maskDiameterA=60,
                                numberOfThreads=2, extraParams=fastArgs('denoise'))
         self.assertIn('--mode reference', den._getEngineArgs())
         den = self.launchProtocol(den)

@@ -1,7 +1,6 @@
 """ProtSimcryoClassify2D in a headless project, and the workflow
 import -> denoise -> classify -> align/average -> evaluate."""
 import mrcfile
-import numpy as np
 import pytest
 
 from pwem.constants import ALIGN_2D
@@ -80,39 +79,75 @@ class TestSimcryoClassify2D(SimcryoTestBase):
         self.assertTrue(self.prot._hasCheckpoint())
         summary = '\n'.join(self.prot.summary())
         self.assertIn('non-empty classes', summary)
-        self.assertTrue(self.prot.methods())
+        # the mask the engine used (run.json), here estimated from the particles
+        runLog = self.prot._readRunLog()
+        apix = self.sim.outputParticles.getSamplingRate()
+        self.assertAlmostEqual(runLog['mask_diameter_A'], 2 * runLog['mask_radius_px'] * apix,
+                               places=2)
+        self.assertIn('Mask used: %.0f Å diameter (%.1f px radius, estimated from the '
+                      'particles).' % (runLog['mask_diameter_A'], runLog['mask_radius_px']),
+                      summary)
+        methods = ' '.join(self.prot.methods())
+        self.assertIn('outside a circular mask of %.0f Å diameter'
+                      % runLog['mask_diameter_A'], methods)
 
     def test_validation(self):
         prot = self.newProtocol(ProtSimcryoClassify2D, inputParticles=self.sim.outputParticles,
                                 numberOfClasses=N + 1)
         self.assertTrue(any('K must not exceed' in e for e in prot.validate()))
+        apix = self.sim.outputParticles.getSamplingRate()
+        boxA = BOX * apix
         prot = self.newProtocol(ProtSimcryoClassify2D, inputParticles=self.sim.outputParticles,
-                                numberOfClasses=K, maskRadius=BOX)
-        self.assertTrue(any('half the box' in e for e in prot.validate()))
+                                numberOfClasses=K, maskDiameterA=int(boxA) + 1)
+        self.assertTrue(any('Mask diameter %d Å is wider than the box' % (int(boxA) + 1) in e
+                            for e in prot.validate()), prot.validate())
+        prot = self.newProtocol(ProtSimcryoClassify2D, inputParticles=self.sim.outputParticles,
+                                numberOfClasses=K, maskDiameterA=int(boxA))
+        self.assertEqual(prot.validate(), [])
+        self.assertTrue(any('wider than 0.9 x the box' in w for w in prot.warnings()))
+        self.assertIn('--mask-diameter %d' % int(boxA), prot._getEngineArgs())
         prot = self.newProtocol(ProtSimcryoClassify2D, inputParticles=self.sim.outputParticles,
                                 numberOfClasses=K)
         self.assertEqual(prot.validate(), [])
         self.assertTrue(any('20 particles per class' in w for w in prot.warnings()))
         args = prot._getEngineArgs()
         self.assertIn('--phase-flip', args)
+        self.assertNotIn('--mask-', args)  # 0: the engine estimates it
         self.assertIn('--device cpu', args.replace("'", '')) if not prot._useGpu() else None
 
     def test_wizards(self):
         from pwem.wizards.wizard import ParticleMaskRadiusWizard
-        from scipion_simcryo.wizards import (SimcryoMaskRadiusWizard, defaultMaskRadius,
+        from pwem.constants import UNIT_ANGSTROM
+        from scipion_simcryo.wizards import (SimcryoMaskDiameterWizard, defaultMaskDiameter,
                                              suggestedNumberOfClasses)
-        from scipion_simcryo.protocols import ProtSimcryoAlignAverage
+        from scipion_simcryo.protocols import (ProtSimcryoAlignAverage, ProtSimcryoDenoise,
+                                               ProtSimcryoSimulate)
+        apix = self.sim.outputParticles.getSamplingRate()
         prot = self.newProtocol(ProtSimcryoClassify2D, inputParticles=self.sim.outputParticles,
-                                maskRadius=11)
-        wiz = SimcryoMaskRadiusWizard()
+                                maskDiameterA=66)
+        wiz = SimcryoMaskDiameterWizard()
         self.assertIsInstance(wiz, ParticleMaskRadiusWizard)
+        self.assertEqual(wiz._unit, UNIT_ANGSTROM)
         p = wiz._getParameters(prot)
-        self.assertEqual((p['label'], p['value']), ('maskRadius', 11))
+        self.assertEqual((p['label'], p['value']), ('maskDiameterA', 66))
         self.assertEqual(p['input'].get().getSize(), N)
         self.assertIsNotNone(wiz._getProvider(prot))
-        self.assertEqual(defaultMaskRadius(prot), int(0.45 * BOX))
+
+        class Form:  # the preview dialog returns a radius in Å; the form gets the diameter
+            def setVar(self, label, value):
+                self.values = (label, value)
+        form = Form()
+        wiz.setVar(form, 'maskDiameterA', 33.4)
+        self.assertEqual(form.values, ('maskDiameterA', 67))
+        self.assertEqual(defaultMaskDiameter(prot), round(0.9 * BOX * apix))
         ali = self.newProtocol(ProtSimcryoAlignAverage, inputClasses=self.prot.outputClasses)
-        self.assertEqual(defaultMaskRadius(ali), int(0.45 * BOX))
+        self.assertEqual(defaultMaskDiameter(ali), round(0.9 * BOX * apix))
+        self.assertEqual(wiz._getParameters(ali)['label'], 'maskDiameterA')
+        den = self.newProtocol(ProtSimcryoDenoise, inputParticles=self.sim.outputParticles)
+        self.assertEqual(wiz._getParameters(den)['value'], 0)
+        sim = self.newProtocol(ProtSimcryoSimulate, noiseParticles=self.sim.outputParticles)
+        self.assertEqual(wiz._getParameters(sim)['label'], 'noiseMaskDiameterA')
+        self.assertEqual(defaultMaskDiameter(sim), round(0.9 * BOX * apix))
         self.assertEqual(suggestedNumberOfClasses(10000), 50)
         self.assertEqual(suggestedNumberOfClasses(30), 2)
 

@@ -58,11 +58,18 @@ class TestSimcryoSimulateEvaluate(SimcryoTestBase):
 
     def test_simulate_real_noise_from_particles(self):
         """Realistic-noise mode: noise cut from the background of a particle set."""
+        apix = self.sim.outputParticles.getSamplingRate()
         prot = self.runSimulate(noiseMode=cts.NOISE_REAL,
                                 noiseParticles=self.sim.outputParticles, particlesPerClass=4,
-                                noiseMaskRadius=8)
+                                noiseMaskDiameterA=int(16 * apix))
         self.assertSetSize(prot.outputParticles, K * 4)
-        self.assertIn('--noise real', prot._getEngineArgs())
+        args = prot._getEngineArgs()
+        self.assertIn('--noise real', args)
+        # the form's diameter (Å) is the simulation's radius in px of the noise particles
+        self.assertIn('--noise-mask-radius %s' % round(int(16 * apix) / 2.0 / apix, 3), args)
+        with open(prot._getFileName('out_runlog')) as f:
+            self.assertAlmostEqual(json.load(f)['noise']['noise_mask_radius_px'],
+                                   int(16 * apix) / 2.0 / apix, places=2)
         with mrcfile.mmap(prot.outputParticles.getFirstItem().getFileName(),
                           permissive=True) as m:
             self.assertTrue(np.isfinite(m.data).all())
@@ -75,6 +82,15 @@ class TestSimcryoSimulateEvaluate(SimcryoTestBase):
         self.assertTrue(any('Defocus' in e for e in prot.validate()))
         prot = self.newProtocol(ProtSimcryoSimulate, noiseMode=cts.NOISE_REAL)
         self.assertTrue(any('noise' in e for e in prot.validate()))
+        parts = self.sim.outputParticles
+        boxA = parts.getXDim() * parts.getSamplingRate()
+        prot = self.newProtocol(ProtSimcryoSimulate, noiseMode=cts.NOISE_REAL,
+                                noiseParticles=parts, noiseMaskDiameterA=int(boxA) + 1)
+        self.assertTrue(any('wider than the box of the noise particles' in e
+                            for e in prot.validate()), prot.validate())
+        prot = self.newProtocol(ProtSimcryoSimulate, noiseMode=cts.NOISE_REAL,
+                                noiseParticles=parts, noiseMaskDiameterA=int(boxA))
+        self.assertEqual(prot.validate(), [])
 
     def _evaluate(self, classes, **kwargs):
         prot = self.newProtocol(ProtSimcryoEvaluate, inputClasses=classes, **kwargs)

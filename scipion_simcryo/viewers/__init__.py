@@ -1,2 +1,5 @@
 from .viewers import (SimcryoClassesViewer, SimcryoEvaluateViewer, SimcryoParticlesViewer,
                       MetricsTableView)
+
+__all__ = ['SimcryoClassesViewer', 'SimcryoEvaluateViewer', 'SimcryoParticlesViewer',
+           'MetricsTableView']

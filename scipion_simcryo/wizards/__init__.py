@@ -1,2 +1,5 @@
-from .wizards import (SimcryoMaskRadiusWizard, SimcryoNumberOfClassesWizard,
-                      defaultMaskRadius, suggestedNumberOfClasses)
+from .wizards import (SimcryoMaskDiameterWizard, SimcryoNumberOfClassesWizard,
+                      defaultMaskDiameter, suggestedNumberOfClasses)
+
+__all__ = ['SimcryoMaskDiameterWizard', 'SimcryoNumberOfClassesWizard', 'defaultMaskDiameter',
+           'suggestedNumberOfClasses']

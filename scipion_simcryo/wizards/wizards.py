@@ -1,20 +1,24 @@
-"""Wizards: particle mask radius (preview on the input particles) and a number of classes
-derived from the number of particles."""
-from pwem.constants import UNIT_PIXEL
+"""Wizards: the particle/mask diameter in Å (picked on a preview of the input particles) and
+a number of classes derived from the number of particles."""
+from pwem.constants import UNIT_ANGSTROM
 from pwem.wizards.wizard import ParticleMaskRadiusWizard
 from pyworkflow.wizard import Wizard
 
-from ..protocols import ProtSimcryoClassify2D, ProtSimcryoDenoise, ProtSimcryoAlignAverage
+from ..protocols import (ProtSimcryoClassify2D, ProtSimcryoDenoise, ProtSimcryoAlignAverage,
+                         ProtSimcryoSimulate)
 
 PARTICLES_PER_CLASS = 200  # a class average of ~200 particles is clearly readable
 
 
-class SimcryoMaskRadiusWizard(ParticleMaskRadiusWizard):
-    """Pick the particle mask radius (px) on a preview of the input particles."""
-    _targets = [(ProtSimcryoClassify2D, ['maskRadius']),
-                (ProtSimcryoDenoise, ['maskRadius']),
-                (ProtSimcryoAlignAverage, ['maskRadius'])]
-    _unit = UNIT_PIXEL
+class SimcryoMaskDiameterWizard(ParticleMaskRadiusWizard):
+    """Pick the mask diameter (Å) on a preview of the input particles. The preview dialog
+    works with a radius in Å: the diameter is halved for it and its radius doubled back
+    (as scipion-em-relion's maskDiameterA wizard)."""
+    _targets = [(ProtSimcryoClassify2D, ['maskDiameterA']),
+                (ProtSimcryoDenoise, ['maskDiameterA']),
+                (ProtSimcryoAlignAverage, ['maskDiameterA']),
+                (ProtSimcryoSimulate, ['noiseMaskDiameterA'])]
+    _unit = UNIT_ANGSTROM
 
     def _getParameters(self, protocol):
         label, value = self._getInputProtocol(self._targets, protocol)
@@ -26,28 +30,33 @@ class SimcryoMaskRadiusWizard(ParticleMaskRadiusWizard):
 
     def show(self, form, *args):
         p = self._getParameters(form.protocol)
-        value = p['value']
-        if value is None or value < 0:
-            value = defaultMaskRadius(form.protocol)
-        ParticleMaskRadiusWizard.show(self, form, value, p['label'], UNIT_PIXEL)
+        diameter = p['value']
+        if not diameter or diameter <= 0:  # 0: automatic, start the preview at a typical size
+            diameter = defaultMaskDiameter(form.protocol)
+        ParticleMaskRadiusWizard.show(self, form, diameter / 2.0, p['label'], UNIT_ANGSTROM)
+
+    def setVar(self, form, label, value):
+        form.setVar(label, int(round(2 * value)))  # the dialog's radius (Å) -> diameter
 
 
 def inputParticlesOf(protocol):
-    """Pointer-like object holding the particles of a protocol (classes: their images)."""
+    """Pointer-like object holding the particles of a protocol (classes: their images;
+    simulate: the particles the noise is taken from)."""
     if hasattr(protocol, 'inputParticles'):
         return protocol.inputParticles
+    if hasattr(protocol, 'noiseParticles'):
+        return protocol.noiseParticles
     classes = protocol.inputClasses.get()
     return classes.getImagesPointer() if classes is not None else protocol.inputClasses
 
 
-def defaultMaskRadius(protocol):
-    """45% of the box (a typical particle radius)."""
-    pointer = inputParticlesOf(protocol)
-    parts = pointer.get()
-    if parts is not None and not hasattr(parts, 'getXDim'):
-        parts = None
-    box = parts.getXDim() if parts is not None else None
-    return int(0.45 * box) if box else 0
+def defaultMaskDiameter(protocol):
+    """90% of the box in Å (a typical particle), 0 without input particles."""
+    parts = inputParticlesOf(protocol).get()
+    if parts is None or not hasattr(parts, 'getXDim'):
+        return 0
+    box, apix = parts.getXDim() or 0, parts.getSamplingRate() or 0
+    return int(round(0.9 * box * apix))
 
 
 def suggestedNumberOfClasses(nParticles):

@@ -8,6 +8,7 @@ and their FRC. Without CTF the CTF factors are 1 and the Wiener average is the w
 import torch
 
 from simcryo.image.fourier import fourier_shift, radial_frequency
+from simcryo.image.geometry import rotate_images
 
 
 def normalize_weights(weights, labels, n_classes):
@@ -153,6 +154,27 @@ class ClassAccumulator:
         """Translate every class's sums by (K, 2) px (used to re-centre the averages)."""
         for h in range(2):
             self.num[h] = fourier_shift(self.num[h], shifts.to(self.num.device))
+
+    def fold_frames(self, psi, mode="bilinear"):
+        """An accumulator over K*A (class, angle) frames (class-major) -> one over the K class
+        frames. Frame (k, a) holds particles in the frame of class k's average rotated by
+        psi[a] (A,) deg, i.e. transform_images(average, psi[a], 0): its numerators are
+        brought into the class frame (align_images(., psi[a], 0)) and summed over a. The
+        marginal M-step of the EM (simcryo.classify.refine) sums its pose-weighted particles
+        per frame, so that A rotations per class replace A per particle. Denominators are
+        summed unrotated: uniform without CTF; with CTF, CTF^2 is taken as rotation
+        invariant (its astigmatism is small)."""
+        a = len(psi)
+        k = self.num.shape[1] // a
+        n, m = self.num.shape[-2:]
+        out = ClassAccumulator(k, self.box, self.num.device)
+        images = spectra_to_images(self.num.reshape(-1, n, m))
+        turned = rotate_images(images, psi.to(images.device).repeat(2 * k), mode=mode)
+        out.num = torch.fft.rfft2(turned).view(2, k, a, n, m).sum(2)
+        out.den = self.den.view(2, k, a, n, m).sum(2)
+        out.wsum = self.wsum.view(2, k, a).sum(2)
+        out.w2sum = self.w2sum.view(2, k, a).sum(2)
+        return out
 
 
 def spectra_to_images(spectra):

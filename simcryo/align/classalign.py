@@ -23,9 +23,9 @@ import torch
 
 from simcryo.align.average import (ClassAccumulator, centre_of_mass, normalize_weights,
                                    rotational_average, spectra_to_images)
-from simcryo.align.core import (AlignParams, References, align_internal, centre_particles,
-                                normalized_correlation, rotate_shift, spectral_power,
-                                to_geometry, warp_to_reference, wrap_angle)
+from simcryo.align.aligner import make_aligner, rotate_shift, warp_to_reference, wrap_angle
+from simcryo.align.rings import AlignParams, centre_particles
+from simcryo.align.scores import normalized_correlation, spectral_power
 from simcryo.image.fourier import crop_spectrum, fourier_shift
 from simcryo.image.mask import normalize_background, soft_mask
 from simcryo.image.ctf import CTFEvaluator, phase_flip
@@ -105,9 +105,9 @@ class ClassAligner:
     """Iterative reference-free alignment of K classes (see the module docstring).
 
     The search and the running averages live in the Fourier-cropped search box (`align_box`);
-    the final averages (`polish`) are built once at the full box. After `run()`: `poses()`
-    (psi, shift) in the simcryo.image.geometry / RELION convention (full-box px; the attributes
-    psi/shift hold the internal convention, see simcryo.align.core), labels (N,) 0-based,
+    the final averages (`polish`) are built once at the full box. After `run()`: `poses()` /
+    the attributes psi, shift: RELION's convention (simcryo.image.geometry), full-box px;
+    labels (N,) 0-based,
     averages (K, n, n), acc (the final ClassAccumulator: half sets, FRC), ncc (N,), history
     (per-iteration changes and speed)."""
 
@@ -143,6 +143,11 @@ class ClassAligner:
         self.acc = None
         self.moved = None
         self.align_seconds = []
+
+    @property
+    def aligner(self):
+        """The search strategy of the current parameters (the full-box stage rescales them)."""
+        return make_aligner(self.p.align)
 
     # -- per-batch building blocks ------------------------------------------------------
     def _batches(self, indices=None):
@@ -183,11 +188,11 @@ class ClassAligner:
         return normalize_weights(w, self.labels, self.k)
 
     def _references(self):
-        return References(self.small * self.mask_small, self.p.align)
+        return self.aligner.prepare(self.small * self.mask_small)
 
     def _align(self, xs, refs, lab, shift_full):
-        out = align_internal(xs, refs, lab, shift0=(shift_full * self.scale).to(self.dev))
-        return out["psi"], out["shift"] / self.scale, out
+        out = self.aligner.align(xs, refs, lab, shift0=(shift_full * self.scale).to(self.dev))
+        return out.psi, out.shift / self.scale, out
 
     def _ncc(self, spec, refs, idx, lab, psi, power):
         """Normalised correlation of aligned search spectra with their references, seen
@@ -213,7 +218,7 @@ class ClassAligner:
         """Move each average's centre of mass to the box centre; the particles' shifts follow
         so that p ~= transform(A, psi, shift) still holds for the moved average."""
         acc.shift(-com_box)
-        self.shift += rotate_shift(self.psi, com_full.cpu()[self.labels])
+        self.shift -= rotate_shift(-self.psi, com_full.cpu()[self.labels])
 
     # -- stages -------------------------------------------------------------------------
     def centre(self):
@@ -246,14 +251,14 @@ class ClassAligner:
             idx = members.numpy()
             xs = self._search_images(self.src.load(idx), idx)
             sh = (self.shift[idx] * self.scale).to(self.dev)
-            centred = torch.fft.irfft2(fourier_shift(torch.fft.rfft2(xs), -sh),
+            centred = torch.fft.irfft2(fourier_shift(torch.fft.rfft2(xs), sh),
                                        s=xs.shape[-2:])
             m = len(idx)
-            refs = References(centred * self.mask_small, p.align)
+            refs = self.aligner.prepare(centred * self.mask_small)
             parts = centred.repeat(m, 1, 1)                       # particle j in row i*m + j
             labs = torch.arange(m, device=self.dev).repeat_interleave(m)
-            out = align_internal(parts, refs, labs, shift0=torch.zeros(m * m, 2))
-            ncc = normalized_correlation(out["spectrum"], refs.spectra[labs]).view(m, m)
+            out = self.aligner.align(parts, refs, labs, shift0=torch.zeros(m * m, 2))
+            ncc = normalized_correlation(out.spectrum, refs.spectra[labs]).view(m, m)
             if m > 1:
                 ncc.fill_diagonal_(float("-inf"))
                 connect = ncc.topk(max(1, (m - 1) // 2), dim=1).values.mean(1)
@@ -263,8 +268,8 @@ class ClassAligner:
             for s_i in range(n_starts):
                 best = ranked[s_i % m]
                 rows = slice(best * m, (best + 1) * m)
-                psi = out["psi"][rows].clone()
-                shift = out["shift"][rows].clone()
+                psi = out.psi[rows].clone()
+                shift = out.shift[rows].clone()
                 psi[best], shift[best] = 0.0, 0.0
                 acc = ClassAccumulator(1, self.abox, self.dev)
                 spec = torch.fft.rfft2(warp_to_reference(centred, psi, shift))
@@ -341,10 +346,10 @@ class ClassAligner:
             psi, shift, out = self._align(xs, refs, lab, self.shift[idx])
             ncc = None
             if self.p.snr_weights or track_ncc:
-                ncc = self._ncc(out["spectrum"], refs, idx, lab, psi, power).cpu()
+                ncc = self._ncc(out.spectrum, refs, idx, lab, psi, power).cpu()
             with lock:
                 self.psi[idx], self.shift[idx] = psi.cpu(), shift.cpu()
-                self._add_search(acc, out["spectrum"], idx, psi, w)
+                self._add_search(acc, out.spectrum, idx, psi, w)
                 if ncc is not None:
                     self.ncc[idx] = ncc
 
@@ -385,7 +390,7 @@ class ClassAligner:
             for c in populated:  # an empty class has no average to move to
                 lab = torch.full((b,), c, device=self.dev, dtype=torch.long)
                 psi, shift, out = self._align(xs, refs, lab, self.shift[idx])
-                val = self._ncc(out["spectrum"], refs, idx, lab, psi, power)
+                val = self._ncc(out.spectrum, refs, idx, lab, psi, power)
                 better = val > best_val
                 best_val = torch.where(better, val, best_val)
                 best["lab"] = torch.where(better, lab, best["lab"])
@@ -400,20 +405,19 @@ class ClassAligner:
         return moved
 
     def poses(self):
-        """(psi (N,) deg, shift (N, 2) px) in the simcryo.image.geometry / RELION convention."""
-        psi, shift = to_geometry(self.psi, self.shift)
-        return psi.numpy(), shift.numpy()
+        """(psi (N,) deg, shift (N, 2) px) in RELION's convention, as numpy arrays."""
+        return self.psi.numpy(), self.shift.numpy()
 
     def final_averages(self, psi=None, shift=None, exact=None):
-        """Full-box Wiener averages from poses given in the simcryo.image.geometry convention
-        (default: the current ones), exact Fourier shifts + bicubic rotation when `exact`
-        (default: params.polish). Returns the accumulator (half sets for the FRC)."""
+        """Full-box Wiener averages from poses (RELION convention; default: the current ones),
+        exact Fourier shifts + bicubic rotation when `exact` (default: params.polish).
+        Returns the accumulator (half sets for the FRC)."""
         from simcryo.image.geometry import align_images
         if psi is None:
             psi, shift = self.psi, self.shift
         else:
-            psi, shift = to_geometry(torch.as_tensor(np.asarray(psi), dtype=torch.float32),
-                                     torch.as_tensor(np.asarray(shift), dtype=torch.float32))
+            psi = torch.as_tensor(np.asarray(psi), dtype=torch.float32)
+            shift = torch.as_tensor(np.asarray(shift), dtype=torch.float32)
         exact = self.p.polish if exact is None else exact
         acc = ClassAccumulator(self.k, self.box, self.dev)
         w = self._weights()
@@ -421,8 +425,7 @@ class ClassAligner:
             x = self.src.load(idx)
             ps, sh = psi[idx].to(self.dev), shift[idx].to(self.dev)
             if exact:
-                gpsi, gshift = to_geometry(ps, sh)
-                a = align_images(x, gpsi, gshift)
+                a = align_images(x, ps, sh)
             else:
                 a = warp_to_reference(x, ps, sh)
             spec = torch.fft.rfft2(a)

@@ -5,6 +5,7 @@ The defaults are the CPU preset measured in benchmarks/classify.py (2 cores, 1-2
 """
 from dataclasses import dataclass, field
 
+from simcryo.config import mask_diameter_field
 from simcryo.errors import SimcryoError
 
 
@@ -24,8 +25,9 @@ class ClassifyConfig:
     K: int = _f(10, "number of classes")
     apix: float = _f(0.0, "pixel size in Å/px (0: from the STAR optics or the MRC header)")
     # --- preprocessing
-    particle_diameter: float = _f(0.0, "particle diameter in Å used for the background mask "
-                                  "and the crop (0: estimated from the images' radial variance)")
+    mask_diameter: float = mask_diameter_field(
+        used_for="background mask and crop around the particle, at most 0.9 x the box",
+        auto_help="estimated from the images' radial variance")
     working_box: int = _f(32, "largest box in px after cropping around the particle and "
                           "Fourier downsampling (smaller when the data's resolution allows)")
     pretext_box: int = _f(24, "box in px the contrastive network sees (Fourier crop of the "

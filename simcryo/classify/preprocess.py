@@ -147,8 +147,8 @@ def build_cache(pset, cfg, out_dir, device, log=print, batch=512):
     if ctf is not None and cfg.phase_flip:
         x = ctfmod.phase_flip(x, ctfmod.ctf_2d(ctf, box, apix, rfft=True))
     x = normalize_background(x)
-    if cfg.particle_diameter > 0:
-        radius = min(cfg.particle_diameter / 2 / apix, 0.45 * box)
+    if cfg.mask_diameter > 0:
+        radius = min(cfg.mask_diameter / 2 / apix, 0.45 * box)
     else:
         radius = pp.estimate_radius(x)
     ssnr, max_freq = None, 0.5
@@ -160,7 +160,7 @@ def build_cache(pset, cfg, out_dir, device, log=print, batch=512):
     if geom.working_box < 16:
         raise SimcryoError(f"particle too small: crop window {geom.window} px leaves a "
                            f"{geom.working_box} px working box (need >= 16 px); give a larger "
-                           "--particle-diameter or a larger box")
+                           "--mask-diameter or a larger box")
     wb = geom.working_box
     path = os.path.join(out_dir, CACHE_NAME)
     mm = np.memmap(path, dtype=np.float32, mode="w+", shape=(pset.n, wb, wb))

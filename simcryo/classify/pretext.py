@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from simcryo.classify.augment import rotate
 from simcryo.errors import SimcryoError
+from simcryo.runtime import epoch_generator
 
 
 def nt_xent(z1, z2, temperature):
@@ -17,17 +18,6 @@ def nt_xent(z1, z2, temperature):
     sim.fill_diagonal_(float("-inf"))
     target = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
     return F.cross_entropy(sim, target)
-
-
-def epoch_generator(seed, stage, epoch, device):
-    """A generator seeded from (seed, stage, epoch): resuming at an epoch replays it exactly."""
-    g = torch.Generator(device=device)
-    g.manual_seed((seed * 1_000_003 + hash_stage(stage) * 10_007 + epoch) % (2 ** 62))
-    return g
-
-
-def hash_stage(stage):
-    return sum((i + 1) * ord(c) for i, c in enumerate(stage))
 
 
 def cosine_lr(base, step, total, warmup):

@@ -3,18 +3,21 @@
 Deep features compare two noisy particles; at SNR 0.1 that pairwise signal is weak, while a
 class average of hundreds of particles is nearly noise-free. Starting from the SCAN partition,
 each iteration scores every particle against every class average at every in-plane angle and
-every small shift (FFT cross-correlation), turns the scores into class posteriors with a
+every small shift (simcryo.align.exhaustive), turns the scores into class posteriors with a
 Gaussian noise model (expectation-maximisation, as RELION's 2D classification does), and
-rebuilds the averages from the posterior-weighted, best-aligned particles.
+rebuilds the averages from the particles weighted by their posteriors over all poses
+(simcryo.align.average.ClassAccumulator).
 
-Pose convention (simcryo.image.geometry): particle ~= shift(rotate(average, psi), shift).
+Poses are RELION's (simcryo.image.geometry): particle ~= transform_images(average, psi, shift).
 """
 import math
 
 import numpy as np
 import torch
 
-from simcryo.classify.augment import rotate
+from simcryo.align.aligner import warp_to_reference
+from simcryo.align.average import ClassAccumulator, centre_of_mass, spectra_to_images
+from simcryo.align.exhaustive import ExhaustiveAligner, ExhaustiveParams
 from simcryo.image.mask import soft_mask
 
 
@@ -22,51 +25,56 @@ def _load(images, idx, device):
     return torch.from_numpy(np.ascontiguousarray(images[idx], dtype=np.float32)).to(device)
 
 
-def shift_offsets(max_shift, device):
-    r = int(math.floor(max_shift))
-    d = torch.arange(-r, r + 1, device=device)
-    dy, dx = torch.meshgrid(d, d, indexing="ij")
-    keep = dx ** 2 + dy ** 2 <= max_shift ** 2 + 1e-6
-    return dx[keep], dy[keep]
-
-
 class Refiner:
     """EM over (class, angle, shift) on the working-box images (N, b, b)."""
 
     def __init__(self, images, k, radius, device, n_angles=36, max_shift=3.0, batch=64,
-                 temperature=1.0, log=print, ctf=None):
+                 temperature=1.0, log=print, ctf=None, ctf_epsilon=0.1, min_posterior=1e-4):
         """`ctf(indices) -> (m, b, b//2+1)` |CTF| of the (phase-flipped) images in rfft2
         layout, or None: the references are then compared through each particle's CTF and
-        the averages are CTF-corrected (Wiener), as particle = |CTF| * T(average) + noise."""
+        the averages are CTF-corrected (regularised by `ctf_epsilon` x the mean CTF^2), as
+        particle = |CTF| * T(average) + noise. `min_posterior`: (particle, class) pairs
+        below it are left out of the averages."""
         self.ctf = ctf
         self.images, self.k, self.dev = images, k, device
         self.n, self.b = images.shape[0], images.shape[-1]
         self.mask = soft_mask(self.b, radius + 1.0, width=2.0, device=device)
-        self.angles = torch.arange(n_angles, device=device, dtype=torch.float32) * (360.0 / n_angles)
-        self.dx, self.dy = shift_offsets(max_shift, device)
+        self.aligner = ExhaustiveAligner(ExhaustiveParams(n_angles=n_angles,
+                                                          max_shift=max_shift), mask=self.mask)
+        self.psi_grid = self.aligner.psi(device)
+        self.shift_grid = self.aligner.shifts(device)
         self.batch = batch
         self.temperature = temperature
+        self.ctf_epsilon = ctf_epsilon
+        self.min_posterior = min_posterior
         self.log = log
         self.sigma2 = None
 
-    def averages(self, weights, psi, shift):
-        """Posterior-weighted averages of particles aligned with their best pose per class.
-        weights (N, K); psi (N, K) deg; shift (N, K, 2) px."""
-        sums = torch.zeros(self.k, self.b, self.b, device=self.dev)
+    def _particles(self, idx):
+        return _load(self.images, idx, self.dev) * self.mask
+
+    def _references(self, acc):
+        """Masked, re-centred averages of an accumulator (K classes). Without CTF the
+        denominator is the posterior mass: the plain weighted mean (the tiny regulariser
+        only keeps an empty class at zero); with CTF the Wiener-style correction."""
+        eps = self.ctf_epsilon if self.ctf is not None else 1e-6
+        avg = spectra_to_images(acc.corrected(eps)) * self.mask
+        # without re-centring the averages drift and particles run out of the searched shifts
+        acc.shift(-centre_of_mass(avg))
+        return spectra_to_images(acc.corrected(eps)) * self.mask
+
+    def averages(self, labels, weights, psi, shift):
+        """Weighted averages (K, b, b) of particles aligned with their poses (RELION):
+        labels (N,), weights (N,), psi (N,) deg, shift (N, 2) px."""
+        acc = ClassAccumulator(self.k, self.b, self.dev)
+        lab = torch.as_tensor(labels, dtype=torch.long)
+        w = torch.as_tensor(weights, dtype=torch.float32)
         for s in range(0, self.n, 256):
             idx = np.arange(s, min(s + 256, self.n))
-            x = _load(self.images, idx, self.dev) * self.mask
-            m = len(idx)
-            w = weights[idx].to(self.dev)
-            xr = x[:, None].expand(m, self.k, self.b, self.b).reshape(-1, self.b, self.b)
-            sh = shift[idx].to(self.dev).reshape(-1, 2)
-            ps = psi[idx].to(self.dev).reshape(-1)
-            # undo: shift by -shift (integer roll in Fourier space), then rotate by -psi
-            xs = _fourier_shift(xr, -sh)
-            xa = rotate(xs[:, None], -ps)[:, 0].view(m, self.k, self.b, self.b)
-            sums += (w[:, :, None, None] * xa).sum(0)
-        tot = weights.sum(0).to(self.dev).clamp_min(1e-6)
-        return sums / tot[:, None, None] * self.mask
+            a = warp_to_reference(self._particles(idx), psi[idx].to(self.dev),
+                                  shift[idx].to(self.dev))
+            acc.add(torch.fft.rfft2(a), lab[idx], w[idx], torch.zeros(len(idx)))
+        return self._references(acc)
 
     @torch.no_grad()
     def em_step(self, refs, log_prior, fixed=None):
@@ -74,48 +82,29 @@ class Refiner:
 
         E: posterior of every (class, angle, shift) per particle under a Gaussian white noise
         model of variance sigma2 (times `temperature`). M: each average becomes the
-        posterior-weighted sum of all particles over all their poses, computed per (class,
-        angle) as a correlation of the particles with their posterior shift maps in Fourier
-        space. `fixed` (N,) keeps particles in given classes (alignment-only iterations).
-        Returns (new refs, class posteriors (N, K), best angle (N, K), best shift (N, K, 2),
-        mean log-likelihood)."""
-        A, K, b = len(self.angles), self.k, self.b
-        S = len(self.dx)
-        rot = rotate(refs.repeat_interleave(A, 0)[:, None], self.angles.repeat(K))[:, 0]
-        rot = rot * self.mask
-        rf = torch.fft.rfft2(rot)
-        norms = (rot ** 2).sum((-1, -2)).view(K, A)
-        # rfft2 Parseval weights (columns 1..b/2-1 stand for two) and reference power spectra
-        colw = torch.full((b // 2 + 1,), 2.0, device=self.dev)
-        colw[0] = 1.0
-        colw[-1] = 1.0
-        rpow = (rf.abs() ** 2).reshape(K * A, -1)
-        den = torch.zeros(K, b, b // 2 + 1, device=self.dev)
+        posterior-weighted sum of all particles over all their poses: per (class, angle),
+        the particles averaged over their shift posteriors (the aligner's
+        marginal_spectra), accumulated per (class, angle) frame and folded into the class
+        frames (ClassAccumulator.fold_frames). `fixed` (N,) keeps particles in given classes
+        (alignment-only iterations). Returns (new refs, class posteriors (N, K), best psi
+        (N, K), best shift (N, K, 2) (RELION), mean log-likelihood)."""
+        K, A, S = self.k, len(self.psi_grid), len(self.shift_grid)
+        prepared = self.aligner.prepare(refs)
+        frames = ClassAccumulator(K * A, self.b, self.dev)
         weights = torch.empty(self.n, K)
         best_psi = torch.empty(self.n, K)
         best_shift = torch.empty(self.n, K, 2)
         self.best_score = torch.empty(self.n, K)
-        acc = torch.zeros(K * A, b, b // 2 + 1, dtype=torch.complex64, device=self.dev)
-        wsum = torch.zeros(K, device=self.dev)
-        py, px = self.dy % b, self.dx % b
         sigma2 = self.sigma2
         loglik, resid = 0.0, []
         for s in range(0, self.n, self.batch):
             idx = np.arange(s, min(s + self.batch, self.n))
-            x = _load(self.images, idx, self.dev) * self.mask
+            x = self._particles(idx)
             m = len(idx)
-            xf = torch.fft.rfft2(x)
-            if self.ctf is not None:
-                c = self.ctf(idx).to(self.dev)
-                xf = xf * c  # <x, C T(A)> = <C x, T(A)> for a real, even C
-                nrm = torch.einsum("mf,rf->mr", (c ** 2 * colw).reshape(m, -1), rpow)
-                nrm = nrm.view(m, K, A) / (b * b)
-            else:
-                nrm = norms[None].expand(m, K, A)
-            cc = torch.fft.irfft2(xf[:, None] * rf.conj()[None], s=(b, b))  # (m, K*A, b, b)
-            cc = cc[:, :, py, px].view(m, K, A, S)
+            c = None if self.ctf is None else self.ctf(idx).to(self.dev)
+            cc, power = self.aligner.scores(x, prepared, ctf=c)
             # -||x - C T(A)||^2 / 2 up to the ||x||^2 term, which cancels in the posteriors
-            score = (cc - 0.5 * nrm[..., None]).reshape(m, K, A * S)
+            score = (cc - 0.5 * power[..., None]).reshape(m, K, A * S)
             best, arg = score.max(-1)
             x2 = (x ** 2).sum((-1, -2))
             resid.append((x2[:, None] - 2 * best).min(1).values.cpu())
@@ -129,36 +118,36 @@ class Refiner:
                 logp = torch.where(keep[:, :, None], logp, torch.full_like(logp, -float("inf")))
             lse = torch.logsumexp(logp.reshape(m, -1), -1)
             loglik += float(lse.sum())
-            post = torch.exp(logp - lse[:, None, None])  # (m, K, A*S)
-            weights[idx] = post.sum(-1).cpu()
-            wsum += post.sum((0, 2))
-            # M-step accumulation: shift maps of the posteriors, correlated with the particles;
-            # only (particle, class) pairs with a non-negligible posterior (usually ~1 per
-            # particle once the classes have formed, so this costs ~1/K of the dense sum)
-            cls_post = post.sum(-1)
-            pi, pk = torch.nonzero(cls_post > 1e-4, as_tuple=True)
-            wmap = torch.zeros(len(pi), A, b, b, device=self.dev)
-            wmap[:, :, py, px] = post[pi, pk].view(len(pi), A, S)
-            prod = xf[pi][:, None] * torch.fft.rfft2(wmap).conj()
-            acc.view(K, A, b, b // 2 + 1).index_add_(0, pk, prod)
-            if self.ctf is not None:
-                den.index_add_(0, pk, cls_post[pi, pk][:, None, None] * c[pi] ** 2)
+            post = torch.exp(logp - lse[:, None, None]).view(m, K, A, S)
+            weights[idx] = post.sum((-1, -2)).cpu()
+            self._accumulate(frames, x, c, post)
             self.best_score[idx] = best.cpu()
-            a_i, s_i = arg // S, arg % S
-            best_psi[idx] = self.angles[a_i].cpu()
-            best_shift[idx] = torch.stack([self.dx[s_i], self.dy[s_i]], -1).float().cpu()
+            best_psi[idx] = self.psi_grid[arg // S].cpu()
+            best_shift[idx] = self.shift_grid[arg % S].cpu()
         self.sigma2 = max(float(torch.cat(resid).mean()) / float(self.mask.sum()), 1e-6)
-        back = torch.fft.irfft2(acc, s=(b, b))  # rotated frames
-        back = rotate(back[:, None], -self.angles.repeat(K))[:, 0].view(K, A, b, b).sum(1)
-        if self.ctf is not None:
-            # Wiener-style CTF correction (|CTF| is nearly radial, so the rotation-averaged
-            # denominator is used for every angle)
-            eps = 0.1 * den.mean((-1, -2), keepdim=True).clamp_min(1e-6)
-            back = torch.fft.irfft2(torch.fft.rfft2(back) / (den + eps), s=(b, b))
-        else:
-            back = back / wsum.clamp_min(1e-6)[:, None, None]
-        new_refs = recentre(back) * self.mask
+        new_refs = self._references(frames.fold_frames(self.psi_grid))
         return new_refs, weights, best_psi, best_shift, loglik / self.n
+
+    def _accumulate(self, frames, x, c, post):
+        """M-step sums of one batch into the (class, angle) frames: only the (particle,
+        class) pairs with a non-negligible posterior (usually ~1 per particle once the
+        classes have formed, so this costs ~1/K of the dense sum)."""
+        K, A = post.shape[1:3]
+        xf = torch.fft.rfft2(x)
+        if c is not None:
+            xf = xf * c  # numerator CTF * F, denominator CTF^2 (Wiener)
+        pi, pk = torch.nonzero(post.sum((-1, -2)) > self.min_posterior, as_tuple=True)
+        cell = post[pi, pk]                                   # (P, A, S)
+        mass = cell.sum(-1)                                   # (P, A)
+        spectra = self.aligner.marginal_spectra(xf[pi], cell)
+        # ClassAccumulator weighs spectra: pass the shift-averaged particle, weight = mass
+        spectra = spectra / mass.clamp_min(1e-30)[..., None, None]
+        frame = (pk[:, None] * A + torch.arange(A, device=self.dev)[None]).reshape(-1)
+        ctf2 = None if c is None else (c[pi] ** 2)[:, None].expand(-1, A, -1, -1)
+        b, m = spectra.shape[-2:]
+        frames.add(spectra.reshape(-1, b, m), frame, mass.reshape(-1),
+                   torch.zeros(len(frame), dtype=torch.long),
+                   None if ctf2 is None else ctf2.reshape(-1, b, m))
 
     def revive_empty(self, refs, weights, psi, shift, min_share=0.25):
         """A class holding less than `min_share` of an equal share gets a new reference: the
@@ -174,12 +163,10 @@ class Refiner:
                 break
             fit = self.best_score[members, big]
             worse = members[fit < fit.median()]
-            w = torch.zeros(self.n, self.k)
-            w[worse, c] = 1.0
-            ps = psi.clone()
-            sh = shift.clone()
-            ps[:, c], sh[:, c] = psi[:, big], shift[:, big]
-            refs[c] = self.averages(w, ps, sh)[c]
+            w = torch.zeros(self.n)
+            w[worse] = 1.0
+            own = torch.full((self.n,), c, dtype=torch.long)
+            refs[c] = self.averages(own, w, psi[:, big], shift[:, big])[c]
             lab[worse] = c
             self.log(f"[refine] class {c + 1} was empty: re-seeded from half of class {big + 1}")
         return refs
@@ -188,17 +175,12 @@ class Refiner:
     def best_correlation(self, idx, refs):
         """(len(idx), R) best normalised correlation of particles idx with each reference over
         all angles and shifts."""
-        A, R, b = len(self.angles), refs.shape[0], self.b
-        rot = rotate(refs.repeat_interleave(A, 0)[:, None], self.angles.repeat(R))[:, 0] * self.mask
-        rf = torch.fft.rfft2(rot)
-        norms = (rot ** 2).sum((-1, -2)).clamp_min(1e-12).sqrt().view(R, A)
-        py, px = self.dy % b, self.dx % b
+        prepared = self.aligner.prepare(refs)
         out = []
         for s in range(0, len(idx), self.batch):
-            x = _load(self.images, idx[s:s + self.batch], self.dev) * self.mask
-            cc = torch.fft.irfft2(torch.fft.rfft2(x)[:, None] * rf.conj()[None], s=(b, b))
-            cc = cc[:, :, py, px].view(len(x), R, A, -1) / norms[None, :, :, None]
-            out.append(cc.flatten(2).max(-1).values.cpu())
+            cc, power = self.aligner.scores(self._particles(idx[s:s + self.batch]), prepared)
+            ncc = cc / power.clamp_min(1e-12).sqrt()[..., None]
+            out.append(ncc.flatten(2).max(-1).values.cpu())
         return torch.cat(out)
 
     def choose_seeds(self, labels, candidates, subset=48, gen=None):
@@ -215,7 +197,7 @@ class Refiner:
                 seeds.append(int(cand[0]) if len(cand) else 0)
                 continue
             sub = np.sort(rng.choice(members, min(subset, len(members)), replace=False))
-            refs = _load(self.images, cand, self.dev) * self.mask
+            refs = self._particles(cand)
             score = self.best_correlation(sub, refs)  # (subset, m)
             # a candidate's correlation with itself is not evidence
             score[torch.as_tensor(sub)[:, None] == torch.as_tensor(cand)[None]] = float("nan")
@@ -238,7 +220,7 @@ class Refiner:
                 seeds = [int(torch.nonzero(lab0 == c)[0]) if (lab0 == c).any() else 0
                          for c in range(self.k)]
             state = {"iteration": 0, "weights": fixed, "history": [], "sigma2": None,
-                     "refs": (_load(self.images, np.asarray(seeds), self.dev) * self.mask).cpu(),
+                     "refs": self._particles(np.asarray(seeds)).cpu(),
                      "psi": torch.zeros(self.n, self.k), "shift": torch.zeros(self.n, self.k, 2)}
         self.sigma2 = state["sigma2"]
         refs = state["refs"].to(self.dev)
@@ -268,24 +250,3 @@ class Refiner:
         lab = weights.argmax(1)
         rows = torch.arange(self.n)
         return weights, psi[rows, lab], shift[rows, lab], state["history"]
-
-
-def recentre(refs):
-    """Shift each reference so the centre of mass of its positive density sits at the box
-    centre: without it the averages drift and particles run out of the searched shifts."""
-    b = refs.shape[-1]
-    c = torch.arange(b, device=refs.device, dtype=refs.dtype) - b // 2
-    pos = refs.clamp_min(0)
-    mass = pos.sum((-1, -2)).clamp_min(1e-12)
-    cx = (pos.sum(-2) * c).sum(-1) / mass
-    cy = (pos.sum(-1) * c).sum(-1) / mass
-    return _fourier_shift(refs, -torch.stack([cx, cy], -1))
-
-
-def _fourier_shift(x, shift):
-    """Translate (n, b, b) images by (x, y) px (exact for integers, circular)."""
-    b = x.shape[-1]
-    k = torch.fft.fftfreq(b, device=x.device)
-    ph = torch.exp(-2j * math.pi * (k[None, None, :] * shift[:, 0, None, None]
-                                    + k[None, :, None] * shift[:, 1, None, None]))
-    return torch.fft.ifft2(torch.fft.fft2(x) * ph).real

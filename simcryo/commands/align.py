@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from simcryo.config import add_config_arguments, config_from_args, config_to_dict
+from simcryo.config import (add_config_arguments, config_from_args, config_to_dict,
+                            mask_diameter_field, radius_px)
 from simcryo.errors import SimcryoError
 from simcryo.runtime import (RunLog, ensure_output_dir, log, resolve_device, seed_everything,
                              set_threads)
@@ -57,10 +58,15 @@ class AlignConfig:
                 "already down-weight noisy frequencies)"})
     max_shift: float = field(default=0.0, metadata={
         "help": "largest shift searched per step (px of the input box; 0: box/4)"})
-    mask_radius: float = field(default=0.0, metadata={
-        "help": "soft circular mask of the references and outermost polar ring (px of the "
-                "input box; 0: 1.1 x the particle radius estimated from the particles' "
-                "excess variance over the noise, at most box/2 - 2)"})
+    mask_diameter: float = mask_diameter_field(
+        used_for="soft circular mask of the references and the outermost polar ring, at most "
+                 "the box",
+        auto_help="1.1 x the particle diameter estimated from the particles' excess variance "
+                  "over the noise, at most the box - 4 px")
+    candidates: int = field(default=3, metadata={
+        "help": "rotation candidates per particle given a translation search (at half the "
+                "box) in the first round of every iteration: the highest peaks of the ring "
+                "correlation and the half turn of the best; 1: the ring peak alone"})
     n_theta: int = field(default=128, metadata={
         "help": "angular samples per polar ring (the peak is interpolated to ~0.1 degree)"})
     ctf: bool = field(default=True, metadata={
@@ -107,9 +113,11 @@ class AlignConfig:
             raise SimcryoError("--iterations must be >= 1")
         if self.batch_size < 1:
             raise SimcryoError("--batch-size must be >= 1")
+        if self.candidates < 1:
+            raise SimcryoError("--candidates must be >= 1")
         if self.n_theta < 16:
             raise SimcryoError("--n-theta must be >= 16")
-        for name in ("lowpass", "max_shift", "mask_radius", "apix", "align_box"):
+        for name in ("lowpass", "max_shift", "mask_diameter", "apix", "align_box"):
             if getattr(self, name) < 0:
                 raise SimcryoError(f"--{name.replace('_', '-')} must be >= 0")
 
@@ -150,22 +158,36 @@ def read_classes(pset, path):
     return cls - 1, k, weights
 
 
+def mask_radius_of(cfg, box, apix):
+    """--mask-diameter (Å) as the library's mask radius in px of the input box (None: 0,
+    estimated from the particles)."""
+    if not cfg.mask_diameter:
+        return None
+    radius = radius_px(cfg.mask_diameter, apix)
+    if radius > box / 2:
+        raise SimcryoError(f"--mask-diameter {cfg.mask_diameter:g} Å is wider than the box "
+                           f"({box} px x {apix:g} Å/px = {box * apix:g} Å)")
+    return radius
+
+
 def align_params(cfg, box, apix, device=None):
     from simcryo.align.classalign import ClassAlignParams
-    from simcryo.align.core import AlignParams
+    from simcryo.align.rings import AlignParams
     abox = auto_align_box(box, cfg.align_box)
     scale = abox / box
     # Fourier pixels: the same index in the full and the cropped box
     lowpass_px = box * apix / cfg.lowpass if cfg.lowpass > 0 else 0.0
     # the aligner sets the outermost ring from its (given or estimated) mask radius
     ap = AlignParams(method=cfg.method, n_theta=cfg.n_theta, lowpass=lowpass_px,
+                     candidates=cfg.candidates,
                      max_shift=cfg.max_shift * scale if cfg.max_shift > 0 else None)
     # CPU: one batch per thread, each single-threaded (robust on a shared machine)
     on_cpu = device is None or device.type == "cpu"
     workers = (cfg.threads or torch.get_num_threads()) if on_cpu else 1
     return ClassAlignParams(iterations=cfg.iterations, batch_size=cfg.batch_size,
                             workers=workers, final_iterations=cfg.final_iterations,
-                            mask_radius=cfg.mask_radius or None, tol_angle=cfg.tol_angle,
+                            mask_radius=mask_radius_of(cfg, box, apix),
+                            tol_angle=cfg.tol_angle,
                             tol_shift=cfg.tol_shift, snr_weights=cfg.snr_weights,
                             reassign=cfg.reassign, ctf_mode=cfg.ctf_mode, align_box=abox,
                             reference_filter=cfg.reference_filter, starts=cfg.starts,
@@ -246,6 +268,7 @@ def run(cfg):
     runlog["apix"] = apix
     runlog["search_box"] = aligner.abox
     runlog["mask_radius_px"] = aligner.mask_radius
+    runlog["mask_diameter_A"] = round(2 * aligner.mask_radius * apix, 3)
     runlog["ctf_used"] = ctf is not None
     runlog["iterations"] = aligner.history
     for h in aligner.history:

@@ -17,7 +17,8 @@ from simcryo.classify.neighbors import neighbor_purity
 from simcryo.classify.pipeline import CHECKPOINT, Classifier
 from simcryo.classify.preprocess import CACHE_NAME
 from simcryo.classify.averages import wrap_psi
-from simcryo.config import add_config_arguments, config_from_args, config_to_dict
+from simcryo.config import add_config_arguments, config_from_args, config_to_dict, radius_px
+from simcryo.errors import SimcryoError
 from simcryo.io.mrc import write_stack
 from simcryo.io.particles import load_particles, write_particles
 from simcryo.runtime import (RunLog, ensure_output_dir, log, resolve_device, seed_everything,
@@ -53,7 +54,12 @@ def run(cfg, stop_after_epochs=None):
     set_threads(cfg.threads)
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
+    if cfg.mask_diameter < 0:
+        raise SimcryoError("--mask-diameter must be >= 0 (Å; 0: estimated from the particles)")
     pset = load_particles(cfg.i, apix=cfg.apix or None)
+    if cfg.mask_diameter and radius_px(cfg.mask_diameter, pset.apix) > 0.45 * pset.box:
+        log(f"note: --mask-diameter {cfg.mask_diameter:g} Å is wider than 0.9 x the box "
+            f"({0.9 * pset.box * pset.apix:g} Å); the mask is limited to that")
     out = ensure_output_dir(cfg.o)
     runlog = RunLog("classify", config_to_dict(cfg), seed=cfg.seed, n_particles=pset.n,
                     box=pset.box, apix=pset.apix, ctf=pset.ctf is not None)
@@ -76,6 +82,8 @@ def run(cfg, stop_after_epochs=None):
     write_particles(os.path.join(out, "particles.star"), pset, columns)
     write_stack(os.path.join(out, "class_averages.mrcs"), averages.astype(np.float32), pset.apix)
     runlog["geometry"] = result["geometry"].as_dict()
+    runlog["mask_radius_px"] = round(float(result["geometry"].radius_px), 4)
+    runlog["mask_diameter_A"] = round(2 * float(result["geometry"].radius_px) * pset.apix, 3)
     runlog["pretext_images_per_s"] = round(result["pretext_images_per_s"], 1)
     runlog["class_sizes"] = np.bincount(labels, minlength=cfg.K).tolist()
     runlog["scan_head_losses"] = result["scan_head_losses"]

@@ -16,17 +16,21 @@ import time
 import numpy as np
 import torch
 
-from simcryo.config import add_config_arguments, config_from_args, config_to_dict
+from simcryo.config import add_config_arguments, config_from_args, config_to_dict, radius_px
 from simcryo.denoise import noise as noise_mod
 from simcryo.denoise.apply import denoise_particles
-from simcryo.denoise.pairs import ReferencePairs, resample_volume
-from simcryo.denoise.train import (DenoiseConfig, ReferenceTrainer, SelfTrainer, arch_of,
-                                   epoch_generator, load_generator, measure_data, model_record)
+from simcryo.denoise.config import DenoiseConfig
+from simcryo.denoise.model_io import arch_of, load_generator, model_record
+from simcryo.denoise.noise import measure_data
+from simcryo.denoise.pairs import ReferencePairs
+from simcryo.denoise.trainers import ReferenceTrainer, SelfTrainer
 from simcryo.errors import SimcryoError
+from simcryo.image.volume import resample_volume
 from simcryo.io.mrc import StackWriter, read_volume
 from simcryo.io.particles import load_particles, write_particles
-from simcryo.runtime import (ensure_output_dir, load_checkpoint, log, Progress, resolve_device,
-                             RunLog, save_checkpoint, seed_everything, set_threads)
+from simcryo.runtime import (ensure_output_dir, epoch_generator, load_checkpoint, log, Progress,
+                             resolve_device, RunLog, save_checkpoint, seed_everything,
+                             set_threads)
 
 TRAIN_HELP = """Train a denoiser on the particles in --i.
 
@@ -35,7 +39,7 @@ block, residual blocks, sub-pixel convolution block; discriminator: five convolu
 with batch norm and LeakyReLU) learns from pairs made on the fly: projections of the volume at
 uniformly random orientations, CTFs drawn from the particles' own CTF parameters, random
 shifts, scaled to the signal power measured on the particles, plus noise synthesised with the
-power spectrum of the particles' background (outside --mask-radius). The target is the
+power spectrum of the particles' background (outside --mask-diameter). The target is the
 CTF-modulated clean projection: the output is denoised, not CTF-corrected.
 
 Self-supervised mode (no volume), --self-method:
@@ -100,6 +104,40 @@ def main(args):
     return 0
 
 
+# ----------------------------------------------------------------------------- mask
+AUTO_MASK_FRACTION = 0.8  # --mask-diameter 0: 0.8 x the box (the former default)
+
+
+def mask_radius_px(cfg, box, apix):
+    """--mask-diameter (Å; 0: 0.8 x the box) as a radius in px of the input box."""
+    if not cfg.mask_diameter:
+        return AUTO_MASK_FRACTION * box / 2
+    return radius_px(cfg.mask_diameter, apix)
+
+
+def background_mask(box, radius, device, apix=None):
+    """True outside `radius` px; one-line error naming --mask-diameter when too few
+    background pixels remain (the library takes the radius as a fraction of box / 2)."""
+    try:
+        return noise_mod.background_mask(box, radius / (box / 2), device)
+    except SimcryoError:
+        what = f"{2 * radius * apix:g} Å" if apix else f"{2 * radius:g} px"
+        raise SimcryoError(f"a mask diameter of {what} leaves fewer than 5% of the {box} px "
+                           "box as background; give a smaller --mask-diameter") from None
+
+
+def model_mask_radius_px(record, model_dir):
+    """Mask radius (px) stored in a model file. Files from before --mask-diameter store
+    'mask_radius' as a fraction of half the box: converted."""
+    if "mask_radius_px" in record:
+        return float(record["mask_radius_px"])
+    fraction = record.get("mask_radius")
+    if isinstance(fraction, (int, float)) and 0 < fraction < 1.42:
+        return float(fraction) * record["box"] / 2
+    raise SimcryoError(f"model in {model_dir} stores no usable mask radius; retrain it with "
+                       "`simcryo denoise train --mask-diameter ...`")
+
+
 # ----------------------------------------------------------------------------- train
 def _resolve_mode(cfg, args):
     if cfg.mode == "reference" and not args.volume:
@@ -116,7 +154,7 @@ def _reference_pairs(cfg, args, pset, mask, device):
     if not stats.signal_power > 3 * stats.signal_power_se:
         raise SimcryoError(f"no particle signal found inside the mask (signal power "
                            f"{stats.signal_power:.3g} +- {stats.signal_power_se:.2g}); check "
-                           "--mask-radius or that --i holds particles")
+                           "--mask-diameter or that --i holds particles")
     vol, vol_apix = read_volume(args.volume)
     vol_apix = args.volume_apix or vol_apix
     if vol_apix is None:
@@ -131,7 +169,7 @@ def _reference_pairs(cfg, args, pset, mask, device):
     pairs = ReferencePairs(volume, stats.noise, mask, pset.apix, pset.ctf, stats.signal_power,
                            cfg.max_shift, cfg.empty_fraction, phase_flip=cfg.phase_flip)
     mean_image = stats.mean_image if cfg.polarity == "auto" else None
-    pairs.calibrate(mean_image, generator=epoch_generator(cfg.seed, -2))
+    pairs.calibrate(mean_image, generator=epoch_generator(cfg.seed, "denoise-calibrate", 0))
     if cfg.polarity == "flip":
         pairs.polarity = -1.0
     info = {"estimated_snr": stats.snr, "signal_power": stats.signal_power,
@@ -154,19 +192,23 @@ def train(cfg, args, device):
     out = ensure_output_dir(args.o)
     pset = load_particles(args.i, apix=args.apix)
     mode = _resolve_mode(cfg, args)
-    mask = noise_mod.background_mask(pset.box, cfg.mask_radius, device)
+    radius = mask_radius_px(cfg, pset.box, pset.apix)
+    mask = background_mask(pset.box, radius, device)
     runlog = RunLog("denoise train", config_to_dict(cfg), mode=mode, input=args.i,
-                    n_particles=pset.n, box=pset.box, apix=pset.apix)
+                    n_particles=pset.n, box=pset.box, apix=pset.apix,
+                    mask_diameter_A=round(2 * radius * pset.apix, 3),
+                    mask_radius_px=round(radius, 4))
     log(f"denoise train: {pset.n} particles, box {pset.box} px, {pset.apix:g} Å/px, "
         f"mode {mode}, device {device}")
-    extra = {}
+    extra = {"mask_radius_px": radius, "mask_diameter_A": 2 * radius * pset.apix}
     if mode == "reference":
-        pairs, extra = _reference_pairs(cfg, args, pset, mask, device)
+        pairs, info = _reference_pairs(cfg, args, pset, mask, device)
+        extra.update(info)
         trainer = ReferenceTrainer(cfg, pairs, device)
     else:
         stats = measure_data(pset.images, pset.n, mask, cfg.stats_images, cfg.seed, device)
-        extra = {"estimated_snr": stats.snr, "signal_power": stats.signal_power,
-                 "self_method": cfg.self_method}
+        extra.update(estimated_snr=stats.snr, signal_power=stats.signal_power,
+                     self_method=cfg.self_method)
         log(f"data: estimated SNR {stats.snr:.3g}; self-supervised method {cfg.self_method}")
         trainer = SelfTrainer(cfg, pset.images, pset.n, mask, device, stats.noise, pset.ctf,
                               pset.apix)
@@ -237,8 +279,12 @@ def apply(cfg, args, device):
                     model=os.path.abspath(args.model), mode=record["mode"], n_particles=pset.n)
     progress = Progress("denoise apply", pset.n)
     t0 = time.time()
+    radius = model_mask_radius_px(record, args.model)
+    runlog["mask_radius_px"] = round(radius, 4)
+    runlog["mask_diameter_A"] = round(2 * radius * pset.apix, 3)
+    background_mask(pset.box, radius, device, pset.apix)  # fails clearly before any work
     with StackWriter(stack_path, pset.n, pset.box, pset.apix) as writer:
-        denoise_particles(G, pset, record["mask_radius"], writer, cfg.apply_batch, device,
+        denoise_particles(G, pset, radius / (pset.box / 2), writer, cfg.apply_batch, device,
                           on_batch=lambda done: progress.update(done), flip=flip)
     elapsed = time.time() - t0
     names = [f"{i + 1}@particles.mrcs" for i in range(pset.n)]

@@ -24,7 +24,7 @@ from simcryo.evaluation import metrics
 from simcryo.config import add_config_arguments, config_from_args, config_to_dict
 from simcryo.errors import SimcryoError
 from simcryo.io.star import read_star
-from simcryo.runtime import atomic_write_text, log, set_threads
+from simcryo.runtime import atomic_write_text, json_default, log, set_threads
 
 
 @dataclass
@@ -77,19 +77,9 @@ def main(args):
     if cfg.o:
         d = os.path.dirname(os.path.abspath(cfg.o))
         os.makedirs(d, exist_ok=True)
-        atomic_write_text(cfg.o, json.dumps(report, indent=2, default=_json_default))
+        atomic_write_text(cfg.o, json.dumps(report, indent=2, default=json_default))
         log(f"evaluate: wrote {cfg.o}")
     return 0
-
-
-def _json_default(obj):
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.floating):
-        return float(obj)
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    return str(obj)
 
 
 # ---------------------------------------------------------------- reading

@@ -2,7 +2,7 @@
 normalisation, so the output keeps the input's units, offset and scale."""
 import torch
 
-from simcryo.denoise.noise import background_mask, background_stats
+from simcryo.denoise.noise import background_mask, normalize
 from simcryo.denoise.pairs import ctf_signs, phase_flip
 from simcryo.image.preprocess import check_not_constant
 
@@ -14,8 +14,7 @@ def denoise_images(G, images, mask_radius, device=None, signs=None):
     device = device or next(G.parameters()).device
     x = torch.as_tensor(images, dtype=torch.float32).to(device)
     mask = background_mask(x.shape[-1], mask_radius, device)
-    mean, std = background_stats(x, mask)
-    z = (x - mean[:, None, None]) / std[:, None, None]
+    z, mean, std = normalize(x, mask)
     if signs is not None:
         z = phase_flip(z, signs.to(device))
     out = G(z[:, None])[:, 0]

@@ -19,11 +19,12 @@ scale of the clean projections so that the training pairs have the data's SNR.
 """
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from simcryo.errors import SimcryoError
-from simcryo.image.mask import circular_mask
+from simcryo.image.mask import background_stats, circular_mask
 
 
 def background_mask(box, radius_fraction, device="cpu"):
@@ -31,22 +32,16 @@ def background_mask(box, radius_fraction, device="cpu"):
     pixel (box // 2, box // 2)."""
     mask = ~circular_mask(box, radius_fraction * box / 2, device)
     if int(mask.sum()) < 0.05 * box * box:
-        raise SimcryoError(f"mask radius {radius_fraction} leaves too few background pixels; "
-                           "use a smaller --mask-radius")
+        raise SimcryoError(f"mask radius {radius_fraction} x box/2 leaves too few background "
+                           "pixels; use a smaller --mask-diameter")
     return mask
-
-
-def background_stats(images, mask):
-    """Per-image mean and standard deviation of the background pixels: (n,), (n,)."""
-    bg = images[:, mask]
-    mean = bg.mean(dim=1)
-    std = bg.std(dim=1).clamp_min(1e-8 * (bg.abs().max() + 1e-30))
-    return mean, std
 
 
 def normalize(images, mask):
     """Images scaled to background mean 0 / std 1; returns (normalised, mean, std)."""
-    mean, std = background_stats(images, mask)
+    mean, std = background_stats(images, outside=mask)
+    # a constant background (empty or padded image) must not turn into inf / NaN
+    std = std.clamp_min(1e-8 * (images[:, mask].abs().max() + 1e-30))
     return (images - mean[:, None, None]) / std[:, None, None], mean, std
 
 
@@ -126,3 +121,29 @@ def estimate_snr(images, mask):
     inside_fraction = float((~mask).float().mean())
     noise = float((images[:, mask] ** 2).mean())
     return signal_power(images, mask) * inside_fraction / noise
+
+
+@dataclass
+class DataStats:
+    """What training needs to know about the particles, measured on a subset."""
+    noise: NoiseModel
+    signal_power: float
+    signal_power_se: float
+    snr: float
+    mean_image: torch.Tensor
+
+
+def measure_data(read_images, n, mask, n_stats, seed, device):
+    """read_images(indices) -> float32 (k, box, box) numpy; uses up to n_stats particles."""
+    rng = np.random.default_rng(seed)
+    idx = np.sort(rng.choice(n, size=min(n, n_stats), replace=False))
+    chunks = []
+    for s in range(0, len(idx), 1024):
+        imgs = torch.from_numpy(read_images(idx[s:s + 1024])).to(device)
+        chunks.append(normalize(imgs, mask)[0])
+    images = torch.cat(chunks)
+    power, se = signal_power_with_error(images, mask)
+    return DataStats(noise=estimate_noise_model(images, mask),
+                     signal_power=power, signal_power_se=se,
+                     snr=estimate_snr(images, mask),
+                     mean_image=images.mean(0))

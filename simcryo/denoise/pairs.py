@@ -23,41 +23,11 @@ produces the same quantity, so the two modes are interchangeable and comparable.
 import numpy as np
 import torch
 
-from simcryo.image import ctf as ctf_mod
-from simcryo.denoise.noise import background_stats, remove_signal
+from simcryo.denoise.noise import normalize, remove_signal
 from simcryo.errors import SimcryoError
-
-
-def resample_volume(volume, vol_apix, apix, box):
-    """Bring a cubic volume to the particles' pixel size (Fourier crop/pad) and box (centred
-    crop/pad in real space). volume: (D, D, D) tensor."""
-    D = volume.shape[0]
-    if vol_apix and abs(vol_apix / apix - 1.0) > 1e-3:
-        new = int(round(D * vol_apix / apix))
-        if new < 4:
-            raise SimcryoError(f"volume too small after resampling to {apix:g} Å/px")
-        spec = torch.fft.fftshift(torch.fft.fftn(volume.double()))
-        out = torch.zeros((new,) * 3, dtype=spec.dtype, device=volume.device)
-        m = min(D, new)
-        si, so = D // 2 - m // 2, new // 2 - m // 2
-        out[so:so + m, so:so + m, so:so + m] = spec[si:si + m, si:si + m, si:si + m]
-        volume = (torch.fft.ifftn(torch.fft.ifftshift(out)).real * (new / D) ** 3).float()
-        D = new
-    if D != box:
-        out = torch.zeros((box,) * 3, dtype=volume.dtype, device=volume.device)
-        m = min(D, box)
-        si, so = D // 2 - m // 2, box // 2 - m // 2
-        out[so:so + m, so:so + m, so:so + m] = volume[si:si + m, si:si + m, si:si + m]
-        volume = out
-    return volume.contiguous()
-
-
-def _shift_phase(box, shifts, device):
-    """Fourier phase ramps (n, box, box) translating images by shifts (n, 2) px (x, y)."""
-    f = torch.fft.fftfreq(box, device=device)
-    fy, fx = torch.meshgrid(f, f, indexing="ij")
-    arg = -2j * np.pi * (fx[None] * shifts[:, 0, None, None] + fy[None] * shifts[:, 1, None, None])
-    return torch.exp(arg)
+from simcryo.image import ctf as ctf_mod
+from simcryo.image.fourier import shift_images
+from simcryo.image.mask import background_stats
 
 
 def ctf_signs(ctf_params, box, apix, device=None):
@@ -73,17 +43,6 @@ def phase_flip(images, signs):
     has the same phases whatever the defocus."""
     box = images.shape[-1]
     return torch.fft.irfft2(torch.fft.rfft2(images) * signs, s=(box, box))
-
-
-def ctf_padded(images, ctf_params, apix):
-    """CTF-modulate (n, D, D) images on a 2x zero-padded box, then crop back: signal the CTF
-    delocalises leaves the box instead of wrapping around, as in a real extraction."""
-    n, D, _ = images.shape
-    P, o = 2 * D, D - D // 2
-    padded = torch.zeros((n, P, P), dtype=images.dtype, device=images.device)
-    padded[:, o:o + D, o:o + D] = images
-    c = ctf_mod.ctf_2d(ctf_params, P, apix, device=images.device, rfft=True)
-    return torch.fft.irfft2(torch.fft.rfft2(padded) * c, s=(P, P))[:, o:o + D, o:o + D]
 
 
 class ReferencePairs:
@@ -136,13 +95,12 @@ class ReferencePairs:
         proj = self.projections(n, generator)
         if self.max_shift > 0:
             shifts = (torch.rand((n, 2), generator=generator) * 2 - 1) * self.max_shift
-            phase = _shift_phase(self.box, shifts.to(self.device), self.device)
-            proj = torch.fft.ifft2(torch.fft.fft2(proj) * phase).real.float()
+            proj = shift_images(proj, shifts.to(self.device))
         ctf = None
         if self.ctf_params is not None and len(self.ctf_params):
             idx = torch.randint(len(self.ctf_params), (n,), generator=generator).numpy()
             ctf = self.ctf_params.take(idx)
-            proj = ctf_padded(proj, ctf, self.apix)
+            proj = ctf_mod.apply_ctf_padded(proj, ctf, self.apix)
         return (proj, ctf) if with_ctf else proj
 
     def calibrate(self, data_mean_image=None, n=256, generator=None):
@@ -151,7 +109,7 @@ class ReferencePairs:
         data_mean_image: mean of the background-normalised particles (box, box) or None."""
         generator = generator if generator is not None else torch.Generator().manual_seed(0)
         c = self.clean(n, generator)
-        c = c - background_stats(c, self.mask)[0][:, None, None]
+        c = c - background_stats(c, outside=self.mask)[0][:, None, None]
         # the estimator used on the data (`noise.signal_power`): inside minus background
         power = float((c[:, ~self.mask] ** 2).mean() - (c[:, self.mask] ** 2).mean())
         if power <= 0:
@@ -172,8 +130,7 @@ class ReferencePairs:
             keep = torch.rand(n, generator=generator) >= self.empty_fraction
             clean = clean * keep.to(clean)[:, None, None]
         noisy = clean + self.noise.sample(n, generator)
-        mean, std = background_stats(noisy, self.mask)
-        noisy = (noisy - mean[:, None, None]) / std[:, None, None]
+        noisy, mean, std = normalize(noisy, self.mask)
         clean = (clean - mean[:, None, None]) / std[:, None, None]
         if self.phase_flip and ctf is not None:
             signs = ctf_signs(ctf, self.box, self.apix, self.device)

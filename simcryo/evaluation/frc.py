@@ -7,12 +7,7 @@ below the threshold (searching from ring 1, the DC ring is skipped) and returns 
 import numpy as np
 import torch
 
-
-def _ring_index(box, device):
-    fy = torch.fft.fftfreq(box, d=1.0 / box, device=device)
-    fx = torch.fft.fftfreq(box, d=1.0 / box, device=device)
-    r = torch.sqrt(fy[:, None] ** 2 + fx[None, :] ** 2)
-    return torch.round(r).long()
+from simcryo.image.fourier import radial_index
 
 
 def frc(a, b, eps=1e-12):
@@ -28,7 +23,7 @@ def frc(a, b, eps=1e-12):
     box = a.shape[-1]
     n_rings = box // 2
     fa, fb = torch.fft.fft2(a), torch.fft.fft2(b)
-    ring = _ring_index(box, a.device).reshape(-1)
+    ring = radial_index(box, a.device, full=True).reshape(-1)
     keep = ring < n_rings
     idx = ring[keep]
     flat = lambda t: t.reshape(t.shape[0], -1)[:, keep]  # noqa: E731
@@ -80,65 +75,37 @@ def resolution_at(curve, apix, threshold=0.143):
     return float(out[0]) if single else out
 
 
-def _parabolic_offset(m1, m0, p1):
-    """Sub-sample peak offset in [-0.5, 0.5] from three samples around a maximum."""
-    den = m1 - 2.0 * m0 + p1
-    return 0.0 if den >= 0 else float(np.clip(0.5 * (m1 - p1) / den, -0.5, 0.5))
+def _pose_aligner(step_deg, max_shift):
+    """Exhaustive search: a `step_deg` grid, then two rounds of a 10x finer grid around the
+    peak (bicubic rotations: the FRC compares fine detail)."""
+    from simcryo.align.exhaustive import ExhaustiveAligner, ExhaustiveParams
+    return ExhaustiveAligner(ExhaustiveParams(
+        n_angles=max(int(round(360.0 / step_deg)), 1), max_shift=max_shift, fine_rounds=2,
+        fine_factor=10, interpolation="bicubic"))
+
+
+def _align_batch(images, reference, step_deg, max_shift):
+    """Poses (RELION) of mean-subtracted images (B, D, D) against one reference."""
+    ref = torch.as_tensor(reference, dtype=torch.float32, device=images.device)
+    images = images - images.mean((-2, -1), keepdim=True)
+    labels = torch.zeros(len(images), dtype=torch.long, device=images.device)
+    return _pose_aligner(step_deg, max_shift)(images, (ref - ref.mean())[None], labels)
 
 
 def align_to_reference(image, reference, step_deg=1.0, max_shift=None):
-    """Brute-force in-plane alignment of `image` onto `reference` (both (D, D) tensors).
-
-    Every rotation of the reference in `step_deg` steps is cross-correlated with the image
-    (FFT, all shifts at once); the best angle is searched again on a 10x finer grid around it,
-    and (angle, shift) are refined to sub-step precision by parabolic fits.
-    Returns (psi, (sx, sy), score) such that
-    image ~ transform_images(reference, psi, (sx, sy)) (project convention)."""
-    from simcryo.image.geometry import shift_images
+    """In-plane pose of `image` against `reference` (both (D, D)) by the exhaustive search
+    (simcryo.align.exhaustive: every angle in `step_deg` steps x every shift within
+    `max_shift` px (None: all), refined to sub-step precision).
+    Returns (psi, (sx, sy), score) such that image ~ transform_images(reference, psi,
+    (sx, sy)) (RELION convention); score: normalised correlation."""
     img = torch.as_tensor(image, dtype=torch.float32)
-    ref = torch.as_tensor(reference, dtype=torch.float32, device=img.device)
-    D = img.shape[-1]
-    img, ref = img - img.mean(), ref - ref.mean()
-    coarse = torch.arange(0.0, 360.0, step_deg, device=img.device)
-    psi, shift, score = _best_pose(img, ref, coarse, step_deg, max_shift, circular=True)
-    # refine: undo the current shift exactly (Fourier) so that the angle is no longer biased by
-    # the sub-pixel part of the shift, then search a 10x finer angular grid around psi
-    fine_step = step_deg / 10.0
-    offsets = torch.arange(-10, 11, device=img.device, dtype=torch.float32) * fine_step
-    for _ in range(2):
-        centred = shift_images(img[None], torch.tensor([[-shift[0], -shift[1]]]))[0]
-        psi, residual, score = _best_pose(centred, ref, psi + offsets, fine_step, None,
-                                          circular=False)
-        shift = (shift[0] + residual[0], shift[1] + residual[1])
-    # the search above finds image ~ shift(rotate(reference, psi), shift); in the project's
-    # (RELION) convention that pose is (-psi, -shift)
-    return (-psi + 180.0) % 360.0 - 180.0, (-shift[0], -shift[1]), score
+    out = _align_batch(img[None], reference, step_deg, max_shift)
+    return _pose(out, 0)
 
 
-def _best_pose(img, ref, angles, step, max_shift, circular):
-    """Cross-correlate img with ref rotated by each angle; parabolic sub-step peak."""
-    from simcryo.image.geometry import rotate_images
-    D = img.shape[-1]
-    rots = rotate_images(ref.expand(len(angles), D, D).contiguous(), angles)
-    cc = torch.fft.irfft2(torch.fft.rfft2(img)[None] * torch.fft.rfft2(rots).conj(), s=(D, D))
-    if max_shift is not None:
-        f = torch.fft.fftfreq(D, d=1.0 / D, device=img.device).abs()
-        cc[:, (f[:, None] > max_shift) | (f[None, :] > max_shift)] = -float("inf")
-    a, y, x = np.unravel_index(int(torch.argmax(cc)), cc.shape)
-    na = len(angles)
-    peak = float(cc[a, y, x])
-    if circular or 0 < a < na - 1:
-        da = _parabolic_offset(float(cc[(a - 1) % na, y, x]), peak,
-                               float(cc[(a + 1) % na, y, x]))
-    else:
-        da = 0.0
-    dy = _parabolic_offset(float(cc[a, (y - 1) % D, x]), peak, float(cc[a, (y + 1) % D, x]))
-    dx = _parabolic_offset(float(cc[a, y, (x - 1) % D]), peak, float(cc[a, y, (x + 1) % D]))
-    psi = (float(angles[a]) + da * step + 180.0) % 360.0 - 180.0
-    sy = (y + D // 2) % D - D // 2 + dy
-    sx = (x + D // 2) % D - D // 2 + dx
-    norm = float(torch.sqrt((img ** 2).sum() * (rots[a] ** 2).sum()))
-    return psi, (float(sx), float(sy)), peak / max(norm, 1e-12)
+def _pose(out, i):
+    return (float(out.psi[i]), (float(out.shift[i, 0]), float(out.shift[i, 1])),
+            float(out.score[i]))
 
 
 def aligned_frc(image, reference, step_deg=1.0, allow_invert=True):
@@ -151,12 +118,10 @@ def aligned_frc(image, reference, step_deg=1.0, allow_invert=True):
     Returns (curve, psi, shift, score, sign)."""
     from simcryo.image.geometry import transform_images
     img = torch.as_tensor(image, dtype=torch.float32)
-    psi, shift, score = align_to_reference(img, reference, step_deg)
-    sign = 1.0
-    if allow_invert:
-        psi_n, shift_n, score_n = align_to_reference(-img, reference, step_deg)
-        if score_n > score:
-            psi, shift, score, sign = psi_n, shift_n, score_n, -1.0
+    signs = [1.0, -1.0] if allow_invert else [1.0]
+    out = _align_batch(torch.stack([s * img for s in signs]), reference, step_deg, None)
+    best = int(out.score.argmax())
+    psi, shift, score = _pose(out, best)
     ref = torch.as_tensor(reference, dtype=torch.float32)
     moved = transform_images(ref[None], torch.tensor([psi]), torch.tensor([shift]))[0]
-    return frc(sign * img, moved), psi, shift, score, sign
+    return frc(signs[best] * img, moved), psi, shift, score, signs[best]

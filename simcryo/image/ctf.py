@@ -34,8 +34,9 @@ class CTFEvaluator:
 
     chi is linear in five per-frequency terms [s^2, s^2 cos 2a, s^2 sin 2a, s^4, 1], so the
     grid part is computed once and each call costs one small matmul per batch; with `psi` (deg,
-    one per particle) the astigmatism axis is turned by -psi: the CTF as seen after rotating
-    the particle by +psi (a class frame)."""
+    one per particle, RELION's _rlnAnglePsi) the CTF is seen in the class frame, i.e. after
+    geometry.align_images(particle, psi, origin) rotated the particle by +psi: the
+    astigmatism axis turns with it, to defocus_angle + psi."""
 
     def __init__(self, ctf, box, apix, device=None, rfft=False, dtype=torch.float32):
         fy, fx = frequency_grid(box, apix, device, rfft, torch.float64)
@@ -66,7 +67,7 @@ class CTFEvaluator:
         idx = np.arange(self.n) if indices is None else np.asarray(indices)
         ang = self._column(self.angle, idx)
         if psi is not None:
-            ang = ang - torch.deg2rad(torch.as_tensor(psi, device=self.device).double())
+            ang = ang + torch.deg2rad(torch.as_tensor(psi, device=self.device).double())
         ast = self._column(self.ast_def, idx)
         coef = torch.stack([self._column(self.mean_def, idx), ast * torch.cos(2 * ang),
                             ast * torch.sin(2 * ang), self._column(self.quartic, idx),
@@ -101,3 +102,16 @@ def apply_ctf(images, ctf_images):
 def phase_flip(images, ctf_images):
     """Flip the phases where the CTF is negative: cheap, noise-neutral CTF correction."""
     return _filter(images, torch.sign(ctf_images))
+
+
+def apply_ctf_padded(images, ctf, apix):
+    """CTF-modulate (n, D, D) images on a 2D x 2D zero-padded box (image centre D//2 at the
+    padded centre D), then crop back: signal the CTF delocalises leaves the box instead of
+    wrapping around into it, as in a real extraction."""
+    n, D, _ = images.shape
+    P = 2 * D
+    o = P // 2 - D // 2
+    padded = torch.zeros((n, P, P), dtype=images.dtype, device=images.device)
+    padded[:, o:o + D, o:o + D] = images
+    c = ctf_2d(ctf, P, apix, device=images.device, rfft=True)
+    return apply_ctf(padded, c)[:, o:o + D, o:o + D]

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from simcryo.errors import SimcryoError
+from simcryo.image.fourier import frequency_grid, radial_frequency, shift_phase
 
 
 def euler_to_matrix(rot, tilt, psi):
@@ -158,16 +159,13 @@ class Projector:
 
     def _setup_slice_grid(self):
         D, dev = self.box, self.device
-        qy = torch.fft.fftfreq(D, d=1.0 / D, device=dev)  # integer frequencies, fft order
-        qx = torch.fft.rfftfreq(D, d=1.0 / D, device=dev)
-        QY, QX = torch.meshgrid(qy, qx, indexing="ij")
-        inside = (QX ** 2 + QY ** 2) <= (D / 2) ** 2
+        QY, QX = torch.broadcast_tensors(*frequency_grid(D, dev))  # rfft2 grid, Fourier px
+        inside = radial_frequency(D, dev) <= D / 2
         self.inside = inside
         self.half_shape = QY.shape
         self.q2 = torch.stack([QX[inside], QY[inside]], dim=-1) * self.pad  # (m, 2)
-        # shift by D//2 in x and y: multiply by exp(-2 pi i q (D//2) / D)
-        phase = -2.0 * torch.pi * (QX[inside] + QY[inside]) * (D // 2) / D
-        self.checker = torch.polar(torch.ones_like(phase), phase).to(torch.complex64)
+        # the slice has its origin at pixel 0: shift it by D//2 in x and y to the box centre
+        self.checker = shift_phase(torch.tensor([[D // 2, D // 2]]), D, dev)[0][inside]
         nz, ny, nxh = self.spec.shape[2:]
         N = self.N
         self.grid_scale = torch.tensor([2.0 / (nxh - 1), 2.0 / (ny - 1), 2.0 / (nz - 1)],
@@ -189,7 +187,7 @@ class Projector:
         return out
 
     def _project_batch(self, R):
-        n, D, N = R.shape[0], self.box, self.N
+        n, D = R.shape[0], self.box
         # 3D frequency = A^T (qx, qy, 0) = qx * A[0, :] + qy * A[1, :], in padded-grid units
         k3 = torch.matmul(self.q2, R[:, :2, :])  # (n, m, 3)
         sign = torch.where(k3[..., :1] < 0, -1.0, 1.0)  # Hermitian half: F(-k) = conj(F(k))
@@ -202,6 +200,7 @@ class Projector:
         # the checkerboard moves the image origin from pixel 0 to pixel D//2 (an fftshift)
         half[:, self.inside] = torch.complex(vals[0], vals[1] * sign[..., 0]) * self.checker
         return torch.fft.irfft2(half, s=(D, D))
+
 
 _cache = {"ref": None, "key": None, "projector": None}
 

@@ -36,6 +36,9 @@ import numpy as np
 import torch
 
 from simcryo.errors import SimcryoError
+from simcryo.image.ctf import apply_ctf_padded
+from simcryo.image.mask import circular_mask
+from simcryo.image.volume import fourier_resize_volume
 from simcryo.simulation.projection import (Projector, axis_angle_matrix, euler_to_matrix, matrix_to_euler,
                                 min_angular_separation, angles_to_direction, view_directions)
 
@@ -136,23 +139,6 @@ class SimulateConfig:
 
 # ---------------------------------------------------------------- volume
 
-def fourier_resize_volume(vol, new_box):
-    """Resample a cubic volume (D, D, D) to (new_box,)*3 by cropping / zero-padding its
-    centred Fourier transform; voxel values keep their scale."""
-    vol = torch.as_tensor(vol, dtype=torch.float32)
-    D = vol.shape[0]
-    if new_box == D:
-        return vol
-    f = torch.fft.fftshift(torch.fft.fftn(torch.fft.ifftshift(vol)))
-    out = torch.zeros((new_box,) * 3, dtype=f.dtype)
-    m = min(D, new_box)
-    s_in, s_out = D // 2 - m // 2, new_box // 2 - m // 2
-    out[s_out:s_out + m, s_out:s_out + m, s_out:s_out + m] = \
-        f[s_in:s_in + m, s_in:s_in + m, s_in:s_in + m]
-    res = torch.fft.fftshift(torch.fft.ifftn(torch.fft.ifftshift(out))).real
-    return res * (new_box / D) ** 3
-
-
 def load_volume(cfg):
     """(volume tensor (box,)*3, apix of the output in Å/px, description)."""
     if not cfg.volume:
@@ -242,19 +228,6 @@ def ctf_alias_resolution(defocus_max_um, voltage, box, apix):
     return None if s_alias >= 0.5 / apix else 1.0 / s_alias
 
 
-def apply_ctf_padded(images, ctf, apix):
-    """CTF-modulate (n, D, D) images on a 2D x 2D zero-padded box, then crop back to D."""
-    from simcryo.image.ctf import ctf_2d
-    n, D, _ = images.shape
-    P = 2 * D
-    o = P // 2 - D // 2
-    padded = torch.zeros((n, P, P), dtype=images.dtype, device=images.device)
-    padded[:, o:o + D, o:o + D] = images
-    c = ctf_2d(ctf, P, apix, device=images.device, rfft=True)
-    out = torch.fft.irfft2(torch.fft.rfft2(padded) * c, s=(P, P))
-    return out[:, o:o + D, o:o + D]
-
-
 # ---------------------------------------------------------------- noise
 
 def standardize(images):
@@ -292,9 +265,7 @@ class RealNoise:
         imgs = torch.as_tensor(images, dtype=torch.float32)
         m, B, _ = imgs.shape
         self.box, self.rng = box, rng
-        c = torch.arange(B, dtype=torch.float32) - B // 2
-        r2 = c[:, None] ** 2 + c[None, :] ** 2
-        outside = r2 > mask_radius ** 2
+        outside = ~circular_mask(B, mask_radius)
         if outside.sum() < 16:
             raise SimcryoError(f"noise images: no background outside a mask of radius "
                                f"{mask_radius:.1f} px in a {B} px box; lower "

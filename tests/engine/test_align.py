@@ -6,10 +6,11 @@ import torch
 
 from simcryo.align.average import (ClassAccumulator, centre_of_mass, normalize_weights,
                                    rotational_average, spectra_to_images)
-from simcryo.align.classalign import (ClassAligner, ClassAlignParams, ParticleSource,
-                                      crop_spectrum)
-from simcryo.align.core import (AlignParams, References, align_to_references,
-                                normalized_correlation, warp_to_reference)
+from simcryo.align.aligner import make_aligner, warp_to_reference
+from simcryo.align.classalign import ClassAligner, ClassAlignParams, ParticleSource
+from simcryo.align.rings import AlignParams
+from simcryo.align.scores import normalized_correlation
+from simcryo.image.fourier import crop_spectrum
 from simcryo.evaluation.metrics import pose_errors
 from simcryo.align.translate import correlation_peak, cross_correlate
 from simcryo.image.fourier import fourier_shift
@@ -46,11 +47,11 @@ def test_known_rotation_and_shift_recovered(method):
     psi = torch.tensor([37.3, -121.7, 163.2, -4.4])
     shift = torch.tensor([[1.3, -2.2], [-3.1, 0.4], [0.7, 2.9], [2.2, 1.6]])
     parts = transform_images(ref.expand(4, BOX, BOX).contiguous(), psi, shift)
-    refs = References(ref, AlignParams(method=method, inner_rounds=6))
-    out = align_to_references(parts, refs, torch.zeros(4, dtype=torch.long))
-    assert np.abs(_angle_diff(out["psi"], psi)).max() < 0.5
-    assert (out["shift"] - shift).norm(dim=1).max() < 0.1
-    back = align_images(parts, out["psi"], out["shift"])
+    aligner = make_aligner(AlignParams(method=method, inner_rounds=6))
+    out = aligner(parts, ref, torch.zeros(4, dtype=torch.long))
+    assert np.abs(_angle_diff(out.psi, psi)).max() < 0.5
+    assert (out.shift - shift).norm(dim=1).max() < 0.1
+    back = align_images(parts, out.psi, out.shift)
     rel = ((back - ref) ** 2).mean() / (ref ** 2).mean()
     assert rel < 0.01
 
@@ -62,9 +63,9 @@ def test_180_degree_rotation_resolved():
     shift = torch.tensor([[0.5, -1.0], [0.0, 0.0], [-1.5, 0.5], [2.0, 2.0]])
     parts = transform_images(ref.expand(4, BOX, BOX).contiguous(), psi, shift)
     for method in ("rings", "magnitude"):
-        refs = References(ref, AlignParams(method=method, inner_rounds=6))
-        out = align_to_references(parts, refs, torch.zeros(4, dtype=torch.long))
-        assert np.abs(_angle_diff(out["psi"], psi)).max() < 0.5, method
+        aligner = make_aligner(AlignParams(method=method, inner_rounds=6))
+        out = aligner(parts, ref, torch.zeros(4, dtype=torch.long))
+        assert np.abs(_angle_diff(out.psi, psi)).max() < 0.5, method
 
 
 def test_per_particle_references():
@@ -74,9 +75,9 @@ def test_per_particle_references():
     psi = torch.tensor([30.0, -60.0, 120.0, 10.0])
     shift = torch.tensor([[1.0, 0.0], [0.0, -1.0], [0.5, 0.5], [-1.0, 1.0]])
     parts = transform_images(refs_img[labels], psi, shift)
-    out = align_to_references(parts, References(refs_img, AlignParams(inner_rounds=6)), labels)
-    assert np.abs(_angle_diff(out["psi"], psi)).max() < 0.5
-    assert (out["shift"] - shift).norm(dim=1).max() < 0.1
+    out = make_aligner(AlignParams(inner_rounds=6))(parts, refs_img, labels)
+    assert np.abs(_angle_diff(out.psi, psi)).max() < 0.5
+    assert (out.shift - shift).norm(dim=1).max() < 0.1
 
 
 def test_warp_matches_geometry_convention():
@@ -84,7 +85,7 @@ def test_warp_matches_geometry_convention():
     psi = torch.tensor([20.0, -75.0, 140.0])
     shift = torch.tensor([[1.0, 2.0], [-2.0, 0.5], [0.0, -1.5]])
     p = transform_images(img, psi, shift)
-    ours = warp_to_reference(p, -psi, -shift)   # internal convention: the sign of geometry's
+    ours = warp_to_reference(p, psi, shift)   # the same pose as geometry.align_images
     theirs = align_images(p, psi, shift)
     assert ((ours - theirs) ** 2).mean() < 1e-3 * (theirs ** 2).mean()
 
@@ -167,9 +168,8 @@ def test_class_alignment_recovers_poses(ctf_on, ctf_mode):
     assert np.median(ang) < 2.0
     assert np.median(sh) < 0.5
     # The average looks like the object (up to its free in-plane frame).
-    out = align_to_references(al.averages[:1], References(obj[None], AlignParams(inner_rounds=6)),
-                              torch.zeros(1, dtype=torch.long))
-    back = align_images(al.averages[:1], out["psi"], out["shift"])[0]
+    out = make_aligner(AlignParams(inner_rounds=6))(al.averages[:1], obj[None])
+    back = align_images(al.averages[:1], out.psi, out.shift)[0]
     corr = float(torch.corrcoef(torch.stack([back.flatten(), obj.flatten()]))[0, 1])
     assert corr > 0.9
     assert al.history and al.history[0]["particles_per_s"] > 0

@@ -103,3 +103,32 @@ def test_auto_search_box():
     assert auto_align_box(400, 0) == 128        # at most 128
     assert auto_align_box(64, 33) == 32         # a requested box is made even
     assert auto_align_box(64, 96) == 64         # and never larger than the particles
+
+
+def test_align_mask_diameter_is_converted_to_px_and_recorded(classified, tmp_path):
+    """--mask-diameter (Å) becomes the library's mask radius in px of the input box:
+    diameter / 2 / apix; run.json records both. 0 (default): estimated from the particles."""
+    apix = load_particles(classified).apix
+    out = str(tmp_path / "m")
+    common = ["--i", classified, "--iterations", "1", "--final-iterations", "0",
+              "--starts", "1", "--threads", "1", "--batch-size", "64"]
+    assert cli_main(["align", "--o", out, "--mask-diameter", "120", *common]) == 0
+    run = json.load(open(os.path.join(out, "run.json")))
+    assert run["config"]["mask_diameter"] == 120
+    assert run["mask_radius_px"] == pytest.approx(120 / 2 / apix)
+    assert run["mask_diameter_A"] == pytest.approx(120)
+    auto = str(tmp_path / "a")
+    assert cli_main(["align", "--o", auto, *common]) == 0
+    run = json.load(open(os.path.join(auto, "run.json")))
+    assert run["config"]["mask_diameter"] == 0
+    assert 0 < run["mask_radius_px"] <= 64 / 2 - 2
+    assert run["mask_diameter_A"] == pytest.approx(2 * run["mask_radius_px"] * apix, abs=1e-2)
+
+
+def test_align_mask_diameter_wider_than_the_box_is_one_line(classified, tmp_path, capsys):
+    apix = load_particles(classified).apix
+    rc = cli_main(["align", "--i", classified, "--o", str(tmp_path / "w"),
+                   "--mask-diameter", str(64 * apix + 10)])
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is wider than the box" in err[0], err

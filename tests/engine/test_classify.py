@@ -122,7 +122,7 @@ def test_pretext_loss_decreases_on_an_easy_set(tmp_path):
     imgs = np.stack([bar if i % 2 else blob for i in range(64)])
     imgs += 0.05 * rng.standard_normal(imgs.shape).astype(np.float32)
     src = _stack(tmp_path / "easy.mrcs", imgs)
-    res = run(_cfg(src, tmp_path / "o", K=2, pretext_epochs=8, width=8, particle_diameter=40))
+    res = run(_cfg(src, tmp_path / "o", K=2, pretext_epochs=8, width=8, mask_diameter=40))
     loss = res["curves"]["pretext_loss"]
     assert np.mean(loss[-2:]) < loss[0] - 0.1
 
@@ -211,12 +211,13 @@ def test_refinement_recovers_classes_and_relion_poses():
     lab = w.argmax(1).numpy()
     assert (lab == truth).mean() >= 0.9 > (start == truth).mean()
     assert np.allclose(w.sum(1).numpy(), 1.0, atol=1e-5)
-    # pipeline convention: psi = -a, origin = -d, then transform_images(average) ~ particle
-    avg = r.averages(w, a_hat[:, None].repeat(1, 2), d_hat[:, None].repeat(1, 2, 1))
+    # RELION's convention, no conversion: transform_images(average, psi, shift) ~ particle
+    avg = r.averages(torch.as_tensor(lab), w.max(1).values, a_hat, d_hat)
+
     def corr(psi, shift):
         pred = transform_images(avg[lab], psi, shift) * r.mask
         return torch.nn.functional.cosine_similarity(pred.flatten(1), (x * r.mask).flatten(1),
                                                      dim=1).median()
     # noise limits the cosine to ~0.65 here; the opposite sign convention scores far lower
-    assert corr(-a_hat, -d_hat) > 0.4
-    assert corr(-a_hat, -d_hat) > corr(a_hat, d_hat) + 0.2
+    assert corr(a_hat, d_hat) > 0.4
+    assert corr(a_hat, d_hat) > corr(-a_hat, -d_hat) + 0.2

@@ -9,12 +9,17 @@ from simcryo import cli
 from simcryo.simulation import projection
 from simcryo.denoise import noise as noise_mod
 from simcryo.denoise.apply import denoise_images
+from simcryo.denoise.config import DenoiseConfig
 from simcryo.denoise.networks import Discriminator, Generator
-from simcryo.denoise.pairs import ReferencePairs, ctf_padded, ctf_signs, resample_volume
-from simcryo.denoise.train import (DenoiseConfig, ReferenceTrainer, SelfTrainer, load_generator,
-                                   measure_data, neighbor_choice, neighbor_subsample)
+from simcryo.denoise.losses import neighbor_choice, neighbor_subsample
+from simcryo.denoise.model_io import load_generator
+from simcryo.denoise.noise import measure_data
+from simcryo.denoise.pairs import ReferencePairs, ctf_signs
+from simcryo.denoise.trainers import ReferenceTrainer, SelfTrainer
 from simcryo.errors import SimcryoError
 from simcryo.evaluation.frc import frc
+from simcryo.image.ctf import apply_ctf_padded
+from simcryo.image.volume import resample_volume
 from simcryo.io import CTFParams, StarBlock, load_particles, read_star, write_stack, write_star
 from simcryo.io.mrc import read_apix, write_volume
 from simcryo.simulation.phantom import make_phantom
@@ -37,7 +42,8 @@ def _simulate(volume, n, snr, seed):
     rng = np.random.default_rng(seed)
     g = torch.Generator().manual_seed(seed)
     ctf = _ctf(n, rng)
-    clean = ctf_padded(projection.project(volume, projection.random_rotations(n, g)), ctf, APIX)
+    clean = apply_ctf_padded(projection.project(volume, projection.random_rotations(n, g)), ctf,
+                             APIX)
     sigma = (clean.var() / snr).sqrt()
     return clean + sigma * torch.randn(clean.shape, generator=g), clean, ctf
 
@@ -187,7 +193,7 @@ def test_tiny_self_supervised_training_decreases_loss(volume, method):
     history = [trainer.train_epoch(e) for e in range(cfg.epochs)]
     # the N2N loss has a floor (the noise of the target half-image): it drops, but not by much
     assert history[-1]["val"] < before
-    out = denoise_images(trainer.G, noisy, cfg.mask_radius)
+    out = denoise_images(trainer.G, noisy, 0.8)
     mse_out = float(((out - clean) ** 2).mean())
     assert mse_out < 0.5 * float(((noisy - clean) ** 2).mean())
     if method == "sure":  # its validation loss estimates the MSE (noise-variance units)
@@ -224,13 +230,13 @@ def test_denoised_pure_noise_has_no_structure(volume, mode):
     for e in range(cfg.epochs):
         trainer.train_epoch(e)
     pure = torch.randn((300, BOX, BOX), generator=g)
-    refs = ctf_padded(projection.project(volume, projection.random_rotations(300, g)),
-                      _ctf(300, np.random.default_rng(8)), APIX)
-    out = denoise_images(trainer.G, pure, cfg.mask_radius)
+    refs = apply_ctf_padded(projection.project(volume, projection.random_rotations(300, g)),
+                            _ctf(300, np.random.default_rng(8)), APIX)
+    out = denoise_images(trainer.G, pure, 0.8)
     curve, bound = _chance_frc(out, refs)
     assert (curve.abs() < bound).all(), (curve, bound)
     # sanity: the same check does see structure in denoised particles
-    den = denoise_images(trainer.G, noisy[:96], cfg.mask_radius)
+    den = denoise_images(trainer.G, noisy[:96], 0.8)
     curve_p, bound_p = _chance_frc(den, refs[:96])
     assert (curve_p.abs() > bound_p).any()
 
@@ -258,7 +264,9 @@ def test_train_apply_keeps_order_metadata_and_pixel_size(dataset, tmp_path):
     G = load_generator(record, torch.device("cpu"))
     assert record["phase_flip"]  # CTF columns present: the model works phase-flipped
     signs = ctf_signs(pin.ctf, BOX, APIX)
-    expected = denoise_images(G, pin.images(), record["mask_radius"], signs=signs)
+    assert record["mask_radius_px"] == pytest.approx(0.8 * BOX / 2)  # --mask-diameter 0
+    expected = denoise_images(G, pin.images(), record["mask_radius_px"] / (BOX / 2),
+                              signs=signs)
     assert torch.allclose(torch.from_numpy(pout.images()), expected, atol=1e-5)
     assert not torch.allclose(expected, torch.from_numpy(pin.images()), atol=1e-2)
 
@@ -286,7 +294,8 @@ def test_bad_inputs_give_one_line_errors(dataset, tmp_path, capsys):
     cases = [
         (["train", "--i", star, "--o", tmp_path / "x", "--mode", "reference"], "needs --volume"),
         (["train", "--i", tmp_path / "missing.star", "--o", tmp_path / "x"], "not found"),
-        (["train", "--i", star, "--o", tmp_path / "x", "--mask-radius", "2"], "mask-radius"),
+        (["train", "--i", star, "--o", tmp_path / "x", "--mask-diameter", "1000"],
+         "smaller --mask-diameter"),
         (["train", "--i", star, "--o", tmp_path / "r", "--resume"], "no checkpoint"),
         (["apply", "--i", star, "--model", tmp_path / "none", "--o", tmp_path / "y"],
          "no model.pt"),

@@ -112,11 +112,30 @@ def test_ctf_evaluator_matches_formula_and_turns_with_psi():
     half = CTFEvaluator(ctf, 48, 1.5, rfft=True)
     # rfft layout: the same values (the Nyquist column is +fx there, -fx in fft layout)
     assert np.allclose(half([2, 0]).numpy()[..., :24], full[[2, 0], :, :24], atol=1e-4)
-    # in a frame rotated by psi the astigmatism axis is at defocus_angle - psi
+    # in the class frame of pose psi (RELION) the astigmatism axis is at defocus_angle + psi
     psi = np.array([10.0, -40.0, 95.0, 170.0])
     turned = ctf.take(np.arange(n))
-    turned.defocus_angle = turned.defocus_angle - psi
+    turned.defocus_angle = turned.defocus_angle + psi
     assert (half(None, torch.tensor(psi)) - ctf_2d(turned, 48, 1.5, rfft=True)).abs().max() < 1e-4
+
+
+def test_ctf_in_class_frame_follows_align_images():
+    """The CTF that CTFEvaluator gives for pose psi is the particle's CTF pattern rotated the
+    way geometry.align_images rotates the particle (pins the sign of the class frame)."""
+    from simcryo.image.ctf import CTFEvaluator
+    box, apix = 64, 2.0
+    ctf = CTFParams(np.array([9000.0]), np.array([21000.0]), np.array([30.0]),
+                    np.array([300.0]), np.array([2.7]), np.array([0.1]), np.array([0.0]),
+                    np.array([0.0]))
+    own = torch.fft.fftshift(ctf_2d(ctf, box, apix), dim=(-2, -1))  # centred: rotate as an image
+    for psi in (35.0, -70.0):
+        seen = torch.fft.fftshift(CTFEvaluator(ctf, box, apix)(None, torch.tensor([psi])),
+                                  dim=(-2, -1))
+        rotated = align_images(own, torch.tensor([psi]), torch.zeros(1, 2))
+        inside = circular_mask(box, box // 4)   # low frequencies: sampled finely enough
+        wrong = align_images(own, torch.tensor([-psi]), torch.zeros(1, 2))
+        err = (seen - rotated)[0][inside].abs().mean()
+        assert err < 0.05 < (seen - wrong)[0][inside].abs().mean()
 
 
 def test_phase_flip_twice_is_identity():

@@ -1,5 +1,4 @@
 import os
-import shutil
 
 import mrcfile
 import numpy as np

@@ -10,11 +10,12 @@ import torch
 
 from simcryo.commands.simulate import run
 from simcryo.errors import SimcryoError
+from simcryo.image.ctf import apply_ctf_padded
 from simcryo.image.geometry import align_images
+from simcryo.image.volume import fourier_resize_volume
 from simcryo.io import load_particles, read_star
 from simcryo.io.mrc import write_volume
-from simcryo.simulation.simulate import (RealNoise, SimulateConfig, TRUTH_LABELS, apply_ctf_padded,
-                              fourier_resize_volume)
+from simcryo.simulation.simulate import RealNoise, SimulateConfig, TRUTH_LABELS
 from tests.engine.conftest import shared_file
 
 

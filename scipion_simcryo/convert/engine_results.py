@@ -1,0 +1,112 @@
+"""The engine's output STAR files read back into Scipion objects."""
+import os
+
+import numpy as np
+
+import pwem.objects as emobj
+from pwem.constants import ALIGN_NONE
+
+from simcryo.io.star import read_star
+
+from .locations import projectRelative, relionToLocation
+from .poses import transformFromPose
+from .truth import setTruthAttributes
+
+
+class EngineResult:
+    """Per-row arrays of an engine ``particles.star`` (input order), indexed by Scipion id."""
+
+    def __init__(self, starFile, apix=None):
+        blocks = read_star(starFile)
+        self.block = blocks.get('particles') or next(iter(blocks.values()))
+        self.optics = blocks.get('optics')
+        if apix is None and self.optics is not None and 'rlnImagePixelSize' in self.optics:
+            apix = float(self.optics.as_float('rlnImagePixelSize')[0])
+        self.apix = apix or 1.0
+        b = self.block
+        self.n = len(b)
+        self.ids = b.as_int('rlnImageId') if 'rlnImageId' in b else np.arange(1, self.n + 1)
+        self.classes = b.as_int('rlnClassNumber') if 'rlnClassNumber' in b else None
+        self.prob = (b.as_float('rlnMaxValueProbDistribution')
+                     if 'rlnMaxValueProbDistribution' in b else None)
+        self.psi = b.as_float('rlnAnglePsi') if 'rlnAnglePsi' in b else None
+        self.ox = b.as_float('rlnOriginXAngst') if 'rlnOriginXAngst' in b else None
+        self.oy = b.as_float('rlnOriginYAngst') if 'rlnOriginYAngst' in b else None
+        self._row = {int(i): r for r, i in enumerate(self.ids)}
+
+    def rowOf(self, objId):
+        return self._row.get(int(objId))
+
+    def hasPose(self):
+        return self.psi is not None
+
+    def transform(self, r):
+        ox = self.ox[r] / self.apix if self.ox is not None else 0.0
+        oy = self.oy[r] / self.apix if self.oy is not None else 0.0
+        return transformFromPose(self.psi[r], ox, oy)
+
+    def classSizes(self):
+        return np.bincount(self.classes)[1:] if self.classes is not None else None
+
+    def meanProbPerClass(self):
+        if self.classes is None or self.prob is None:
+            return {}
+        out = {}
+        for k in np.unique(self.classes):
+            out[int(k)] = float(self.prob[self.classes == k].mean())
+        return out
+
+
+def rowToCtf(row):
+    ctf = emobj.CTFModel()
+    ctf.setStandardDefocus(float(row['rlnDefocusU']), float(row['rlnDefocusV']),
+                           float(row.get('rlnDefocusAngle', 0.0)))
+    if 'rlnPhaseShift' in row:
+        ctf.setPhaseShift(float(row['rlnPhaseShift']))
+    return ctf
+
+
+def opticsToAcquisition(optics):
+    acq = emobj.Acquisition()
+    get = (lambda k, d: float(optics[k][0]) if optics is not None and k in optics else d)
+    acq.setVoltage(get('rlnVoltage', 300.0))
+    acq.setSphericalAberration(get('rlnSphericalAberration', 2.7))
+    acq.setAmplitudeContrast(get('rlnAmplitudeContrast', 0.1))
+    acq.setMagnification(50000)
+    return acq
+
+
+def readSetOfParticles(starFile, partSet, apix=None):
+    """Fill a new SetOfParticles from an engine STAR (simulate/denoise output): locations
+    resolved relative to the STAR folder, CTF, acquisition, truth extras on every item."""
+    blocks = read_star(starFile)
+    block = blocks.get('particles') or next(iter(blocks.values()))
+    optics = blocks.get('optics')
+    if apix is None:
+        apix = float(optics['rlnImagePixelSize'][0]) if optics is not None and \
+            'rlnImagePixelSize' in optics else 1.0
+    acq = opticsToAcquisition(optics)
+    partSet.setSamplingRate(apix)
+    partSet.setAcquisition(acq)
+    hasCtf = 'rlnDefocusU' in block
+    partSet.setHasCTF(hasCtf)
+    partSet.setAlignment(ALIGN_NONE)
+    folder = os.path.dirname(os.path.abspath(starFile))
+    labels = block.labels
+    for values in zip(*[block.columns[l] for l in labels]):
+        row = dict(zip(labels, values))
+        index, fn = relionToLocation(row['rlnImageName'])
+        if not os.path.isabs(fn):
+            fn = os.path.join(folder, fn)
+        fn = projectRelative(fn)
+        part = emobj.Particle()
+        part.setLocation(index, fn)
+        part.setSamplingRate(apix)
+        part.setAcquisition(acq)
+        if 'rlnImageId' in row:
+            part.setObjId(int(row['rlnImageId']))
+        if hasCtf:
+            part.setCTF(rowToCtf(row))
+        setTruthAttributes(part, row)
+        partSet.append(part)
+    return partSet

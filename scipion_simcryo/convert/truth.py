@@ -1,0 +1,49 @@
+"""Truth columns of simulated data (or a reference partition) <-> Scipion particle extras.
+
+Attribute name = '_' + STAR label (constants.TRUTH_ATTRS), so the conversion is 1:1."""
+from pyworkflow.object import Float, Integer
+
+from simcryo.io.star import StarBlock, write_star
+
+from .. import constants as cts
+from .star_writer import classNumbering, iterClassMembers
+
+
+def truthFromParticles(imgSet):
+    """{particle id: {STAR label: value}} of the simulated truth carried by a particle set."""
+    truth = {}
+    attrs = None
+    for part in imgSet.iterItems(orderBy='id'):
+        if attrs is None:
+            attrs = [a for a in cts.TRUTH_ATTRS if part.hasAttribute(a)]
+        if attrs:
+            truth[part.getObjId()] = {a[1:]: part.getAttributeValue(a) for a in attrs}
+    return truth
+
+
+def truthFromClasses(classes):
+    """{particle id: {STAR label: value}}: another classification used as the reference
+    partition (its class number is written as the true class)."""
+    numbering = classNumbering(classes)
+    return {p.getObjId(): {cts.TRUE_CLASS[1:]: p._simcryoClassNumber}
+            for p in iterClassMembers(classes, numbering)}
+
+
+def writeTruthStar(starFile, names, ids, truth):
+    """A particles STAR with the rows ``ids`` (same order and image names as the classified
+    STAR) and their truth columns."""
+    labels = list(next(iter(truth.values())).keys())
+    cols = {'rlnImageName': list(names), 'rlnImageId': list(ids)}
+    for label in labels:
+        cols[label] = [truth[i][label] for i in ids]
+    write_star(starFile, {'particles': StarBlock(cols)})
+
+
+def setTruthAttributes(item, row):
+    """Truth columns of a STAR row dict -> per-particle extras (every item, same schema)."""
+    for attr in cts.TRUTH_ATTRS:
+        label = attr[1:]
+        if label in row:
+            value = float(row[label])
+            obj = Integer(int(round(value))) if attr in cts.TRUTH_INT_ATTRS else Float(value)
+            setattr(item, attr, obj)

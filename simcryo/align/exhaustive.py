@@ -1,0 +1,209 @@
+"""Exhaustive in-plane search: every angle of a grid x every shift (FFT cross-correlation).
+
+The references are rotated once per `prepare` to every grid angle; a particle's correlation
+with a rotated reference at every shift is one FFT product. Two uses:
+
+* the classification EM (simcryo.classify.refine) scores every particle against every
+  (class, angle, shift) cell (`scores`) and marginalises over the cells: `psi` and `shifts`
+  give each cell's pose, `marginal_spectra` the posterior-weighted particle per angle;
+* precise single poses (`align`): the coarse grid, then `fine_rounds` of a finer angular grid
+  around the peak after the shift found so far is undone exactly (Fourier), with parabolic
+  sub-sample peaks in angle and shift (simcryo.evaluation.frc, benchmarks).
+
+Poses are RELION's (simcryo.image.geometry): cell (psi, shift) models
+particle ~= transform_images(reference, psi, shift).
+"""
+import math
+from dataclasses import dataclass
+
+import torch
+
+from simcryo.align.aligner import Aligner, Alignment, warp_to_reference, wrap_angle
+from simcryo.align.polar import circular_peak
+from simcryo.align.scores import _half_plane_weights
+from simcryo.align.translate import _parabola_offset, correlation_peak, cross_correlate
+from simcryo.image.fourier import shift_images
+from simcryo.image.geometry import rotate_images
+
+
+@dataclass
+class ExhaustiveParams:
+    n_angles: int = 36              # coarse grid: psi = j * 360 / n_angles deg
+    max_shift: float = None         # largest |shift| searched, px (None: the whole box,
+                                    # circular; `scores` needs a value: its cells are a disc)
+    fine_rounds: int = 0            # `align`: rounds of the finer angular grid
+    fine_factor: int = 10           # finer step = coarse step / fine_factor, over
+                                    # +-fine_factor finer steps around the current angle
+    interpolation: str = "bilinear"  # rotation of the references (grid_sample mode)
+    chunk_values: int = 1 << 24     # `align`: correlation values held at once (memory bound)
+
+
+class GridReferences:
+    """References (K, n, n) rotated to every grid angle (masked when the aligner has a mask):
+    images (K, A, n, n), spectra (K, A, n, n//2+1) and power (K, A, n, n//2+1) = |spectra|^2
+    weighted so that a sum over the rfft2 half plane is the full-plane sum / n^2."""
+
+    def __init__(self, references, rotated, mask):
+        k, n, _ = references.shape
+        self.references = references
+        self.mask = mask
+        self.images = rotated
+        self.spectra = torch.fft.rfft2(rotated)
+        w = _half_plane_weights(n, n // 2 + 1, references.device).clone()
+        w[0, 0] = 1.0  # the mean term counts too: the correlations include it
+        self.power = (self.spectra.real ** 2 + self.spectra.imag ** 2) * (w / (n * n))
+
+
+class ExhaustiveAligner(Aligner):
+    """Grid search over (angle, shift); see the module docstring. `mask` (n, n), optional,
+    multiplies every rotated reference."""
+
+    def __init__(self, params=None, mask=None):
+        self.p = params or ExhaustiveParams()
+        self.mask = mask
+
+    # -- the grid -------------------------------------------------------------------------
+    def psi(self, device=None):
+        """Grid angles (A,) deg in [-180, 180): cell j's rotated reference is
+        transform_images(reference, psi[j], 0)."""
+        step = 360.0 / self.p.n_angles
+        return wrap_angle(torch.arange(self.p.n_angles, device=device,
+                                       dtype=torch.float32) * step)
+
+    def shifts(self, device=None):
+        """Grid shifts (S, 2) px (RELION _rlnOriginX/Y): the integer shifts within max_shift."""
+        r = int(math.floor(self.p.max_shift))
+        d = torch.arange(-r, r + 1, device=device)
+        sy, sx = torch.meshgrid(d, d, indexing="ij")
+        keep = sx ** 2 + sy ** 2 <= self.p.max_shift ** 2 + 1e-6
+        return torch.stack([sx[keep], sy[keep]], -1).float()
+
+    def _rotate(self, references, psi):
+        """transform_images(reference, psi, 0) of (R, n, n) references, masked."""
+        out = rotate_images(references, -psi, mode=self.p.interpolation)
+        return out if self.mask is None else out * self.mask
+
+    def prepare(self, references):
+        k, n, _ = references.shape
+        psi = self.psi(references.device)
+        a = len(psi)
+        rotated = self._rotate(references.repeat_interleave(a, 0), psi.repeat(k))
+        return GridReferences(references, rotated.view(k, a, n, n), self.mask)
+
+    # -- the EM's score grid ----------------------------------------------------------------
+    def scores(self, images, prepared, ctf=None):
+        """Correlations of every particle with every grid cell: (cc (B, K, A, S), power
+        (B, K, A)), cc = <x, C T_cell(reference)> and power = ||C T_cell(reference)||^2
+        for the particle's CTF C (`ctf` (B, n, n//2+1), real and even; None: C = 1), so
+        -||x - C T(ref)||^2 / 2 = cc - power / 2 - ||x||^2 / 2."""
+        b, n, _ = images.shape
+        k, a = prepared.spectra.shape[:2]
+        xf = torch.fft.rfft2(images)
+        if ctf is None:
+            power = prepared.power.sum((-2, -1))[None].expand(b, k, a)
+        else:
+            xf = xf * ctf  # <x, C T> = <C x, T> for a real, even C
+            power = torch.einsum("bf,rf->br", (ctf ** 2).reshape(b, -1),
+                                 prepared.power.reshape(k * a, -1)).view(b, k, a)
+        cc = cross_correlate(xf[:, None], prepared.spectra.view(1, k * a, n, -1))
+        iy, ix = self._cell_index(n, images.device)
+        return cc[:, :, iy, ix].view(b, k, a, -1), power
+
+    def _cell_index(self, n, device):
+        """Pixels of an FFT-order correlation map holding each grid shift: the map peaks at
+        d where particle ~= reference moved by d, i.e. at d = -shift."""
+        s = self.shifts(device).long()
+        return (-s[:, 1]) % n, (-s[:, 0]) % n
+
+    def marginal_spectra(self, spectra, post):
+        """Particles averaged over the shift grid: spectra (P, n, m) of particles, post
+        (P, A, S) weights of the cells -> (P, A, n, m) = sum_s post[p, a, s] * the spectrum
+        of particle p translated by shift s (the translation half of align_images), i.e. in
+        the frame of grid angle a's rotated reference."""
+        p, n = spectra.shape[:2]
+        a = post.shape[1]
+        s = self.shifts(spectra.device).long()
+        wmap = torch.zeros(p, a, n, n, device=spectra.device, dtype=post.dtype)
+        wmap[:, :, s[:, 1] % n, s[:, 0] % n] = post
+        return spectra[:, None] * torch.fft.rfft2(wmap)
+
+    # -- precise single poses -------------------------------------------------------------
+    def align(self, images, prepared, labels, shift0=None):
+        """Best pose of particle i against reference labels[i]: coarse grid, then the finer
+        angular rounds (module docstring). Scores: normalised correlation peaks."""
+        b, n, _ = images.shape
+        lab = torch.as_tensor(labels, device=images.device).long()
+        x = images
+        if shift0 is not None:
+            shift0 = torch.as_tensor(shift0, dtype=torch.float32, device=images.device)
+            x = shift_images(images, shift0)  # search about the given shifts
+        a = prepared.spectra.shape[1]
+        chunk = max(1, int(self.p.chunk_values // (a * n * n)))
+        parts = [self._coarse(x[s:s + chunk], prepared, lab[s:s + chunk])
+                 for s in range(0, b, chunk)]
+        psi, shift, score = (torch.cat(t) for t in zip(*parts))
+        for _ in range(self.p.fine_rounds):
+            psi, shift, score = self._fine(x, prepared.references[lab], psi, shift)
+        if shift0 is not None:
+            shift = shift + shift0
+        spectrum = torch.fft.rfft2(warp_to_reference(images, psi, shift))
+        return Alignment(psi=psi, shift=shift, score=score, spectrum=spectrum)
+
+    def _coarse(self, images, prepared, labels):
+        """Best grid angle (parabolic, circular) and sub-pixel shift of each particle."""
+        b, n, _ = images.shape
+        a = prepared.spectra.shape[1]
+        cc = cross_correlate(torch.fft.rfft2(images)[:, None], prepared.spectra[labels])
+        d, peak = _subpixel_peak(cc.view(b * a, n, n), self.p.max_shift)
+        psi, _ = circular_peak(peak.view(b, a))
+        best = peak.view(b, a).argmax(1)
+        rows = torch.arange(b, device=images.device)
+        norm2 = (prepared.images[labels, best] ** 2).sum((-2, -1))
+        score = peak.view(b, a)[rows, best] / _norm(images, norm2)
+        return psi, -d.view(b, a, 2)[rows, best], score
+
+    def _fine(self, images, references, psi, shift):
+        """One finer angular round about (psi, shift): the shift is undone exactly first, so
+        that its sub-pixel part no longer biases the angle."""
+        b, n, _ = images.shape
+        f = int(self.p.fine_factor)
+        step = 360.0 / self.p.n_angles / f
+        offsets = torch.arange(-f, f + 1, device=images.device, dtype=torch.float32) * step
+        angles = psi[:, None] + offsets[None]                         # (B, F)
+        nf = len(offsets)
+        rotated = self._rotate(references.repeat_interleave(nf, 0), angles.reshape(-1))
+        centred = shift_images(images, shift)
+        cc = cross_correlate(torch.fft.rfft2(centred)[:, None],
+                             torch.fft.rfft2(rotated).view(b, nf, n, -1))
+        d, peak = _subpixel_peak(cc.view(b * nf, n, n))
+        peak = peak.view(b, nf)
+        best = peak.argmax(1)
+        rows = torch.arange(b, device=images.device)
+        inner = (best > 0) & (best < nf - 1)
+        lo, hi = (best - 1).clamp(min=0), (best + 1).clamp(max=nf - 1)
+        off = _parabola_offset(peak[rows, lo], peak[rows, best], peak[rows, hi])
+        new_psi = wrap_angle(angles[rows, best] + torch.where(inner, off, 0.0) * step)
+        norm2 = (rotated.view(b, nf, n, n)[rows, best] ** 2).sum((-2, -1))
+        new_shift = shift - d.view(b, nf, 2)[rows, best]
+        return new_psi, new_shift, peak[rows, best] / _norm(images, norm2)
+
+
+def _subpixel_peak(cc, max_shift=None):
+    """correlation_peak's sub-pixel shift d (B, 2) of FFT-order maps (B, n, n), with the
+    value of its separable parabolas there: angles are ranked by it, since the value at the
+    nearest integer shift is lower by up to a few % at half-pixel shifts, enough to favour a
+    wrong angle whose rotation moves the particle onto an integer shift."""
+    b, n, _ = cc.shape
+    d, _ = correlation_peak(cc, max_shift)
+    i = torch.round(d).long()
+    off = d - i
+    ix, iy = i[:, 0] % n, i[:, 1] % n
+    rows = torch.arange(b, device=cc.device)
+    y0 = cc[rows, iy, ix]
+    gain_x = cc[rows, iy, (ix + 1) % n] - cc[rows, iy, (ix - 1) % n]
+    gain_y = cc[rows, (iy + 1) % n, ix] - cc[rows, (iy - 1) % n, ix]
+    return d, y0 + 0.25 * (gain_x * off[:, 0] + gain_y * off[:, 1])
+
+
+def _norm(images, ref_norm2):
+    return torch.sqrt((images ** 2).sum((-2, -1)) * ref_norm2).clamp_min(1e-12)

@@ -1,0 +1,235 @@
+"""Polar search strategies of the `Aligner` interface (poses in RELION's convention).
+
+* `RingAligner` (default of `simcryo align`): real-space rings of the particle sampled around
+  its current centre estimate, correlated over the full circle with the reference's rings by
+  FFT along the angle. It keeps the phases and the signal power of the particle, which
+  matters at low SNR; the translation is then refined by cross-correlation and the two steps
+  alternate (`inner_rounds`). The first round tests several rotation candidates (the highest
+  peaks of the ring curve and the half turn of the best) with a full translation search each,
+  since the ring curve alone is measured about a centre that may be wrong: without it 5-8 %
+  of the particles of some single-view sets were turned by ~180 degrees (benchmarks/align.py,
+  `--set candidates=1`).
+* `MagnitudeAligner` (the paper's): polar Fourier magnitudes, translation invariant,
+  correlated over half a circle; the two candidates psi and psi + 180 are each tested with a
+  translation search and the better one kept.
+"""
+from dataclasses import dataclass
+
+import torch
+
+from simcryo.align import polar
+from simcryo.align.aligner import (Aligner, Alignment, rotate_shift, warp_to_reference,
+                                   wrap_angle)
+from simcryo.align.average import rotational_average
+from simcryo.align.translate import correlation_peak, cross_correlate
+from simcryo.image.fourier import crop_spectrum, fourier_shift, lowpass_filter
+
+
+@dataclass
+class AlignParams:
+    method: str = "rings"          # "rings" or "magnitude"
+    n_theta: int = 128             # angular samples per ring (full circle)
+    angle_upsample: int = 8        # zero-padding factor of the angular correlation
+    ring_radius: float = None      # outermost ring, px (default: box//2 - 2; ClassAligner
+                                   # always sets its mask radius)
+    ring_step: float = 1.0         # ring spacing, px
+    max_shift: float = None        # largest |shift| searched per step, px (default box/4)
+    lowpass: float = 0.0           # band limit of the correlations, Fourier px (0: none)
+    inner_rounds: int = 2          # rotation/translation alternations per call
+    phase_correlation: bool = False  # whiten the cross-power spectrum in translation search
+    candidates: int = 3            # rotation candidates given a translation search (1: off)
+
+
+class References:
+    """Everything about a set of K reference images that the polar searches need, computed
+    once per iteration: their spectra (band-limited), real-space rings, magnitude rings,
+    rotational averages (for centring) and half-box spectra (for the candidate tests)."""
+
+    def __init__(self, images, params):
+        k, n, _ = images.shape
+        self.box = n
+        self.params = params
+        dev = images.device
+        self.filter = lowpass_filter(n, params.lowpass, dev)
+        self.images = images
+        self.spectra = torch.fft.rfft2(images) * self.filter
+        filtered = torch.fft.irfft2(self.spectra, s=(n, n))
+        self.radii = polar.ring_radii(n, params.ring_radius, step=params.ring_step).to(dev)
+        self.weights = polar.ring_weights(self.radii)
+        zero = torch.zeros(k, 2, device=dev)
+        self.rings_fft = polar.rings_fft(polar.sample_rings(filtered, zero, self.radii,
+                                                            params.n_theta))
+        self.round_spectra = torch.fft.rfft2(rotational_average(filtered))
+        self._mag = None
+        self._coarse = None
+
+    def magnitude_rings(self):
+        if self._mag is None:
+            self._mag = _magnitude_features(self.images, self.params)
+        return self._mag
+
+    def coarse_box(self):
+        """Box of the candidate tests (half the box, at least 32 px) and its scale."""
+        small = min(self.box, max(32, self.box // 2 // 2 * 2))
+        return small, small / self.box
+
+    def coarse_spectra(self):
+        if self._coarse is None:
+            self._coarse = crop_spectrum(self.spectra, self.coarse_box()[0])
+        return self._coarse
+
+    def max_shift(self):
+        return self.params.max_shift if self.params.max_shift is not None else self.box / 4
+
+
+class _PolarAligner(Aligner):
+    def __init__(self, params):
+        self.params = params
+
+    def prepare(self, references):
+        return References(references, self.params)
+
+    def align(self, images, refs, labels, shift0=None):
+        labels = torch.as_tensor(labels, device=images.device, dtype=torch.long)
+        max_shift = refs.max_shift()
+        if shift0 is None:
+            shift = centre_particles(images, refs, labels, max_shift)
+        else:
+            shift = torch.as_tensor(shift0, dtype=torch.float32).to(images.device).clone()
+        return self._search(images, refs, labels, shift, max_shift)
+
+
+class RingAligner(_PolarAligner):
+    """Real-space ring search with candidate tests (module docstring)."""
+
+    def _search(self, images, refs, labels, shift, max_shift):
+        p = refs.params
+        for r in range(max(p.inner_rounds, 1)):
+            if r == 0 and p.candidates > 1:
+                psi, shift = _best_candidate(images, refs, labels, shift, max_shift)
+            else:
+                psi, _ = polar.circular_peak(_ring_curve(images, refs, labels, shift), 360.0)
+                psi = wrap_angle(-psi)   # the curve peaks at the reference's turn: -psi
+            shift, spec, peak = _translation(images, refs, labels, psi, shift, max_shift)
+        return Alignment(wrap_angle(psi), shift, peak, spec)
+
+
+class MagnitudeAligner(_PolarAligner):
+    """The paper's route: rotation mod 180 from magnitudes, then both candidates tested with a
+    translation search in real space; the higher correlation peak wins."""
+
+    def _search(self, images, refs, labels, shift, max_shift):
+        angle = _rotation_magnitude(images, refs, labels)
+        best = None
+        for cand in (angle, angle + 180.0):
+            psi = wrap_angle(-cand)
+            new_shift, spec, peak = _translation(images, refs, labels, psi, shift, max_shift)
+            if best is None:
+                best = [psi, new_shift, spec, peak]
+                continue
+            better = peak > best[3]
+            best[0] = torch.where(better, psi, best[0])
+            best[1] = torch.where(better[:, None], new_shift, best[1])
+            best[2] = torch.where(better[:, None, None], spec, best[2])
+            best[3] = torch.where(better, peak, best[3])
+        psi, shift = best[0], best[1]
+        # one more translation pass from the chosen pose sharpens the sub-pixel estimate
+        shift, spec, peak = _translation(images, refs, labels, psi, shift, max_shift)
+        return Alignment(psi, shift, peak, spec)
+
+
+def centre_particles(images, refs, labels, max_shift=None):
+    """Rotation-independent starting shift (RELION origin, px): cross-correlation with the
+    rotationally averaged references locates each particle's centre at -origin."""
+    cc = cross_correlate(torch.fft.rfft2(images), refs.round_spectra[labels])
+    centre, _ = correlation_peak(cc, refs.max_shift() if max_shift is None else max_shift)
+    return -centre
+
+
+def _ring_curve(images, refs, labels, shift):
+    """Rotational correlation (B, L) of the particles' rings about their centres (-shift)
+    with their references' rings; it peaks at the reference's turn onto the particle."""
+    p = refs.params
+    rings = polar.sample_rings(images, -shift, refs.radii, p.n_theta)
+    return polar.rotational_correlation(polar.rings_fft(rings), refs.rings_fft[labels],
+                                        refs.weights, p.angle_upsample, p.n_theta)
+
+
+def _candidate_angles(curve, count):
+    """The `count` highest local maxima of each circular curve (B, L), plus the angle half a
+    turn from the best. Returns curve angles (B, count + 1) in degrees."""
+    L = curve.shape[-1]
+    is_max = (curve >= curve.roll(1, -1)) & (curve >= curve.roll(-1, -1))
+    vals = torch.where(is_max, curve, torch.full_like(curve, -float("inf")))
+    top = vals.topk(count, dim=-1).indices
+    half = (top[:, :1] + L // 2) % L
+    return torch.cat([top, half], -1).to(curve.dtype) * (360.0 / L)
+
+
+def _best_candidate(images, refs, labels, shift, max_shift):
+    """Phase-sensitive choice among rotation candidates: each candidate angle of the ring
+    curve gets a translation search (cross-correlation over every shift in the disc) at half
+    the box, and the highest correlation peak wins. The low frequencies decide between such
+    candidates at a quarter of the cost of a full-box search."""
+    curve = _ring_curve(images, refs, labels, shift)
+    cands = _candidate_angles(curve, refs.params.candidates - 1)
+    small, scale = refs.coarse_box()
+    xs = images if small == refs.box else torch.fft.irfft2(
+        crop_spectrum(torch.fft.rfft2(images), small), s=(small, small))
+    ref_spec = refs.coarse_spectra()[labels]
+    best_peak = torch.full((len(images),), -float("inf"), device=images.device)
+    best_psi = torch.zeros(len(images), device=images.device)
+    best_shift = shift.clone()
+    for j in range(cands.shape[1]):
+        psi = wrap_angle(-cands[:, j])
+        fa = torch.fft.rfft2(warp_to_reference(xs, psi, shift * scale))
+        delta, peak = correlation_peak(cross_correlate(fa, ref_spec), max_shift * scale)
+        better = peak > best_peak
+        best_peak = torch.where(better, peak, best_peak)
+        best_psi = torch.where(better, psi, best_psi)
+        moved = _clamp_norm(shift - rotate_shift(-psi, delta / scale), max_shift)
+        best_shift = torch.where(better[:, None], moved, best_shift)
+    return best_psi, best_shift
+
+
+def _translation(images, refs, labels, psi, shift, max_shift):
+    """Bring the particles into the reference frame with the current pose, find the residual
+    shift delta there by cross-correlation (aligned ~= reference moved by delta) and fold it
+    into the pose. Returns the new shift, the aligned spectrum (moved back by -delta) and the
+    correlation peak."""
+    a = warp_to_reference(images, psi, shift)
+    fa = torch.fft.rfft2(a)
+    cc = cross_correlate(fa, refs.spectra[labels], weight=None,
+                         phase=refs.params.phase_correlation)
+    delta, peak = correlation_peak(cc, max_shift)
+    new_shift = _clamp_norm(shift - rotate_shift(-psi, delta), max_shift)
+    return new_shift, fourier_shift(fa, -delta), peak
+
+
+def _magnitude_radii(box, params):
+    top = params.lowpass if 0 < params.lowpass < box / 2 else box / 2 - 1
+    return torch.arange(2, max(int(top), 3), dtype=torch.float32)
+
+
+def _magnitude_features(images, params):
+    """Ring-mean-subtracted polar magnitude spectra -> angular FFT (half circle)."""
+    radii = _magnitude_radii(images.shape[-1], params)
+    mag = polar.magnitude_polar(images, radii, params.n_theta // 2)
+    mag = mag - mag.mean(-1, keepdim=True)
+    return polar.rings_fft(mag), radii.to(images.device)
+
+
+def _rotation_magnitude(images, refs, labels):
+    """Turn of the references onto the particles modulo 180 degrees, from magnitudes."""
+    feats, radii = refs.magnitude_rings()
+    p = refs.params
+    mine = polar.magnitude_polar(images, radii, p.n_theta // 2)
+    mine = polar.rings_fft(mine - mine.mean(-1, keepdim=True))
+    curve = polar.rotational_correlation(mine, feats[labels], radii, p.angle_upsample,
+                                         p.n_theta // 2)
+    return polar.circular_peak(curve, 180.0)[0]
+
+
+def _clamp_norm(shift, limit):
+    norm = shift.norm(dim=-1, keepdim=True)
+    return torch.where(norm > limit, shift * (limit / norm.clamp_min(1e-9)), shift)
