@@ -9,8 +9,9 @@ then iterate on all members: align against the class reference, re-average with 
 (class probability, optionally a per-particle SNR estimate; CTF-aware Wiener averages when
 CTF parameters exist), re-centre each average on its centre of mass, until the poses settle.
 The search and the running averages use a Fourier-cropped box; the final averages are built
-once at the full box. Particles are streamed in batches from a `ParticleSource`; memory grows
-with N only through per-particle arrays.
+once at the full box. Particles are streamed in batches from a `ParticleSource`
+(simcryo.align.source); memory grows with N only through per-particle arrays. Seeding:
+simcryo.align.seeding.
 """
 import dataclasses
 import threading
@@ -21,15 +22,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from simcryo.align.aligner import make_aligner, rotate_shift, warp_to_reference, wrap_angle
 from simcryo.align.average import (ClassAccumulator, centre_of_mass, normalize_weights,
                                    rotational_average, spectra_to_images)
-from simcryo.align.aligner import make_aligner, rotate_shift, warp_to_reference, wrap_angle
 from simcryo.align.rings import AlignParams, centre_particles
 from simcryo.align.scores import normalized_correlation, spectral_power
-from simcryo.image.fourier import crop_spectrum, fourier_shift
-from simcryo.image.mask import normalize_background, soft_mask
-from simcryo.image.ctf import CTFEvaluator, phase_flip
-from simcryo.image.preprocess import estimate_radius, mask_radius_for
+from simcryo.align.seeding import ReferenceSeeding
+from simcryo.align.source import auto_mask_radius
+from simcryo.image.fourier import crop_spectrum
+from simcryo.image.mask import soft_mask
 
 
 @dataclass
@@ -44,64 +45,22 @@ class ClassAlignParams:
     tol_shift: float = 0.1         # ... and the median shift change < this (px)
     snr_weights: bool = False      # multiply class probabilities by a per-particle SNR
     reassign: bool = False         # move particles to the best-matching class average
-    ctf_mode: str = "flip"         # "flip" (phase flip) or "multiply" (matched filter)
+    ctf_mode: str = "multiply"     # "multiply" (matched filter) or "flip" (phase flip)
     align_box: int = 0             # Fourier-crop to this box for the search (0: full box)
     polish: bool = True            # final averages with exact shifts + bicubic rotation
     flatten_solvent: bool = True   # final averages times the soft mask (solvent 0, as RELION)
     final_iterations: int = 2      # iterations at the full box after the search box ones
     reference_filter: str = "wiener"  # running references: "wiener" or "none" (CTF-corrected)
     starts: int = 4                # candidate seeds per class (best-connected members)
+    global_step: float = 10.0      # after convergence, one pass over a coarse grid of every
+                                   # global_step degrees (0: off; see global_check)
     trial_iterations: int = 3      # iterations on a subsample to pick among the seeds
     trial_size: int = 300          # members per class in that subsample
     seed: int = 0
     align: AlignParams = dataclasses.field(default_factory=AlignParams)
 
 
-class ParticleSource:
-    """Streams particles: `get_images(indices) -> (B, n, n)` array, optional per-particle CTF
-    (simcryo.io.particles.CTFParams) and pixel size (Å). Images are background-normalised
-    (RELION convention) when `normalize` is set."""
-
-    def __init__(self, get_images, n, box, device, ctf=None, apix=1.0, normalize=True):
-        self.get_images, self.n, self.box = get_images, n, box
-        self.device, self.ctf, self.apix = device, ctf, apix
-        self.normalize = normalize
-        self._ctf_eval = {}
-
-    @property
-    def has_ctf(self):
-        return self.ctf is not None
-
-    def ctf_images(self, indices, box, psi=None):
-        """CTF (B, box, box//2+1) of the particles Fourier-cropped to `box`; with psi, as seen
-        in the reference frame."""
-        if box not in self._ctf_eval:
-            self._ctf_eval[box] = CTFEvaluator(self.ctf, box, self.apix * self.box / box,
-                                               self.device, rfft=True)
-        return self._ctf_eval[box](indices, psi)
-
-    def load(self, indices):
-        x = torch.as_tensor(np.asarray(self.get_images(indices)), dtype=torch.float32,
-                            device=self.device)
-        if self.normalize:
-            x = normalize_background(x)
-        return x
-
-
-def auto_mask_radius(source, sample=1000):
-    """Mask radius (px) from the particles' excess variance over the noise
-    (simcryo.image.preprocess.estimate_radius on up to `sample` phase-flipped particles spread over
-    the set). Outer rings and reference pixels beyond the particle only add noise to the
-    correlations: for hand-vol.mrc (radius ~13 px in a 64 px box) it lowered the median angle
-    error on 8 of 10 sets of benchmarks/align.py (worst set 2.01 -> 1.87 deg)."""
-    idx = np.unique(np.linspace(0, source.n - 1, min(source.n, sample)).astype(np.int64))
-    x = source.load(idx)
-    if source.has_ctf:
-        x = phase_flip(x, source.ctf_images(idx, source.box))
-    return mask_radius_for(estimate_radius(x.cpu()), source.box)
-
-
-class ClassAligner:
+class ClassAligner(ReferenceSeeding):
     """Iterative reference-free alignment of K classes (see the module docstring).
 
     The search and the running averages live in the Fourier-cropped search box (`align_box`);
@@ -235,99 +194,6 @@ class ClassAligner:
             lab = self.labels[idx].to(self.dev)
             self.shift[idx] = (centre_particles(xs, refs, lab) / self.scale).cpu()
 
-    def seed_candidates(self):
-        """Per class: pairwise-align a subset of members; the `starts` best-connected members
-        (highest mean correlation with their best-matching half of the others) each give a
-        candidate seed: the subset aligned onto that member. Returns (starts, K, abox, abox)."""
-        p = self.p
-        n_starts = max(int(p.starts), 1)
-        seeds = torch.zeros(n_starts, self.k, self.abox, self.abox, device=self.dev)
-        order = torch.randperm(self.n, generator=self.gen)
-        for c in range(self.k):
-            members = order[self.labels[order] == c]
-            if len(members) == 0:
-                continue
-            members = members[torch.argsort(-self.prob[members], stable=True)][:p.seed_subset]
-            idx = members.numpy()
-            xs = self._search_images(self.src.load(idx), idx)
-            sh = (self.shift[idx] * self.scale).to(self.dev)
-            centred = torch.fft.irfft2(fourier_shift(torch.fft.rfft2(xs), sh),
-                                       s=xs.shape[-2:])
-            m = len(idx)
-            refs = self.aligner.prepare(centred * self.mask_small)
-            parts = centred.repeat(m, 1, 1)                       # particle j in row i*m + j
-            labs = torch.arange(m, device=self.dev).repeat_interleave(m)
-            out = self.aligner.align(parts, refs, labs, shift0=torch.zeros(m * m, 2))
-            ncc = normalized_correlation(out.spectrum, refs.spectra[labs]).view(m, m)
-            if m > 1:
-                ncc.fill_diagonal_(float("-inf"))
-                connect = ncc.topk(max(1, (m - 1) // 2), dim=1).values.mean(1)
-            else:
-                connect = torch.zeros(1, device=self.dev)
-            ranked = torch.argsort(connect, descending=True).tolist()
-            for s_i in range(n_starts):
-                best = ranked[s_i % m]
-                rows = slice(best * m, (best + 1) * m)
-                psi = out.psi[rows].clone()
-                shift = out.shift[rows].clone()
-                psi[best], shift[best] = 0.0, 0.0
-                acc = ClassAccumulator(1, self.abox, self.dev)
-                spec = torch.fft.rfft2(warp_to_reference(centred, psi, shift))
-                c2 = None
-                if self.src.has_ctf:
-                    ct = self.src.ctf_images(idx, self.abox, psi)
-                    c2 = ct * ct
-                    if p.ctf_mode == "flip":
-                        spec = spec * ct.abs()
-                acc.add(spec, torch.zeros(m, dtype=torch.long, device=self.dev),
-                        torch.ones(m), torch.arange(m) % 2, c2)
-                seeds[s_i, c] = spectra_to_images(acc.wiener())[0]
-        return seeds
-
-    def _trial_indices(self):
-        """A random subsample (at most `trial_size` per class) for choosing between seeds."""
-        order = torch.randperm(self.n, generator=self.gen)
-        keep = []
-        for c in range(self.k):
-            keep.append(order[self.labels[order] == c][: self.p.trial_size])
-        return torch.sort(torch.cat(keep)).values.numpy()
-
-    def seed_references(self):
-        """Starting references: each candidate seed is refined by `trial_iterations` on a
-        subsample; per class the candidate whose members correlate best with its refined
-        average wins (a seed that locks onto a pseudo-symmetric mixture scores lower)."""
-        seeds = self.seed_candidates()
-        if len(seeds) == 1 or self.p.trial_iterations < 1:
-            self.small = seeds[0]
-            self._recentre_small()
-            return
-        saved = (self.psi.clone(), self.shift.clone())
-        self.active = self._trial_indices()
-        scores, refined = [], []
-        for seed in seeds:
-            self.psi, self.shift = saved[0].clone(), saved[1].clone()
-            self.small = seed
-            self._recentre_small()
-            for _ in range(self.p.trial_iterations):
-                self.iterate(track_ncc=True)
-            lab = self.labels[self.active]
-            ncc = self.ncc[self.active]
-            sums = torch.zeros(self.k).index_add_(0, lab, ncc)
-            counts = torch.bincount(lab, minlength=self.k).clamp_min(1)
-            scores.append(sums / counts)
-            refined.append(self.small.clone())
-        self.active = None
-        self.align_seconds.clear()
-        self.psi, self.shift = saved
-        scores = torch.stack(scores)                      # (starts, K)
-        choice = scores.argmax(0)
-        self.seed_scores = scores
-        self.small = torch.stack([refined[int(choice[c])][c] for c in range(self.k)])
-
-    def _recentre_small(self):
-        com = centre_of_mass(self.small * self.mask_small)
-        self.small = spectra_to_images(fourier_shift(torch.fft.rfft2(self.small), -com))
-
     def iterate(self, track_ncc=False):
         """One pass: align every particle against its class average, re-average.
 
@@ -372,6 +238,22 @@ class ClassAligner:
         dpsi = wrap_angle(self.psi[sel] - old_psi[sel]).abs()
         dshift = (self.shift[sel] - old_shift[sel]).norm(dim=1)
         return float(dpsi.median()), float(dshift.median())
+
+    def global_check(self, it):
+        """One pass whose rotation candidates are a coarse grid of every `global_step`
+        degrees (each with a translation search at half the box), then one ordinary pass:
+        a particle that the ring candidates left at a wrong local peak finds the right one
+        against the converged averages. Returns the iteration count."""
+        search = self.p.align
+        self.p.align = dataclasses.replace(search, global_step=self.p.global_step)
+        try:
+            dpsi, dshift = self.iterate()
+        finally:
+            self.p.align = search
+        self._log_iteration(it + 1, dpsi, dshift, "global check")
+        dpsi, dshift = self.iterate()
+        self._log_iteration(it + 2, dpsi, dshift)
+        return it + 2
 
     def reassign(self):
         """Align each particle to every class average and move it to the one with the highest
@@ -463,13 +345,13 @@ class ClassAligner:
             a = warp_to_reference(xs, psi, (self.shift[idx] * self.scale).to(self.dev))
             self.ncc[idx] = self._ncc(torch.fft.rfft2(a), refs, idx, lab, psi, power).cpu()
 
-    def _log_iteration(self, it, dpsi, dshift):
+    def _log_iteration(self, it, dpsi, dshift, kind="search"):
         rate = self.n / max(self.align_seconds[-1], 1e-9)
-        self.history.append({"iteration": it, "search_box": self.abox,
+        self.history.append({"iteration": it, "kind": kind, "search_box": self.abox,
                              "median_angle_change_deg": dpsi,
                              "median_shift_change_px": dshift,
                              "seconds": self.align_seconds[-1], "particles_per_s": rate})
-        self.log(f"[align] iteration {it} (box {self.abox}): median change {dpsi:.3f} deg, "
+        self.log(f"[align] iteration {it} ({kind}, box {self.abox}): median change {dpsi:.3f} deg, "
                  f"{dshift:.3f} px, {rate:.0f} particles/s")
 
     def to_full_box(self):
@@ -498,6 +380,8 @@ class ClassAligner:
             self._log_iteration(it, dpsi, dshift)
             if it >= 3 and dpsi < self.p.tol_angle and dshift < self.p.tol_shift:
                 break
+        if self.p.global_step > 0:
+            it = self.global_check(it)
         if self.p.reassign and self.k > 1:
             moved = self.reassign()
             self.log(f"[align] reassign: {moved} of {self.n} particles moved to another class")

@@ -6,7 +6,7 @@ Two polar representations are used:
   so a translation estimate is applied for free by moving the centre;
 * Fourier magnitudes (`magnitude_polar`): |FFT| sampled on circles around the zero frequency;
   translation invariant, but centrosymmetric, so the rotation is only known modulo 180 degrees
-  (the paper's route; see `simcryo.align.core` for how the ambiguity is resolved).
+  (the paper's route; see `simcryo.align.rings` for how the ambiguity is resolved).
 
 Angles: theta_j = 2*pi*j / n_theta, point (x, y) = centre + r * (cos theta, sin theta) in pixel
 coordinates (x = column, y = row). If image p is image a rotated by psi (`rotation_matrix`),

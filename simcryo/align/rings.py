@@ -38,6 +38,8 @@ class AlignParams:
     inner_rounds: int = 2          # rotation/translation alternations per call
     phase_correlation: bool = False  # whiten the cross-power spectrum in translation search
     candidates: int = 3            # rotation candidates given a translation search (1: off)
+    global_step: float = 0.0       # > 0: candidates are every angle of this grid (deg) instead
+                                   # of the ring peaks (a coarse exhaustive search)
 
 
 class References:
@@ -105,7 +107,7 @@ class RingAligner(_PolarAligner):
     def _search(self, images, refs, labels, shift, max_shift):
         p = refs.params
         for r in range(max(p.inner_rounds, 1)):
-            if r == 0 and p.candidates > 1:
+            if r == 0 and (p.candidates > 1 or p.global_step > 0):
                 psi, shift = _best_candidate(images, refs, labels, shift, max_shift)
             else:
                 psi, _ = polar.circular_peak(_ring_curve(images, refs, labels, shift), 360.0)
@@ -171,8 +173,12 @@ def _best_candidate(images, refs, labels, shift, max_shift):
     curve gets a translation search (cross-correlation over every shift in the disc) at half
     the box, and the highest correlation peak wins. The low frequencies decide between such
     candidates at a quarter of the cost of a full-box search."""
-    curve = _ring_curve(images, refs, labels, shift)
-    cands = _candidate_angles(curve, refs.params.candidates - 1)
+    p = refs.params
+    if p.global_step > 0:
+        grid = torch.arange(0.0, 360.0, p.global_step, device=images.device)
+        cands = grid[None].expand(len(images), -1)
+    else:
+        cands = _candidate_angles(_ring_curve(images, refs, labels, shift), p.candidates - 1)
     small, scale = refs.coarse_box()
     xs = images if small == refs.box else torch.fft.irfft2(
         crop_spectrum(torch.fft.rfft2(images), small), s=(small, small))

@@ -10,18 +10,11 @@ import math
 import torch
 import torch.nn.functional as F
 
-from simcryo.image.geometry import rotate_images
 from simcryo.image.mask import soft_mask
 
 
 def _uniform(n, lo, hi, gen, device):
     return lo + (hi - lo) * torch.rand(n, generator=gen, device=device)
-
-
-def rotate(x, angles_deg):
-    """Rotate (n, 1, b, b) images by the given angles (degrees) about pixel (b//2, b//2), with
-    the project's sign convention (simcryo.image.geometry: +90 maps +x onto +y)."""
-    return rotate_images(x[:, 0], angles_deg.to(x.dtype), mode="bilinear")[:, None]
 
 
 def _affine(cos, sin, tx, ty, scale):

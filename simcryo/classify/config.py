@@ -82,9 +82,14 @@ class ClassifyConfig:
     refine_shift: float = _f(0.15, "largest shift searched, fraction of the working box")
     refine_temperature: float = _f(1.0, "softness of the class posteriors (1: Gaussian white "
                                    "noise model; larger: softer)")
-    # --- class averages
-    average_iterations: int = _f(3, "rounds of rotational alignment to the class means (only "
-                                 "without the refinement stage)")
+    refine_ctf_epsilon: float = _f(0.1, "with --refine-ctf: Wiener regulariser of the averages, "
+                                   "fraction of the mean CTF^2")
+    refine_min_posterior: float = _f(1e-4, "particle-class posteriors below this are left out "
+                                     "of the averages (saves ~(K-1)/K of the M-step)")
+    # --- class averages (simcryo.align: CTF-aware Wiener averages at the input box)
+    average_iterations: int = _f(3, "iterations of the class aligner that gives the poses "
+                                 "when the refinement stage is off (--refine-iterations 0)")
+    average_box: int = _f(64, "largest search box of that class aligner, px (Fourier crop)")
     # --- run
     seed: int = _f(0, "random seed (results are reproducible for a given seed and device)")
     device: str = _f("cpu", "torch device: cpu or cuda:N")

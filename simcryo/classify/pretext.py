@@ -5,8 +5,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from simcryo.classify.augment import rotate
 from simcryo.errors import SimcryoError
+from simcryo.image.geometry import rotate_images
 from simcryo.runtime import epoch_generator
 
 
@@ -92,7 +92,8 @@ def extract_features(backbone, images, n_rot, device, batch_size=512, mask=None,
         if mask is not None:
             x = x * mask
         n = x.shape[0]
-        xr = rotate(x.repeat(n_rot, 1, 1, 1), angles.repeat_interleave(n))
+        xr = rotate_images(x.repeat(n_rot, 1, 1, 1)[:, 0], angles.repeat_interleave(n),
+                           mode="bilinear")[:, None]
         h = backbone(xr).view(n_rot, n, -1).mean(0)
         h = F.normalize(h, dim=1).cpu().numpy().astype(np.float32)
         if out is None:

@@ -15,9 +15,8 @@ import math
 import numpy as np
 import torch
 
-from simcryo.align.aligner import warp_to_reference
-from simcryo.align.average import ClassAccumulator, centre_of_mass, spectra_to_images
-from simcryo.align.exhaustive import ExhaustiveAligner, ExhaustiveParams
+from simcryo.align import (ClassAccumulator, ExhaustiveAligner, ExhaustiveParams,
+                           density_centroid, spectra_to_images, warp_to_reference)
 from simcryo.image.mask import soft_mask
 
 
@@ -60,7 +59,7 @@ class Refiner:
         eps = self.ctf_epsilon if self.ctf is not None else 1e-6
         avg = spectra_to_images(acc.corrected(eps)) * self.mask
         # without re-centring the averages drift and particles run out of the searched shifts
-        acc.shift(-centre_of_mass(avg))
+        acc.shift(-density_centroid(avg))
         return spectra_to_images(acc.corrected(eps)) * self.mask
 
     def averages(self, labels, weights, psi, shift):

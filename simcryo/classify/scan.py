@@ -10,9 +10,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from simcryo.classify.pretext import batches, epoch_generator
+from simcryo.classify.pretext import batches
 from simcryo.errors import SimcryoError
 from simcryo.models import ClusterHeads
+from simcryo.runtime import epoch_generator
 
 EPS = 1e-8
 

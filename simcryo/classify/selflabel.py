@@ -8,8 +8,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from simcryo.classify.pretext import batches, epoch_generator
+from simcryo.classify.pretext import batches
 from simcryo.classify.scan import feature_dropout
+from simcryo.runtime import epoch_generator
 
 
 def class_weights(labels, k):

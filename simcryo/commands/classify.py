@@ -16,7 +16,6 @@ from simcryo.classify.config import ClassifyConfig
 from simcryo.classify.neighbors import neighbor_purity
 from simcryo.classify.pipeline import CHECKPOINT, Classifier
 from simcryo.classify.preprocess import CACHE_NAME
-from simcryo.classify.averages import wrap_psi
 from simcryo.config import add_config_arguments, config_from_args, config_to_dict, radius_px
 from simcryo.errors import SimcryoError
 from simcryo.io.mrc import write_stack
@@ -48,7 +47,7 @@ def score(result, truth):
     return scores
 
 
-def run(cfg, stop_after_epochs=None):
+def run(cfg):
     """Run the whole command for a validated config; returns the pipeline's result dict."""
     t0 = time.time()
     set_threads(cfg.threads)
@@ -63,8 +62,7 @@ def run(cfg, stop_after_epochs=None):
     out = ensure_output_dir(cfg.o)
     runlog = RunLog("classify", config_to_dict(cfg), seed=cfg.seed, n_particles=pset.n,
                     box=pset.box, apix=pset.apix, ctf=pset.ctf is not None)
-    clf = Classifier(pset, cfg, out, device, resume=cfg.resume, log=log,
-                     stop_after_epochs=stop_after_epochs)
+    clf = Classifier(pset, cfg, out, device, resume=cfg.resume, log=log)
     result = clf.run()
     labels, probs = result["labels"], result["probabilities"]
     runlog.start("averages")
@@ -75,7 +73,7 @@ def run(cfg, stop_after_epochs=None):
     columns = {
         "rlnClassNumber": (labels + 1).tolist(),
         "rlnMaxValueProbDistribution": [f"{v:.6f}" for v in conf],
-        "rlnAnglePsi": [f"{v:.3f}" for v in wrap_psi(psi)],
+        "rlnAnglePsi": [f"{v:.3f}" for v in psi],  # in [-180, 180) (simcryo.align)
         "rlnOriginXAngst": [f"{v:.3f}" for v in shift[:, 0] * pset.apix],
         "rlnOriginYAngst": [f"{v:.3f}" for v in shift[:, 1] * pset.apix],
     }

@@ -51,7 +51,7 @@ class ReferencePairs:
     def __init__(self, volume, noise_model, mask, apix, ctf_params=None, signal_power=1.0,
                  max_shift=0.0, empty_fraction=0.0, projector=None, rotations=None,
                  phase_flip=False):
-        from simcryo.simulation import projection
+        from simcryo.simulation import project, random_rotations
         self.volume = volume
         self.noise = self.raw_noise = noise_model
         self.mask = mask
@@ -62,8 +62,8 @@ class ReferencePairs:
         self.max_shift = float(max_shift)
         self.empty_fraction = float(empty_fraction)
         self.phase_flip = bool(phase_flip)
-        self.projector = projector or projection.project
-        self.rotations = rotations or projection.random_rotations
+        self.projector = projector or project
+        self.rotations = rotations or random_rotations
         self.device = volume.device
         self.scale = 1.0
         self.polarity = 1.0

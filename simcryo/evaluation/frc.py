@@ -78,7 +78,7 @@ def resolution_at(curve, apix, threshold=0.143):
 def _pose_aligner(step_deg, max_shift):
     """Exhaustive search: a `step_deg` grid, then two rounds of a 10x finer grid around the
     peak (bicubic rotations: the FRC compares fine detail)."""
-    from simcryo.align.exhaustive import ExhaustiveAligner, ExhaustiveParams
+    from simcryo.align import ExhaustiveAligner, ExhaustiveParams
     return ExhaustiveAligner(ExhaustiveParams(
         n_angles=max(int(round(360.0 / step_deg)), 1), max_shift=max_shift, fine_rounds=2,
         fine_factor=10, interpolation="bicubic"))

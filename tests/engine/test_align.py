@@ -7,7 +7,7 @@ import torch
 from simcryo.align.average import (ClassAccumulator, centre_of_mass, normalize_weights,
                                    rotational_average, spectra_to_images)
 from simcryo.align.aligner import make_aligner, warp_to_reference
-from simcryo.align.classalign import ClassAligner, ClassAlignParams, ParticleSource
+from simcryo.align import ClassAligner, ClassAlignParams, ParticleSource
 from simcryo.align.rings import AlignParams
 from simcryo.align.scores import normalized_correlation
 from simcryo.image.fourier import crop_spectrum
@@ -248,18 +248,32 @@ def test_crop_spectrum_matches_fourier_crop():
     assert ((ours - ref) ** 2).mean() < 1e-3 * (ref ** 2).mean()
 
 
-def test_classify_fallback_averages_return_relion_poses():
-    """simcryo classify without its EM refinement takes poses from the class aligner: they
-    must be in the RELION convention (particle = transform_images(average, psi, shift))."""
-    from types import SimpleNamespace
-    from simcryo.classify.averages import aligned_averages
-    n = 120
-    imgs, psi, shift, _, _ = _noisy_class_set(n, 0.5, False, seed=8)
-    pset = SimpleNamespace(images=lambda idx: imgs[idx], n=n, box=BOX, ctf=None, apix=2.0)
-    cfg = SimpleNamespace(average_iterations=3, seed=0)
-    out_psi, out_shift, avg = aligned_averages(pset, np.zeros(n, int), np.ones(n), 1, 8.0, cfg,
-                                               torch.device("cpu"), lambda m: None)
-    ang, sh, _ = pose_errors(np.zeros(n), out_psi, out_shift, psi, shift)
-    # the internal convention (psi and shift negated) scored a median of 80 degrees here
-    assert np.median(ang) < 5.0 and np.median(sh) < 1.0
-    assert avg.shape == (1, BOX, BOX)
+def test_global_check_recovers_particles_far_from_their_pose():
+    """Started 6 px from their centre, noisy particles are turned the wrong way by the ring
+    peak alone (about 2 in 3 here); the coarse-grid candidates of the global check recover
+    them all."""
+    g = torch.Generator().manual_seed(5)
+    ref = asymmetric_image()[None]
+    psi = torch.rand(64, generator=g) * 360 - 180
+    shift = torch.randn(64, 2, generator=g)
+    parts = transform_images(ref.expand(64, BOX, BOX).contiguous(), psi, shift)
+    parts = parts + 0.5 * parts.std() * torch.randn(parts.shape, generator=g)
+    start = shift + torch.tensor([6.0, 0.0])
+    errors = {}
+    for name, params in (("plain", AlignParams(candidates=1)),
+                         ("tested", AlignParams(candidates=1, global_step=10.0))):
+        out = make_aligner(params)(parts, ref, torch.zeros(64, dtype=torch.long), shift0=start)
+        errors[name] = np.abs(_angle_diff(out.psi, psi))
+    assert np.mean(errors["tested"] > 10) <= 0.02 and np.median(errors["tested"]) < 1.5
+    assert np.mean(errors["plain"] > 10) > 0.3
+
+
+def test_candidate_angles_include_the_half_turn_of_the_best_peak():
+    from simcryo.align.rings import _candidate_angles
+    L = 360
+    t = torch.arange(L, dtype=torch.float32)
+    curve = (torch.cos(torch.deg2rad(t - 40.0)) + 0.5 * torch.cos(torch.deg2rad(2 * t)))[None]
+    angles = _candidate_angles(curve, 2)[0].tolist()   # two peaks (near 23 and 193) + half turn
+    best = float(t[curve[0].argmax()])
+    assert len(angles) == 3 and abs(angles[0] - best) < 1e-3
+    assert abs(angles[2] - (best + 180.0) % 360.0) < 1e-3

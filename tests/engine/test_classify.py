@@ -10,15 +10,16 @@ import numpy as np
 import pytest
 import torch
 
-from simcryo.classify.augment import Augmenter, rotate
+from simcryo.classify.augment import Augmenter
+from simcryo.classify.checkpoint import Checkpoint
 from simcryo.classify.config import ClassifyConfig
 from simcryo.classify.neighbors import knn_cosine, neighbor_purity
-from simcryo.classify.pipeline import Interrupted
 from simcryo.classify.pretext import nt_xent
 from simcryo.classify.scan import scan_loss
 from simcryo.commands.classify import run
 from simcryo.commands.simulate import run as simulate
 from simcryo.errors import SimcryoError
+from simcryo.image.geometry import rotate_images
 from simcryo.io import read_star
 from simcryo.io.mrc import write_stack
 from simcryo.simulation.simulate import SimulateConfig
@@ -41,6 +42,22 @@ def _cfg(inp, out, **kw):
     values = dict(TINY, i=str(inp), o=str(out))
     values.update(kw)
     return ClassifyConfig(**values).validate()
+
+
+class Interrupted(Exception):
+    """A killed run, simulated by `_interrupt_after`."""
+
+
+def _interrupt_after(monkeypatch, saves):
+    """Make the run die right after its `saves`-th checkpoint write."""
+    real, count = Checkpoint.save, [0]
+
+    def save(self, state, **models):
+        real(self, state, **models)
+        count[0] += 1
+        if count[0] >= saves:
+            raise Interrupted(f"stopped after {saves} checkpoints")
+    monkeypatch.setattr(Checkpoint, "save", save)
 
 
 def _stack(path, images, apix=2.0):
@@ -95,19 +112,23 @@ def test_same_seed_same_result_other_seed_differs(star, tmp_path):
 
 
 @pytest.mark.parametrize("stop", [1, 5, 7, 10])  # inside pretext, scan, self-label, refine
-def test_resume_gives_the_uninterrupted_result(star, tmp_path, stop):
+def test_resume_gives_the_uninterrupted_result(star, tmp_path, stop, monkeypatch):
     full = run(_cfg(star, tmp_path / "full"))
+    _interrupt_after(monkeypatch, stop)
     with pytest.raises(Interrupted):
-        run(_cfg(star, tmp_path / "part"), stop_after_epochs=stop)
+        run(_cfg(star, tmp_path / "part"))
+    monkeypatch.undo()
     resumed = run(_cfg(star, tmp_path / "part", resume=True))
     assert np.array_equal(full["features"], resumed["features"])
     assert np.allclose(full["probabilities"], resumed["probabilities"], atol=1e-6)
     assert np.allclose(full["psi"], resumed["psi"]) and np.allclose(full["shift"], resumed["shift"])
 
 
-def test_resume_refuses_changed_parameters(star, tmp_path):
+def test_resume_refuses_changed_parameters(star, tmp_path, monkeypatch):
+    _interrupt_after(monkeypatch, 1)
     with pytest.raises(Interrupted):
-        run(_cfg(star, tmp_path / "p"), stop_after_epochs=1)
+        run(_cfg(star, tmp_path / "p"))
+    monkeypatch.undo()
     with pytest.raises(SimcryoError, match="different parameters"):
         run(_cfg(star, tmp_path / "p", resume=True, lr=0.1))
 
@@ -156,9 +177,9 @@ def test_cli_reports_bad_input_in_one_line(star, tmp_path, capsys):
 
 
 def test_rotation_convention_and_augmenter_shapes():
-    x = torch.zeros(1, 1, 16, 16)
-    x[0, 0, 8, 12] = 1.0  # a point on +x
-    y = rotate(x, torch.tensor([90.0]))[0, 0]
+    x = torch.zeros(1, 16, 16)
+    x[0, 8, 12] = 1.0  # a point on +x
+    y = rotate_images(x, torch.tensor([90.0]), mode="bilinear")[0]
     # rotating by +90 deg moves +x to +y (row index grows): counter-clockwise in (x, y)
     r, c = divmod(int(y.argmax()), 16)
     assert (r, c) == (12, 8)

@@ -1,0 +1,276 @@
+"""The stages of `simcryo classify`, each a function of the running pipeline `pipe`
+(simcryo.classify.pipeline.Classifier: cfg, pset, out, device, log, state, images, geom,
+save(**models), curve(name, value)): preprocess (cache), pretext (SimCLR), features (+ kNN),
+scan, selflabel, refine (EM against the class averages) and the final class averages.
+
+A stage skips what the checkpointed `pipe.state["stage"]` says is done and continues a
+stage at `pipe.state["epoch"]`, so a resumed run equals an uninterrupted one.
+"""
+import os
+import time
+
+import numpy as np
+import torch
+
+from simcryo import runtime
+from simcryo.align import ClassAligner, ClassAlignParams, ParticleSource
+from simcryo.classify import pretext, scan, selflabel
+from simcryo.classify.augment import Augmenter
+from simcryo.classify.neighbors import knn_cosine
+from simcryo.classify.preprocess import CACHE_NAME, Geometry, build_cache, wiener_filter
+from simcryo.classify.refine import Refiner
+from simcryo.image import ctf as ctfmod
+from simcryo.image.fourier import fourier_crop
+from simcryo.image.mask import soft_mask
+from simcryo.image.preprocess import mask_radius_for
+from simcryo.models import ProjectionHead, resnet18
+
+
+def preprocess(pipe, saved):
+    t = time.time()
+    cache_path = os.path.join(pipe.out, CACHE_NAME)
+    geom_saved = saved.get("geometry") if saved else None
+    if geom_saved and os.path.exists(cache_path):
+        g = Geometry.__new__(Geometry)
+        g.__dict__.update(geom_saved)
+        wb = g.working_box
+        if os.path.getsize(cache_path) == pipe.pset.n * wb * wb * 4:
+            pipe.geom = g
+            pipe.images = np.memmap(cache_path, dtype=np.float32, mode="r",
+                                    shape=(pipe.pset.n, wb, wb))
+            return
+    pipe.images, pipe.geom = build_cache(pipe.pset, pipe.cfg, pipe.out, pipe.device,
+                                         log=pipe.log)
+    pipe.state["geometry"] = dict(vars(pipe.geom))
+    pipe.state["timings"]["preprocess"] = time.time() - t
+    pipe.log(f"[classify] preprocessed {pipe.pset.n} particles: box {pipe.geom.box} -> "
+             f"crop {pipe.geom.window} -> working box {pipe.geom.working_box} px, particle "
+             f"radius {pipe.geom.radius_px:.1f} px ({time.time() - t:.1f} s)")
+
+
+def pretext_box(pipe):
+    return min(pipe.cfg.pretext_box or pipe.geom.working_box, pipe.geom.working_box)
+
+
+def pretext_radius(pipe):
+    return pipe.geom.work_radius * pretext_box(pipe) / pipe.geom.working_box
+
+
+def prefilter(pipe):
+    """Cached images -> network input: Wiener filter (spectral SNR of the data), then a
+    Fourier crop to the pretext box (the filter removed what the crop drops)."""
+    filt = None
+    if getattr(pipe.geom, "ssnr", None) is not None:
+        filt = wiener_filter(pipe.geom, pipe.device)
+    box = pretext_box(pipe)
+
+    def filtered(x):
+        if filt is not None:
+            x = torch.fft.ifft2(torch.fft.fft2(x) * filt).real
+        if box < x.shape[-1]:
+            x = fourier_crop(x[:, 0], box)[:, None]
+        return x
+
+    # back to unit variance: the augmentations' noise and jitter are in units of the std
+    sample = pretext.load_batch(pipe.images, np.arange(min(len(pipe.images), 512)),
+                                pipe.device)
+    scale = float(filtered(sample).square().mean().sqrt().clamp_min(1e-6))
+    return lambda x: filtered(x) / scale
+
+
+def build_models(pipe):
+    torch.manual_seed(pipe.cfg.seed)
+    backbone = resnet18(pipe.cfg.width).to(pipe.device)
+    head = ProjectionHead(backbone.out_dim, pipe.cfg.feature_dim).to(pipe.device)
+    return backbone, head
+
+
+def pretext_stage(pipe, saved):
+    cfg = pipe.cfg
+    backbone, head = build_models(pipe)
+    params = list(backbone.parameters()) + list(head.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if saved and "backbone" in saved:
+        backbone.load_state_dict(saved["backbone"])
+        head.load_state_dict(saved.get("proj_head", head.state_dict()))
+        if "pretext_opt" in saved:
+            opt.load_state_dict(saved["pretext_opt"])
+    if pipe.state["stage"] != "pretext":
+        return backbone
+    n = len(pipe.images)
+    per_epoch = max(n // min(cfg.batch_size, n), 1)
+    total = cfg.pretext_epochs * per_epoch
+    augment = Augmenter(cfg, pretext_box(pipe), pretext_radius(pipe), pipe.device)
+    progress = runtime.Progress("pretext", cfg.pretext_epochs, min_interval=10.0)
+    for epoch in range(pipe.state["epoch"], cfg.pretext_epochs):
+        t = time.time()
+        loss, seen = pretext.train_epoch(backbone, head, opt, pipe.images, augment, cfg,
+                                         epoch, pipe.device, epoch * per_epoch, total,
+                                         prefilter=prefilter(pipe))
+        pipe.state["pretext_seconds"] += time.time() - t
+        pipe.state["pretext_images"] += seen
+        pipe.curve("pretext_loss", loss)
+        rate = pipe.state["pretext_images"] / max(pipe.state["pretext_seconds"], 1e-9)
+        progress.update(epoch + 1, force=epoch == 0, loss=loss, img_per_s=round(rate))
+        pipe.state["epoch"] = epoch + 1
+        pipe.save(backbone=backbone, proj_head=head, pretext_opt=opt)
+    pipe.state.update(stage="features", epoch=0)
+    return backbone
+
+
+def features_stage(pipe, backbone):
+    cfg = pipe.cfg
+    feat_path = os.path.join(pipe.out, "features.npy")
+    nb_path = os.path.join(pipe.out, "neighbors.npy")
+    if pipe.state["stage"] != "features" and os.path.exists(feat_path):
+        return np.load(feat_path), np.load(nb_path)
+    t = time.time()
+    mask = soft_mask(pretext_box(pipe), pretext_radius(pipe), width=2.0, device=pipe.device)
+    feats = pretext.extract_features(backbone, pipe.images, cfg.tta_rotations, pipe.device,
+                                     mask=mask, prefilter=prefilter(pipe))
+    neighbors, _ = knn_cosine(feats, cfg.knn, pipe.device)
+    np.save(feat_path, feats)
+    np.save(nb_path, neighbors)
+    pipe.state["timings"]["features"] = time.time() - t
+    pipe.state.update(stage="scan", epoch=0)
+    pipe.save(backbone=backbone)
+    return feats, neighbors
+
+
+def scan_stage(pipe, feats, neighbors, saved):
+    cfg = pipe.cfg
+    f = torch.as_tensor(feats, device=pipe.device)
+    heads = scan.make_heads(f.shape[1], cfg.K, cfg.scan_heads, cfg.seed + 1, pipe.device)
+    opt = torch.optim.Adam(heads.parameters(), lr=cfg.scan_lr)
+    if saved and "scan_heads" in saved:
+        heads.load_state_dict(saved["scan_heads"])
+        opt.load_state_dict(saved["scan_opt"])
+    if pipe.state["stage"] == "scan":
+        progress = runtime.Progress("scan", cfg.scan_epochs, min_interval=10.0)
+        for epoch in range(pipe.state["epoch"], cfg.scan_epochs):
+            losses = scan.scan_epoch(heads, opt, f, neighbors, cfg, epoch, pipe.device)
+            pipe.curve("scan_loss_best", float(losses.min()))
+            progress.update(epoch + 1, loss=float(losses.min()))
+            pipe.state["epoch"] = epoch + 1
+            pipe.save(scan_heads=heads, scan_opt=opt)
+        final = scan.evaluate_heads(heads, f, neighbors, cfg.entropy_weight)
+        pipe.state["scan_head_losses"] = [float(v) for v in final]
+        pipe.state["scan_best_head"] = int(np.argmin(final))
+        pipe.state.update(stage="selflabel", epoch=0)
+    best = pipe.state["scan_best_head"]
+    return heads.heads[best]
+
+
+def selflabel_stage(pipe, head, f, saved):
+    cfg = pipe.cfg
+    opt = torch.optim.Adam(head.parameters(), lr=cfg.scan_lr)
+    if saved and "label_head" in saved:
+        head.load_state_dict(saved["label_head"])
+        opt.load_state_dict(saved["label_opt"])
+    if pipe.state["stage"] == "selflabel":
+        progress = runtime.Progress("selflabel", max(cfg.selflabel_epochs, 1), 10.0)
+        for epoch in range(pipe.state["epoch"], cfg.selflabel_epochs):
+            loss, n_conf = selflabel.selflabel_epoch(head, opt, f, cfg, epoch, pipe.device)
+            if n_conf:
+                pipe.curve("selflabel_loss", loss)
+            pipe.curve("selflabel_confident", n_conf)
+            progress.update(epoch + 1, loss=loss, confident=n_conf)
+            pipe.state["epoch"] = epoch + 1
+            pipe.save(label_head=head, label_opt=opt)
+        pipe.state.update(stage="refine", epoch=0)
+    return head
+
+
+def working_ctf(pipe):
+    """|CTF| of particles at the working box (rfft2 layout), or None without CTF."""
+    if pipe.pset.ctf is None or not pipe.cfg.phase_flip:
+        return None
+    ctf, wb, apix = pipe.pset.ctf, pipe.geom.working_box, pipe.geom.work_apix
+
+    def fn(idx):
+        return ctfmod.ctf_2d(ctf.take(np.asarray(idx)), wb, apix, device=pipe.device,
+                             rfft=True).abs()
+    return fn
+
+
+def refine_stage(pipe, probs, feats, saved):
+    """EM refinement against the class averages, seeded by the clustering. Returns (class
+    probabilities (N, K), poses): poses = (psi (N,) deg, shift (N, 2) px of the input box),
+    RELION's convention, or None when the stage is disabled."""
+    cfg = pipe.cfg
+    labels = probs.argmax(1)
+    if cfg.refine_iterations < 1:
+        pipe.state.update(stage="done")
+        return probs, None
+    if pipe.state["stage"] == "done" and "refine_result" in pipe.state:
+        r = pipe.state["refine_result"]
+        return _refined(pipe, r["weights"], r["psi"], r["shift"])
+    max_shift = max(1.0, cfg.refine_shift * pipe.geom.working_box)
+    refiner = Refiner(pipe.images, cfg.K, pipe.geom.work_radius, pipe.device,
+                      n_angles=cfg.refine_angles, max_shift=max_shift,
+                      temperature=cfg.refine_temperature, log=pipe.log,
+                      ctf=working_ctf(pipe) if cfg.refine_ctf else None,
+                      ctf_epsilon=cfg.refine_ctf_epsilon,
+                      min_posterior=cfg.refine_min_posterior)
+    seeds = None
+    if not pipe.state.get("refine_state"):
+        candidates = []
+        for c in range(cfg.K):
+            members = np.nonzero(labels == c)[0]
+            if len(members) == 0:
+                members = np.arange(len(labels))
+            centre = feats[members].mean(0)
+            order = np.argsort(-(feats[members] @ centre), kind="stable")
+            candidates.append(members[order[:cfg.refine_seed_candidates]])
+        seeds = refiner.choose_seeds(labels, candidates, gen=cfg.seed)
+    progress = runtime.Progress("refine", cfg.refine_align_iterations + cfg.refine_iterations,
+                                min_interval=10.0)
+
+    def report(it, total, ll, changed):
+        pipe.curve("refine_loglik", ll)
+        pipe.curve("refine_changed", changed)
+        progress.update(it, force=it == 1, loglik=ll, changed=changed)
+
+    def save(state):
+        pipe.state["refine_state"] = state
+        pipe.save()
+
+    start = pipe.state.get("refine_state") if saved else None
+    weights, psi, shift, history = refiner.run(
+        labels, cfg.refine_iterations, seeds=seeds,
+        align_iterations=cfg.refine_align_iterations, progress=report, state=start,
+        on_iteration=save)
+    pipe.state.pop("refine_state", None)
+    pipe.state["refine_result"] = {"weights": weights, "psi": psi, "shift": shift}
+    pipe.state.update(stage="done", epoch=0)
+    pipe.save()
+    return _refined(pipe, weights, psi, shift)
+
+
+def _refined(pipe, weights, psi, shift):
+    # the refinement works in the working box: shifts back to px of the input box
+    return weights.numpy(), (psi.numpy(), shift.numpy() / pipe.geom.scale)
+
+
+def class_averages(pipe, labels, probs, poses=None):
+    """The final class averages, by the one averager (simcryo.align): CTF-aware Wiener
+    averages of the particles at the input box. With `poses` (the EM's, RELION convention,
+    input-box px) they are built from those poses; without them (no refinement stage) the
+    class aligner finds the poses first. Returns (psi (N,), shift (N, 2) px, averages
+    (K, box, box)), float32 numpy."""
+    pset, cfg = pipe.pset, pipe.cfg
+    src = ParticleSource(pset.images, pset.n, pset.box, pipe.device, ctf=pset.ctf,
+                         apix=pset.apix)
+    params = ClassAlignParams(iterations=cfg.average_iterations, seed=cfg.seed,
+                              mask_radius=mask_radius_for(pipe.geom.radius_px, pset.box),
+                              align_box=min(pset.box, cfg.average_box))
+    conf = probs[np.arange(len(labels)), labels]
+    aligner = ClassAligner(src, labels, conf, cfg.K, params, log=pipe.log)
+    if poses is None:
+        psi, shift = aligner.run().poses()
+        averages = aligner.averages
+    else:
+        psi, shift = poses
+        averages = aligner.output_averages(aligner.final_averages(psi, shift, exact=True))
+    return (np.asarray(psi, np.float32), np.asarray(shift, np.float32),
+            averages.cpu().numpy().astype(np.float32))
