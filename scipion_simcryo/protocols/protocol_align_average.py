@@ -20,11 +20,13 @@ class ProtSimcryoAlignAverage(ProtSimcryoBase, ProtAlign2D):
     """Align the particles inside each class in Fourier space and build new class averages.
 
     Works on any SetOfClasses2D (this plugin, RELION, CL2D, ...). For every class, the in-plane
-    rotation of each particle against the class reference comes from the cross-correlation of
-    polar-resampled Fourier magnitudes (translation-invariant; both candidates of the 180
-    degree ambiguity are tested) and the shift from phase correlation; the reference is
-    re-averaged and re-centred and the procedure repeated. Averages are weighted by the class
-    probability of each particle (and CTF-aware when the particles have CTF).
+    rotation of each particle against the class reference comes from the rotational
+    correlation of real-space polar rings (default; or the paper's polar Fourier magnitudes);
+    the best ring peaks and the half turn of the best are each tested with a translation
+    search (cross-correlation), and after convergence one pass tests a coarse grid of angles,
+    so that no particle stays turned the wrong way. The reference is re-averaged and
+    re-centred and the procedure repeated. Averages are weighted by the class probability of
+    each particle (CTF-aware Wiener averages when the particles have CTF).
 
     Optionally (re-assignment) each particle may move to the class average it matches best
     after alignment.
@@ -141,6 +143,12 @@ class ProtSimcryoAlignAverage(ProtSimcryoBase, ProtAlign2D):
                   if self.method.get() == 1 else
                   'rotational correlation of real-space polar rings (FFT along the angle)')
         runLog = self._readRunLog()
+        cfg = runLog.get('config', {})
+        if cfg.get('candidates', 1) > 1:
+            search += (', %d rotation candidates per particle each tested by a translation '
+                       'search' % cfg['candidates'])
+        if cfg.get('global_step', 0) > 0:
+            search += (', and a final check of every %g degrees' % cfg['global_step'])
         mask = self._maskText()
         return ['The particles of %s were aligned inside their classes by %s and '
                 'cross-correlation shifts, inside a circular mask%s, and averaged with '

@@ -7,8 +7,9 @@ and their FRC. Without CTF the CTF factors are 1 and the Wiener average is the w
 """
 import torch
 
-from simcryo.image.fourier import fourier_shift, radial_frequency
+from simcryo.image.fourier import fourier_shift, radial_frequency, radial_index
 from simcryo.image.geometry import rotate_images
+from simcryo.image.mask import circular_mask, radius_grid
 
 
 def normalize_weights(weights, labels, n_classes):
@@ -27,8 +28,7 @@ def normalize_weights(weights, labels, n_classes):
 def radial_profile(images, n_bins=None):
     """Mean over rings of integer-rounded radius about the box centre: (B, n_bins)."""
     b, n, _ = images.shape
-    ax = torch.arange(n, device=images.device, dtype=torch.float32) - n // 2
-    r = torch.sqrt(ax[:, None] ** 2 + ax[None, :] ** 2).round().long().reshape(-1)
+    r = radius_grid(n, images.device).round().long().reshape(-1)
     n_bins = n_bins or int(r.max()) + 1
     r = r.clamp(max=n_bins - 1)
     flat = images.reshape(b, -1)
@@ -43,8 +43,7 @@ def rotational_average(images):
     interpolation of the radial profile)."""
     b, n, _ = images.shape
     prof = radial_profile(images)
-    ax = torch.arange(n, device=images.device, dtype=torch.float32) - n // 2
-    r = torch.sqrt(ax[:, None] ** 2 + ax[None, :] ** 2).reshape(-1)
+    r = radius_grid(n, images.device).reshape(-1)
     lo = r.floor().long().clamp(max=prof.shape[1] - 1)
     hi = (lo + 1).clamp(max=prof.shape[1] - 1)
     f = (r - lo.float())
@@ -56,7 +55,7 @@ def shell_mean(spectrum_like):
     """Mean over Fourier shells (integer |k|) of a real (K, n, m) array in rfft2 layout,
     broadcast back onto the grid."""
     k, n, m = spectrum_like.shape
-    rad = radial_frequency(n, spectrum_like.device).round().long().reshape(-1)
+    rad = radial_index(n, spectrum_like.device).reshape(-1)
     n_bins = int(rad.max()) + 1
     flat = spectrum_like.reshape(k, -1)
     sums = torch.zeros(k, n_bins, device=flat.device, dtype=flat.dtype).index_add_(1, rad, flat)
@@ -68,7 +67,7 @@ def shell_frc(spec_a, spec_b):
     """FRC per integer shell between rfft2 spectra (K, n, m) -> (K, n//2+1) up to Nyquist.
     (Used inside the iterations; the reported curves come from simcryo.evaluation.frc.)"""
     k, n, m = spec_a.shape
-    rad = radial_frequency(n, spec_a.device).round().long().reshape(-1)
+    rad = radial_index(n, spec_a.device).reshape(-1)
     n_bins = int(rad.max()) + 1
 
     def shells(x):
@@ -123,7 +122,7 @@ class ClassAccumulator:
         (K, n, m)."""
         frc = self.frc_halves().clamp(1e-3, 0.999)
         ssnr = 2 * frc / (1 - frc)
-        rad = radial_frequency(self.box, ssnr.device).round().long().clamp(max=self.box // 2)
+        rad = radial_index(self.box, ssnr.device).clamp(max=self.box // 2)
         return ssnr[:, rad]
 
     def wiener(self):
@@ -190,8 +189,7 @@ def centre_of_mass(images, radius=None, lowpass_sigma=2.0):
     rad = radial_frequency(n, images.device)
     g = torch.exp(-(rad ** 2) * (2 * (torch.pi * lowpass_sigma / n) ** 2))
     smooth = torch.fft.irfft2(torch.fft.rfft2(images) * g, s=(n, n))
-    radius = n // 2 - 2 if radius is None else radius
-    inside = (ax[:, None] ** 2 + ax[None, :] ** 2) <= radius ** 2
+    inside = circular_mask(n, n // 2 - 2 if radius is None else radius, images.device)
     background = smooth[:, ~inside].mean(-1) if (~inside).any() else smooth.mean((-2, -1))
     smooth = smooth - background[:, None, None]
     e = (smooth ** 2) * inside

@@ -5,6 +5,8 @@ simcryo.image.fourier. A shift s = (sx, sy) px moves image content from x to x +
 """
 import torch
 
+from simcryo.image.fourier import radial_frequency
+
 
 def _parabola_offset(ym, y0, yp):
     denom = ym - 2 * y0 + yp
@@ -19,8 +21,7 @@ def _wrapped_disc(n, radius, device):
     """Pixels of an unshifted (FFT-order) correlation map within `radius` of zero shift."""
     key = (n, float(radius), str(device))
     if key not in _DISC_CACHE:
-        ax = torch.fft.fftfreq(n, d=1.0 / n, device=device)
-        _DISC_CACHE[key] = (ax[:, None] ** 2 + ax[None, :] ** 2) <= radius ** 2
+        _DISC_CACHE[key] = radial_frequency(n, device, full=True) <= radius
     return _DISC_CACHE[key]
 
 

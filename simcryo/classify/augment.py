@@ -10,6 +10,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from simcryo.image.fourier import radial_frequency
 from simcryo.image.mask import soft_mask
 
 
@@ -38,8 +39,7 @@ def _warp(x, theta):
 def gaussian_blur(x, sigma):
     """Blur (n, 1, b, b) images with per-image sigma (px) through an FFT multiplier."""
     b = x.shape[-1]
-    k = torch.fft.fftfreq(b, device=x.device)
-    k2 = k[:, None] ** 2 + k[None, :] ** 2
+    k2 = (radial_frequency(b, x.device, full=True) / b) ** 2
     filt = torch.exp(-2 * math.pi ** 2 * sigma.view(-1, 1, 1, 1) ** 2 * k2)
     return torch.fft.ifft2(torch.fft.fft2(x) * filt).real
 

@@ -12,7 +12,7 @@ import torch
 
 from simcryo.image import ctf as ctfmod
 from simcryo.image import preprocess as pp
-from simcryo.image.fourier import fourier_crop
+from simcryo.image.fourier import fourier_crop, radial_frequency, radial_index
 from simcryo.image.mask import normalize_background, soft_mask
 from simcryo.errors import SimcryoError
 
@@ -21,8 +21,7 @@ CACHE_NAME = "preprocessed.f32"
 
 def shell_index(box):
     """Integer radius (in Fourier pixels) of each fft2-layout frequency of a box."""
-    f = torch.fft.fftfreq(box) * box
-    return torch.sqrt(f[:, None] ** 2 + f[None, :] ** 2).round().long()
+    return radial_index(box, full=True)
 
 
 def spectral_snr(images, radius):
@@ -110,8 +109,7 @@ def wiener_filter(geom, device=None):
     wb = geom.working_box
     ssnr = torch.as_tensor(geom.ssnr, dtype=torch.float32, device=device)
     # frequency of the working box in shells of the input box
-    f = torch.fft.fftfreq(wb, device=device) / geom.scale * geom.box
-    r = torch.sqrt(f[:, None] ** 2 + f[None, :] ** 2)
+    r = radial_frequency(wb, device, full=True) / geom.scale * geom.box / wb
     i0 = r.floor().long().clamp(max=len(ssnr) - 1)
     i1 = (i0 + 1).clamp(max=len(ssnr) - 1)
     t = (r - i0).clamp(0, 1)
@@ -127,8 +125,7 @@ def apply_filter(x, filt):
 
 def lowpass(x, apix, resolution):
     box = x.shape[-1]
-    f = torch.fft.fftfreq(box, d=apix, device=x.device)
-    s2 = f[:, None] ** 2 + f[None, :] ** 2
+    s2 = (radial_frequency(box, x.device, full=True) / (box * apix)) ** 2
     filt = torch.exp(-s2 * (resolution ** 2) / 2)
     return torch.fft.ifft2(torch.fft.fft2(x) * filt).real
 
