@@ -75,7 +75,7 @@ class TestSimcryoAlignDenoise(SimcryoTestBase):
         methods = ' '.join(prot.methods())
         self.assertIn('real-space polar rings', methods)
         self.assertIn('3 rotation candidates per particle', methods)
-        self.assertIn('a final check of every 10 degrees', methods)
+        self.assertIn('a final check of every 15 degrees', methods)
         runLog = prot._readRunLog()
         self.assertIn('inside a circular mask of %.0f Å diameter (%.1f px radius, estimated '
                       'from the particles)' % (runLog['mask_diameter_A'],

@@ -52,7 +52,7 @@ class ClassAlignParams:
     final_iterations: int = 2      # iterations at the full box after the search box ones
     reference_filter: str = "wiener"  # running references: "wiener" or "none" (CTF-corrected)
     starts: int = 4                # candidate seeds per class (best-connected members)
-    global_step: float = 10.0      # after convergence, one pass over a coarse grid of every
+    global_step: float = 15.0      # after convergence, one pass over a coarse grid of every
                                    # global_step degrees (0: off; see global_check)
     trial_iterations: int = 3      # iterations on a subsample to pick among the seeds
     trial_size: int = 300          # members per class in that subsample

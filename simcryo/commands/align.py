@@ -67,10 +67,13 @@ class AlignConfig:
         "help": "rotation candidates per particle given a translation search (at half the "
                 "box) in the first round of every iteration: the highest peaks of the ring "
                 "correlation and the half turn of the best; 1: the ring peak alone"})
-    global_step: float = field(default=10.0, metadata={
+    global_step: float = field(default=15.0, metadata={
         "help": "after convergence, one pass whose rotation candidates are every global-step "
                 "degrees (each with a translation search at half the box), then one ordinary "
-                "pass: particles left at a wrong local peak find the right one (0: off)"})
+                "pass: particles left at a wrong local peak find the right one (0: off). On "
+                "6 single-view 500-particle sets at SNR 0.03 (phantom, hand-vol.mrc at 3 Å/px) "
+                "15 and 10 gave the same errors within 0.2 %% of the particles; 15 costs "
+                "two thirds of 10"})
     n_theta: int = field(default=128, metadata={
         "help": "angular samples per polar ring (the peak is interpolated to ~0.1 degree)"})
     ctf: bool = field(default=True, metadata={

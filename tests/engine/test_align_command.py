@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from simcryo.cli import main as cli_main
+from simcryo.evaluation.metrics import pose_errors
 from simcryo.io.particles import load_particles
 from simcryo.io.star import read_star, write_star
 
@@ -59,6 +60,16 @@ def test_align_command_writes_contract(classified, tmp_path):
     assert run["iterations"] and "median_angle_change_deg" in run["iterations"][0]
     err = run["pose_errors_vs_truth"]
     assert err["angle_median_deg"] < 3.0 and err["shift_median_px"] < 0.6
+    # the written _rlnAnglePsi / _rlnOriginX,YAngst themselves (RELION's sign): negated, the
+    # errors modulo a class frame would spread over the circle
+    P = pset.particles
+    shift = np.stack([P.as_float("rlnOriginXAngst"), P.as_float("rlnOriginYAngst")], 1)
+    true_shift = np.stack([P.as_float("simcryoTrueOriginXAngst"),
+                           P.as_float("simcryoTrueOriginYAngst")], 1)
+    for sign, ok in ((1, True), (-1, False)):
+        ang, _, _ = pose_errors(P.as_int("rlnClassNumber"), sign * psi, sign * shift / pset.apix,
+                                P.as_float("simcryoTruePsi"), true_shift / pset.apix)
+        assert (np.median(ang) < 3.0) == ok
 
 
 def test_align_command_options_gap_and_missing_labels(classified, tmp_path, capsys):
