@@ -174,7 +174,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.quick:
         args.seeds, args.snrs, args.per_class = args.seeds[:1], [0.1], 100
-    rows, results = [], {}
+    results = {}
     header = (f"{'data set':<22} {'method':<16} {'seed':>4} {'ACC':>5} {'NMI':>5} {'ARI':>5} "
               f"{'FMI':>5} {'pur10':>6} {'wall_s':>7} {'mem_mb':>7}")
     print(header, flush=True)
