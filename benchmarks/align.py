@@ -55,12 +55,10 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from simcryo.align import ClassAligner, ParticleSource  # noqa: E402
-from simcryo.align.rings import AlignParams, RingAligner  # noqa: E402
 from simcryo.evaluation.metrics import pose_errors  # noqa: E402
 from simcryo.commands import align as align_cmd  # noqa: E402
 from simcryo.commands import simulate as simulate_cmd  # noqa: E402
 from simcryo.evaluation.frc import frc, resolution_at  # noqa: E402
-from simcryo.image.geometry import align_images  # noqa: E402
 from simcryo.io.mrc import open_stack  # noqa: E402
 from simcryo.io.particles import load_particles  # noqa: E402
 from simcryo.io.star import read_star, write_star  # noqa: E402
@@ -103,42 +101,21 @@ def simulate(folder, volume, classes, n, snr, ctf, seed, label_noise=0.0, apix=0
     return path
 
 
-def _refine_frame(avg, ref, psi, shift):
-    """Polish the pose of one average on its reference: Nelder-Mead on (psi, x, y) maximising
-    the real-space correlation, so the FRC is not limited by the coarse frame search."""
-    from scipy.optimize import minimize
-
-    def cost(v):
-        back = align_images(avg[None], torch.tensor([v[0]], dtype=torch.float32),
-                            torch.tensor([[v[1], v[2]]], dtype=torch.float32))[0]
-        return -float(torch.corrcoef(torch.stack([back.flatten(), ref.flatten()]))[0, 1])
-    res = minimize(cost, [float(psi), float(shift[0]), float(shift[1])], method="Nelder-Mead",
-                   options=dict(xatol=0.01, fatol=1e-7))
-    return res.x, res.fun
-
-
 def frame_poses(averages, references):
-    """Pose (psi, shift) per class with align_images(average, psi, shift) ~= its true
-    projection, and the correlation reached: a global search, then a local polish from that
-    peak and from the peak rotated by 90, 180 and 270 degrees (a near-symmetric view can fool
-    the global search); the polished pose with the highest correlation wins."""
-    from simcryo.image.geometry import compose
+    """Pose (psi, x, y) per class with align_images(average, psi, shift) ~= its true
+    projection, and the normalised correlation reached: the exhaustive search of the
+    alignment core (every degree, every shift, two finer rounds), which no near-symmetric
+    view can send to a local peak."""
+    from simcryo.align import ExhaustiveAligner, ExhaustiveParams
     avg = torch.as_tensor(np.array(averages, dtype=np.float32))
     ref = torch.as_tensor(np.array(references, dtype=np.float32))
-    out = RingAligner(AlignParams(inner_rounds=6, n_theta=360))(avg, ref)
-    poses, corr = [], []
-    for i in range(len(avg)):
-        best = None
-        for turn in (0.0, 90.0, 180.0, 270.0):
-            # rotating the average's frame by `turn` first: compose the two poses
-            psi0, sh0 = compose(turn, np.zeros(2), np.array([float(out.psi[i])]),
-                                np.asarray(out.shift[i], float)[None])
-            x, cost = _refine_frame(avg[i], ref[i], psi0[0], sh0[0])
-            if best is None or cost < best[1]:
-                best = (x, cost)
-        poses.append(best[0])
-        corr.append(-best[1])
-    return poses, np.array(corr)
+    aligner = ExhaustiveAligner(ExhaustiveParams(n_angles=360, fine_rounds=2,
+                                                 interpolation="bicubic"))
+    # the average is the particle here: align_images(average, psi, shift) ~= reference
+    out = aligner(avg, ref)
+    poses = [np.array([float(out.psi[i]), float(out.shift[i, 0]), float(out.shift[i, 1])])
+             for i in range(len(avg))]
+    return poses, out.score.numpy()
 
 
 def reference_in_frame(ref, psi, shift, oversample=4):
@@ -226,7 +203,7 @@ def information_bound(star, refs, true_psi, true_sh, labels, n=BOUND_PARTICLES):
     lab = np.asarray(labels)[idx] - 1
     truth = torch.as_tensor(np.array(refs, dtype=np.float32))
     aligner = ExhaustiveAligner(ExhaustiveParams(n_angles=720, max_shift=pset.box / 4,
-                                                 fine_rounds=1))
+                                                 fine_rounds=1, interpolation="bicubic"))
     out = aligner(x, truth, torch.as_tensor(lab))
     ang, _, _ = pose_errors(lab, out.psi.numpy(), out.shift.numpy(), true_psi[idx],
                             true_sh[idx])

@@ -34,7 +34,9 @@ class ExhaustiveParams:
     fine_rounds: int = 0            # `align`: rounds of the finer angular grid
     fine_factor: int = 10           # finer step = coarse step / fine_factor, over
                                     # +-fine_factor finer steps around the current angle
-    interpolation: str = "bilinear"  # rotation of the references (grid_sample mode)
+    interpolation: str = "bicubic"  # rotation of the references (grid_sample mode): bilinear
+                                    # smooths every angle but the multiples of 90 degrees, which
+                                    # then win (one benchmark average: 89.9 instead of 82.3)
     chunk_values: int = 1 << 24     # `align`: correlation values held at once (memory bound)
 
 

@@ -38,8 +38,10 @@ class Refiner:
         self.images, self.k, self.dev = images, k, device
         self.n, self.b = images.shape[0], images.shape[-1]
         self.mask = soft_mask(self.b, radius + 1.0, width=2.0, device=device)
-        self.aligner = ExhaustiveAligner(ExhaustiveParams(n_angles=n_angles,
-                                                          max_shift=max_shift), mask=self.mask)
+        # bilinear as the EM has always rotated its low-resolution references
+        self.aligner = ExhaustiveAligner(ExhaustiveParams(n_angles=n_angles, max_shift=max_shift,
+                                                          interpolation="bilinear"),
+                                         mask=self.mask)
         self.psi_grid = self.aligner.psi(device)
         self.shift_grid = self.aligner.shifts(device)
         self.batch = batch
