@@ -20,8 +20,8 @@ import torch
 
 from simcryo.align.aligner import Aligner, Alignment, warp_to_reference, wrap_angle
 from simcryo.align.polar import circular_peak
-from simcryo.align.scores import _half_plane_weights
-from simcryo.align.translate import _parabola_offset, correlation_peak, cross_correlate
+from simcryo.align.scores import half_plane_weights
+from simcryo.align.translate import parabola_offset, correlation_peak, cross_correlate
 from simcryo.image.fourier import shift_images
 from simcryo.image.geometry import rotate_images
 
@@ -51,7 +51,7 @@ class GridReferences:
         self.mask = mask
         self.images = rotated
         self.spectra = torch.fft.rfft2(rotated)
-        w = _half_plane_weights(n, n // 2 + 1, references.device).clone()
+        w = half_plane_weights(n, n // 2 + 1, references.device).clone()
         w[0, 0] = 1.0  # the mean term counts too: the correlations include it
         self.power = (self.spectra.real ** 2 + self.spectra.imag ** 2) * (w / (n * n))
 
@@ -183,7 +183,7 @@ class ExhaustiveAligner(Aligner):
         rows = torch.arange(b, device=images.device)
         inner = (best > 0) & (best < nf - 1)
         lo, hi = (best - 1).clamp(min=0), (best + 1).clamp(max=nf - 1)
-        off = _parabola_offset(peak[rows, lo], peak[rows, best], peak[rows, hi])
+        off = parabola_offset(peak[rows, lo], peak[rows, best], peak[rows, hi])
         new_psi = wrap_angle(angles[rows, best] + torch.where(inner, off, 0.0) * step)
         norm2 = (rotated.view(b, nf, n, n)[rows, best] ** 2).sum((-2, -1))
         new_shift = shift - d.view(b, nf, 2)[rows, best]

@@ -17,6 +17,8 @@ import math
 
 import torch
 
+from simcryo.align.translate import parabola_offset
+
 
 def rotation_matrix(psi_deg):
     """(B,) degrees -> (B, 2, 2) matrices acting on (x, y) column vectors."""
@@ -96,9 +98,7 @@ def circular_peak(curve, period_deg=360.0):
     y0 = curve[ar, (idx - 1) % L]
     y1 = curve[ar, idx]
     y2 = curve[ar, (idx + 1) % L]
-    denom = y0 - 2 * y1 + y2
-    off = torch.where(denom.abs() > 1e-12, 0.5 * (y0 - y2) / denom, torch.zeros_like(y1))
-    off = off.clamp(-0.5, 0.5)
+    off = parabola_offset(y0, y1, y2)
     peak = y1 - 0.25 * (y0 - y2) * off
     angle = (idx.to(curve.dtype) + off) * (period_deg / L)
     angle = torch.remainder(angle + period_deg / 2, period_deg) - period_deg / 2

@@ -4,7 +4,7 @@ import torch
 _HALF_PLANE_CACHE = {}
 
 
-def _half_plane_weights(n, m, device):
+def half_plane_weights(n, m, device):
     """Weights that turn a sum over the rfft2 half plane into the full-plane sum (the mean
     term excluded)."""
     key = (n, m, str(device))
@@ -20,7 +20,7 @@ def _half_plane_weights(n, m, device):
 
 def spectral_power(spec):
     """Sum of |F|^2 over the full plane (mean excluded) from rfft2 spectra (B, n, m)."""
-    w = _half_plane_weights(spec.shape[-2], spec.shape[-1], spec.device)
+    w = half_plane_weights(spec.shape[-2], spec.shape[-1], spec.device)
     return ((spec.real ** 2 + spec.imag ** 2) * w).sum((-2, -1))
 
 
@@ -32,7 +32,7 @@ def normalized_correlation(spec, ref_spec, ctf2=None, part_pow=None):
     ctf2 the CTF^2 there and part_pow the power of the particle itself (`spectral_power` of
     F): the result is the correlation of the particle with the reference seen through its
     CTF, so different classes are compared fairly."""
-    w = _half_plane_weights(spec.shape[-2], spec.shape[-1], spec.device)
+    w = half_plane_weights(spec.shape[-2], spec.shape[-1], spec.device)
     num = ((spec * ref_spec.conj()).real * w).sum((-2, -1))
     ref_pow = ref_spec.real ** 2 + ref_spec.imag ** 2
     if ctf2 is not None:

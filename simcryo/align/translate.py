@@ -8,7 +8,9 @@ import torch
 from simcryo.image.fourier import radial_frequency
 
 
-def _parabola_offset(ym, y0, yp):
+def parabola_offset(ym, y0, yp):
+    """Offset in [-0.5, 0.5] samples of the vertex of the parabola through three samples
+    (left, centre, right) around a maximum."""
     denom = ym - 2 * y0 + yp
     off = torch.where(denom.abs() > 1e-12, 0.5 * (ym - yp) / denom, torch.zeros_like(y0))
     return off.clamp(-0.5, 0.5)
@@ -39,8 +41,8 @@ def correlation_peak(cc, max_shift=None):
     iy, ix = idx // n, idx % n
     ar = torch.arange(b, device=cc.device)
     y0 = cc[ar, iy, ix]
-    offx = _parabola_offset(cc[ar, iy, (ix - 1) % n], y0, cc[ar, iy, (ix + 1) % n])
-    offy = _parabola_offset(cc[ar, (iy - 1) % n, ix], y0, cc[ar, (iy + 1) % n, ix])
+    offx = parabola_offset(cc[ar, iy, (ix - 1) % n], y0, cc[ar, iy, (ix + 1) % n])
+    offy = parabola_offset(cc[ar, (iy - 1) % n, ix], y0, cc[ar, (iy + 1) % n, ix])
     wx = torch.remainder(ix + n // 2, n) - n // 2
     wy = torch.remainder(iy + n // 2, n) - n // 2
     shift = torch.stack([wx.float() + offx, wy.float() + offy], -1)

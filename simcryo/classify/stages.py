@@ -17,7 +17,8 @@ from simcryo.align import ClassAligner, ClassAlignParams, ParticleSource
 from simcryo.classify import pretext, scan, selflabel
 from simcryo.classify.augment import Augmenter
 from simcryo.classify.neighbors import knn_cosine
-from simcryo.classify.preprocess import CACHE_NAME, Geometry, build_cache, wiener_filter
+from simcryo.classify.preprocess import (CACHE_NAME, Geometry, apply_filter, build_cache,
+                                        wiener_filter)
 from simcryo.classify.refine import Refiner
 from simcryo.image import ctf as ctfmod
 from simcryo.image.fourier import fourier_crop
@@ -66,7 +67,7 @@ def prefilter(pipe):
 
     def filtered(x):
         if filt is not None:
-            x = torch.fft.ifft2(torch.fft.fft2(x) * filt).real
+            x = apply_filter(x, filt)
         if box < x.shape[-1]:
             x = fourier_crop(x[:, 0], box)[:, None]
         return x
@@ -102,11 +103,12 @@ def pretext_stage(pipe, saved):
     total = cfg.pretext_epochs * per_epoch
     augment = Augmenter(cfg, pretext_box(pipe), pretext_radius(pipe), pipe.device)
     progress = runtime.Progress("pretext", cfg.pretext_epochs, min_interval=10.0)
+    network_input = prefilter(pipe)  # the same every epoch: built once
     for epoch in range(pipe.state["epoch"], cfg.pretext_epochs):
         t = time.time()
         loss, seen = pretext.train_epoch(backbone, head, opt, pipe.images, augment, cfg,
                                          epoch, pipe.device, epoch * per_epoch, total,
-                                         prefilter=prefilter(pipe))
+                                         prefilter=network_input)
         pipe.state["pretext_seconds"] += time.time() - t
         pipe.state["pretext_images"] += seen
         pipe.curve("pretext_loss", loss)
