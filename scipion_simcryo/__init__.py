@@ -20,8 +20,8 @@ from .constants import (SIMCRYO_PYTHON, SIMCRYO_ENV_ACTIVATION, SIMCRYO_CUDA_VER
 
 __version__ = '0.1.0'
 _logo = None
-_references = ['Simcryocluster', 'Chen2020SimCLR', 'VanGansbeke2020SCAN', 'He2016ResNet',
-               'Scheres2012Relion']
+# What the plugin's methods build on; RELION is not run by any of its protocols.
+_references = ['Simcryocluster']
 
 
 class Plugin(pwem.Plugin):

@@ -38,15 +38,4 @@ year = "2016",
 doi = "http://dx.doi.org/10.1109/CVPR.2016.90",
 author = "Kaiming He and Xiangyu Zhang and Shaoqing Ren and Jian Sun",
 }
-
-@article{Scheres2012Relion,
-title = "RELION: Implementation of a Bayesian approach to cryo-EM structure determination",
-journal = "Journal of Structural Biology",
-volume = "180",
-number = "3",
-pages = "519--530",
-year = "2012",
-doi = "http://dx.doi.org/10.1016/j.jsb.2012.09.006",
-author = "Sjors H. W. Scheres",
-}
 """

@@ -20,6 +20,7 @@ import shutil
 import sys
 import time
 
+from scipion_simcryo.engine_config import engineDefault
 from scipion_simcryo.headless import registerPluginEntryPoint, setupHeadlessScipion
 
 
@@ -53,6 +54,11 @@ class Demo:
         self.say('   done in %.0f s: %s' % (dt, prot.getWorkingDir()))
         self.results.setdefault('timings_s', {})[what] = round(dt, 1)
         return prot
+
+    def save(self, fig, name, **kwargs):
+        fn = os.path.join(self.out, name)
+        fig.savefig(fn, **kwargs)
+        return fn
 
     def skip(self, what, command):
         self.say('\n== %s: SKIPPED (engine command `simcryo %s` not in this checkout)'
@@ -88,11 +94,11 @@ class Demo:
 
         cls2d = None
         if engineHas('classify'):
-            extra = '--pretext-epochs %d' % a.epochs if a.epochs else ''
+            values = dict(pretextEpochs=a.epochs) if a.epochs else {}
             cls2d = self.project.newProtocol(
                 ProtSimcryoClassify2D, objLabel='simcryo classify', inputParticles=parts,
                 numberOfClasses=a.classes, useGpu=False, numberOfThreads=threads,
-                seed=a.seed, extraParams=extra)
+                seed=a.seed, **values)
             cls2d = self.launch(cls2d, 'classify (contrastive features + SCAN)')
             scored.append(('simcryo classify', cls2d))
         else:
@@ -153,8 +159,9 @@ class Demo:
 
     # ------------------------------------------------------------------------- report
     def report(self, sim, scored, tables):
+        from scipion_simcryo.metrics import formatValue
         from scipion_simcryo.viewers import plots
-        from scipion_simcryo.viewers.viewers import classesGalleryData, readImages, runCurves
+        from scipion_simcryo.viewers.viewers import matchedGalleryData, readImages, runCurves
         os.makedirs(self.out, exist_ok=True)
         refs = readImages(item.clone() for item in sim.outputReferences.iterItems(orderBy='id'))
         metrics = {}
@@ -171,41 +178,38 @@ class Demo:
             self.say('%-*s  %s' % (width, 'metric', '  '.join('%24s' % n for n in names)))
             for k in keys:
                 self.say('%-*s  %s' % (width, k, '  '.join(
-                    '%24s' % ('%.4f' % metrics[n][k] if k in metrics[n] else '-')
+                    '%24s' % (formatValue(metrics[n][k], k) if k in metrics[n] else '-')
                     for n in names)))
         pictures = []
         for label, prot in scored:
-            averages, sizes, probs, ids = classesGalleryData(prot.outputClasses)
-            matching = {}
             ev = dict(tables).get(label)
-            if ev is not None:
-                matching = {int(k): int(v) for k, v in
-                            (ev.getReport() or {}).get('matching', {}).items()}
-            order = plots.sortBySize(sizes)
-            matchedRefs = [refs[matching[ids[i]] - 1] if matching.get(ids[i]) else
-                           averages[i] * 0 for i in order]
-            refLabels = ['true view %s' % matching.get(ids[i], '-') for i in order]
-            fig = plots.classGalleryFigure(
-                averages, sizes, probs=probs, classIds=ids, references=matchedRefs,
-                referenceLabels=refLabels,
-                title='%s: class averages, largest first (top) and the true view each '
-                      'matched (bottom)' % label)
-            fn = os.path.join(self.out, 'gallery_%s.png' % _slug(label))
-            fig.savefig(fn, dpi=110)
-            pictures.append(fn)
+            data = matchedGalleryData(ev, classes=prot.outputClasses,
+                                      references=sim.outputReferences) if ev else None
+            if data is not None:
+                fig = plots.classGalleryFigure(
+                    *data['args'], title='%s: class averages, largest first (top) and the '
+                                         'true view each matched (bottom)' % label,
+                    **data['kwargs'])
+                pictures.append(self.save(fig, 'gallery_%s.png' % _slug(label), dpi=110))
             curves = runCurves(prot._readRunLog()) if hasattr(prot, '_readRunLog') else {}
             if curves:
-                fn = os.path.join(self.out, 'curves_%s.png' % _slug(label))
-                plots.curvesFigure(curves, title='%s: training curves' % label).savefig(fn)
-                pictures.append(fn)
-        fn = os.path.join(self.out, 'true_projections.png')
-        plots.classGalleryFigure(refs, [0] * len(refs), title='True projection of each view '
-                                 'class').savefig(fn, dpi=110)
-        pictures.append(fn)
+                pictures.append(self.save(
+                    plots.curvesFigure(curves, title='%s: training and refinement' % label),
+                    'curves_%s.png' % _slug(label)))
+        pictures.append(self.save(plots.classGalleryFigure(
+            refs, [0] * len(refs), order=range(len(refs)),
+            labels=['view %d' % k for k in range(1, len(refs) + 1)],
+            title='True projection of each view class'), 'true_projections.png', dpi=110))
         for label, ev in tables:
-            fn = os.path.join(self.out, 'metrics_%s.png' % _slug(label))
-            plots.metricsTableFigure(ev.getMetricsTable(), title=label).savefig(fn)
-            pictures.append(fn)
+            rows = [(name, formatValue(v, name)) for name, v in ev.getMetricsTable()]
+            pictures.append(self.save(plots.tableFigure(['metric', 'value'], rows, label),
+                                      'metrics_%s.png' % _slug(label)))
+            confusion = (ev.getReport() or {}).get('confusion')
+            if confusion:
+                pictures.append(self.save(plots.confusionFigure(
+                    confusion['counts'], confusion['predicted_classes'],
+                    confusion['true_classes'], title='%s: confusion matrix' % label),
+                    'confusion_%s.png' % _slug(label)))
         self.results.update(metrics=metrics, pictures=pictures,
                             project=self.project.getPath(), args=vars(self.args))
         with open(os.path.join(self.out, 'metrics.json'), 'w') as f:
@@ -234,8 +238,8 @@ def main(argv=None):
     p.add_argument('--snr', type=float, default=0.1, help='SNR (default: 0.1)')
     p.add_argument('--epochs', type=int, default=15,
                    help='contrastive epochs of classify (default: 15, fewer than the engine '
-                        'default of 40 to keep the demo at a few minutes on 2 cores; 0: '
-                        'engine default)')
+                        'default of %d to keep the demo at a few minutes on 2 cores; 0: '
+                        'engine default)' % engineDefault('classify', 'pretext_epochs'))
     p.add_argument('--threads', type=int, default=2, help='CPU threads (default: 2)')
     p.add_argument('--seed', type=int, default=0, help='random seed (default: 0)')
     p.add_argument('--relion', choices=['auto', 'yes', 'no'], default='auto',

@@ -16,7 +16,10 @@ COMMANDS = {
     "classify": "Unsupervised 2D classification: contrastive features, neighbours, SCAN, self-labelling.",
     "align": "Fourier-space in-plane alignment inside classes and weighted class averages.",
     "evaluate": "Score a classification against true labels (ACC/NMI/ARI/FMI, FRC, pose errors).",
+    "select": "Rank the classes of any 2D classification and keep the good ones (junk out).",
 }
+# commands sharded over torchrun's ranks (simcryo.distributed); the others run in one process
+DISTRIBUTED = ("align",)
 
 
 def _load(name):
@@ -61,14 +64,36 @@ def main(argv=None):
     if not args.command:
         parser.print_help()
         return 2
+    from simcryo import distributed  # imports torch: not for --help and --version
+    if distributed.launched() and args.command not in DISTRIBUTED:
+        _error_line(args.command, f"runs in one process only, not under torchrun (sharded "
+                                  f"over ranks: {', '.join(DISTRIBUTED)})")
+        return 2
     try:
-        return int(_load(args.command).main(args) or 0)
+        with distributed.session():  # torchrun's process group (a no-op without torchrun)
+            return int(_load(args.command).main(args) or 0)
+    except distributed.PeerLost:  # another rank failed; it, or torchrun, says why
+        return 1
     except SimcryoError as exc:
-        print(f"simcryo {args.command}: error: {exc}", file=sys.stderr)
+        _error_line(args.command, exc)
+        return 2
+    except OSError as exc:  # full disk, read-only or vanished files: the user's to fix
+        from simcryo.outputs import describe_os_error
+        _error_line(args.command, describe_os_error(exc))
         return 2
     except KeyboardInterrupt:
-        print(f"simcryo {args.command}: interrupted", file=sys.stderr)
+        _error_line(args.command, None)
         return 130
+
+
+def _error_line(command, error):
+    """`simcryo <command>: error: ...` (error None: interrupted); under torchrun one line per
+    failure, not one per rank (simcryo.distributed.error_prefix)."""
+    from simcryo import distributed
+    tag = distributed.error_prefix(error)
+    if tag is not None:
+        text = "interrupted" if error is None else f"error: {tag}{error}"
+        print(f"simcryo {command}: {text}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -40,6 +40,13 @@ def mask_diameter_field(auto_help, used_for):
         "example": MASK_DIAMETER_EXAMPLE})
 
 
+def force_field():
+    """--force: the one flag that lets a command replace the results in its output folder."""
+    return field(default=False, metadata={
+        "help": "replace the results already in the output folder (without it, a folder "
+                "that holds results is refused)"})
+
+
 def radius_px(diameter_A, apix):
     """Mask radius in px of the input box for a diameter in Å at `apix` Å/px."""
     return float(diameter_A) / 2.0 / float(apix)

@@ -1,18 +1,21 @@
 """Run-time plumbing shared by the commands: device, seeds, threads, progress, run log,
-checkpoints."""
+checkpoints (atomic, loaded without unpickling code)."""
 import json
 import os
 import platform
+import pickle
 import random
+import shutil
 import sys
-import tempfile
 import time
+import warnings
 
 import numpy as np
 import torch
 
 from simcryo import __version__
-from simcryo.errors import SimcryoError
+from simcryo.errors import SimcryoError, warn
+from simcryo.outputs import atomic_path, atomic_write_text  # noqa: F401 (re-exported)
 
 
 def resolve_device(name):
@@ -64,6 +67,15 @@ def set_threads(n):
 
 def log(msg, stream=None):
     print(msg, file=stream or sys.stdout, flush=True)
+
+
+def warn_empty_classes(sizes):
+    """A warning naming the classes without particles (`sizes`: particles per class)."""
+    empty = [k + 1 for k, size in enumerate(sizes) if size == 0]
+    if empty:
+        warn(f"{len(empty)} of {len(sizes)} classes came out empty (class "
+             f"{', '.join(map(str, empty[:10]))}{', ...' if len(empty) > 10 else ''}); "
+             "their averages are blank")
 
 
 class Progress:
@@ -141,36 +153,59 @@ def json_default(obj):
     return str(obj)
 
 
-def atomic_write_text(path, text):
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp_")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+def plain(obj):
+    """`obj` with numpy values made plain numbers / tensors, so that the file loads with
+    `torch.load(weights_only=True)` (which refuses every other Python object)."""
+    if isinstance(obj, dict):
+        return {k: plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(plain(v) for v in obj)
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(obj))
+    if isinstance(obj, (np.integer, np.bool_)):
+        return obj.item()
+    if isinstance(obj, np.floating):
+        return float(obj)
+    return obj
 
 
 def save_checkpoint(path, state):
     """Write a checkpoint atomically: a crash mid-write never leaves a truncated file."""
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    # torch derives the archive name from the file name: keep a non-dot stem and a suffix
-    fd, tmp = tempfile.mkstemp(dir=d, prefix="tmp_ckpt_", suffix=".pt")
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with atomic_path(path) as tmp:
+        try:
+            torch.save(plain(state), tmp)
+        except RuntimeError as exc:  # torch reports a failed write (full disk) this way
+            raise _write_error(path, exc) from None
+
+
+def _write_error(path, exc):
+    if shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free < 1 << 20:
+        return SimcryoError(f"no space left on the device: {path}")
+    return SimcryoError(f"cannot write {path}: {_first_line(exc)}")
+
+
+def _first_line(exc):
+    """The first sentence of a library's (often multi-line) error message."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0]
 
 
 def load_checkpoint(path, device="cpu"):
-    try:
-        return torch.load(path, map_location=device, weights_only=False)
-    except FileNotFoundError:
+    """A checkpoint or model file, unpickled with `weights_only=True`: tensors, numbers,
+    strings and containers only, so a planted pickle cannot run code."""
+    if not os.path.isfile(path):
         raise SimcryoError(f"checkpoint not found: {path}")
-    except Exception as exc:  # corrupted or from an incompatible version
-        raise SimcryoError(f"cannot read checkpoint {path}: {exc}")
+    try:
+        with warnings.catch_warnings():  # torch warns about pickle protocols of foreign files
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError:
+        raise SimcryoError(f"refused to load {path}: it holds Python objects, not only "
+                           "tensors and numbers (not written by simcryo, or tampered with)") \
+            from None
+    except Exception as exc:  # truncated, corrupted or from an incompatible version
+        raise SimcryoError(f"cannot read {path} (truncated or corrupted?): "
+                           f"{_first_line(exc)}") from None
 
 
 def ensure_output_dir(path):

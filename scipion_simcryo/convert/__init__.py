@@ -18,7 +18,8 @@ from .poses import matrixFromPose, poseFromMatrix, transformFromPose
 from .locations import locationToRelion, projectRelative, relionToLocation, stripFormatSuffix
 from .stacks import (MRC_EXTENSIONS, StackCopier, needsStackConversion, writeClassAverages,
                      writeImagesStack)
-from .star_writer import (ParticleStarWriter, acquisitionRow, classNumbering,
+from .star_writer import (OpticsGroups, ParticleStarWriter, acquisitionRow, classNumbering,
+                          missingAcquisition,
                           classesHave2DAlignment, ctfToRow, iterClassMembers, iterEnabled,
                           writeClassesStar)
 from .truth import setTruthAttributes, truthFromClasses, truthFromParticles, writeTruthStar
@@ -29,7 +30,7 @@ __all__ = [
     'locationToRelion', 'projectRelative', 'relionToLocation', 'stripFormatSuffix',
     'MRC_EXTENSIONS', 'StackCopier', 'needsStackConversion', 'writeClassAverages',
     'writeImagesStack',
-    'ParticleStarWriter', 'acquisitionRow', 'classNumbering', 'classesHave2DAlignment',
+    'OpticsGroups', 'ParticleStarWriter', 'acquisitionRow', 'missingAcquisition', 'classNumbering', 'classesHave2DAlignment',
     'ctfToRow', 'iterClassMembers', 'iterEnabled', 'writeClassesStar',
     'setTruthAttributes', 'truthFromClasses', 'truthFromParticles', 'writeTruthStar',
     'EngineResult', 'opticsToAcquisition', 'readSetOfParticles', 'rowToCtf',

@@ -5,6 +5,7 @@ import numpy as np
 
 import pwem.objects as emobj
 from pwem.constants import ALIGN_NONE
+from pyworkflow.object import Integer
 
 from simcryo.io.star import read_star
 
@@ -66,14 +67,23 @@ def rowToCtf(row):
     return ctf
 
 
-def opticsToAcquisition(optics):
+def opticsToAcquisition(optics, row=0):
+    """Acquisition of optics row ``row`` (values the row lacks stay unset)."""
     acq = emobj.Acquisition()
-    get = (lambda k, d: float(optics[k][0]) if optics is not None and k in optics else d)
-    acq.setVoltage(get('rlnVoltage', 300.0))
-    acq.setSphericalAberration(get('rlnSphericalAberration', 2.7))
-    acq.setAmplitudeContrast(get('rlnAmplitudeContrast', 0.1))
+    get = (lambda k: float(optics[k][row]) if optics is not None and k in optics else None)
+    acq.setVoltage(get('rlnVoltage'))
+    acq.setSphericalAberration(get('rlnSphericalAberration'))
+    acq.setAmplitudeContrast(get('rlnAmplitudeContrast'))
     acq.setMagnification(50000)
     return acq
+
+
+def opticsAcquisitions(optics):
+    """{optics group number: Acquisition} of an optics block ({1: unset} without one)."""
+    if optics is None or 'rlnOpticsGroup' not in optics:
+        return {1: opticsToAcquisition(optics)}
+    return {int(g): opticsToAcquisition(optics, r)
+            for r, g in enumerate(optics['rlnOpticsGroup'])}
 
 
 def readSetOfParticles(starFile, partSet, apix=None):
@@ -85,9 +95,11 @@ def readSetOfParticles(starFile, partSet, apix=None):
     if apix is None:
         apix = float(optics['rlnImagePixelSize'][0]) if optics is not None and \
             'rlnImagePixelSize' in optics else 1.0
-    acq = opticsToAcquisition(optics)
+    acqs = opticsAcquisitions(optics)
     partSet.setSamplingRate(apix)
-    partSet.setAcquisition(acq)
+    partSet.setAcquisition(acqs[min(acqs)])
+    partSet.setIsPhaseFlipped(optics is not None and 'rlnCtfDataArePhaseFlipped' in optics
+                              and int(optics['rlnCtfDataArePhaseFlipped'][0]) == 1)
     hasCtf = 'rlnDefocusU' in block
     partSet.setHasCTF(hasCtf)
     partSet.setAlignment(ALIGN_NONE)
@@ -102,7 +114,10 @@ def readSetOfParticles(starFile, partSet, apix=None):
         part = emobj.Particle()
         part.setLocation(index, fn)
         part.setSamplingRate(apix)
-        part.setAcquisition(acq)
+        group = int(row.get('rlnOpticsGroup', min(acqs)))
+        part.setAcquisition(acqs.get(group, acqs[min(acqs)]).clone())
+        if len(acqs) > 1:
+            part._rlnOpticsGroup = Integer(group)
         if 'rlnImageId' in row:
             part.setObjId(int(row['rlnImageId']))
         if hasCtf:

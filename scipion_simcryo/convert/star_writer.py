@@ -9,19 +9,79 @@ from .poses import poseFromMatrix
 from .stacks import StackCopier
 
 
-def acquisitionRow(imgSet, boxSize):
-    """The optics row of a set: pixel size, box and its acquisition (defaults when unset)."""
-    acq = imgSet.getAcquisition()
-    return {
-        'rlnOpticsGroup': 1,
-        'rlnOpticsGroupName': 'opticsGroup1',
+ACQUISITION_LABELS = [('rlnVoltage', 'getVoltage', 'voltage (kV)'),
+                      ('rlnSphericalAberration', 'getSphericalAberration',
+                       'spherical aberration (mm)'),
+                      ('rlnAmplitudeContrast', 'getAmplitudeContrast', 'amplitude contrast')]
+
+
+def missingAcquisition(acq):
+    """Names of the acquisition values a CTF needs that ``acq`` lacks (None or unset)."""
+    return [what for _, getter, what in ACQUISITION_LABELS
+            if acq is None or getattr(acq, getter)() is None]
+
+
+def acquisitionRow(imgSet, boxSize, acq=None, group=1, name=None, withCtf=None):
+    """One optics row (RELION 3.1): pixel size, box, the acquisition ``acq`` (default: the
+    set's). With CTF (``withCtf``, default: the set has CTF) a missing voltage, Cs or
+    amplitude contrast is an error, as no default is right for every microscope; without CTF
+    the missing values are left out."""
+    acq = acq if acq is not None else imgSet.getAcquisition()
+    withCtf = imgSet.hasCTF() if withCtf is None else withCtf
+    row = {
+        'rlnOpticsGroup': group,
+        'rlnOpticsGroupName': name or 'opticsGroup%d' % group,
         'rlnImagePixelSize': imgSet.getSamplingRate(),
         'rlnImageSize': boxSize,
         'rlnImageDimensionality': 2,
-        'rlnVoltage': acq.getVoltage() or 300.0,
-        'rlnSphericalAberration': acq.getSphericalAberration() or 2.7,
-        'rlnAmplitudeContrast': acq.getAmplitudeContrast() or 0.1,
     }
+    missing = missingAcquisition(acq)
+    if withCtf and missing:
+        raise ValueError('The particles have CTF but their acquisition has no %s: set it '
+                         '(e.g. re-import the particles with it) before running simcryo.'
+                         % ', '.join(missing))
+    for label, getter, _ in ACQUISITION_LABELS:
+        value = getattr(acq, getter)() if acq is not None else None
+        if value is not None:
+            row[label] = value
+    if withCtf:
+        row['rlnCtfDataArePhaseFlipped'] = int(bool(imgSet.isPhaseFlipped()))
+    return row
+
+
+class OpticsGroups:
+    """Optics groups of the particles written, in order of first appearance (RELION 3.1
+    convention, as scipion-em-relion): a particle's group is its ``_rlnOpticsGroup`` extra
+    when it has one (particles from RELION), otherwise its acquisition (voltage, Cs,
+    amplitude contrast); ``opticsGroupName`` of the acquisition names it when set."""
+
+    def __init__(self, imgSet, writeCtf):
+        self.imgSet, self.writeCtf = imgSet, writeCtf
+        self._groups = {}   # key -> (number, optics row)
+
+    def numberOf(self, part):
+        acq = part.getAcquisition()
+        if acq is None or all(getattr(acq, g)() is None for _, g, _ in ACQUISITION_LABELS):
+            acq = self.imgSet.getAcquisition()
+        given = part.getAttributeValue('_rlnOpticsGroup') \
+            if part.hasAttribute('_rlnOpticsGroup') else None
+        key = ('group', int(given)) if given is not None else \
+            ('acq',) + tuple(getattr(acq, g)() for _, g, _ in ACQUISITION_LABELS)
+        if key not in self._groups:
+            number = len(self._groups) + 1
+            name = getattr(acq, 'opticsGroupName', None)
+            name = name.get() if name is not None and hasattr(name, 'get') else None
+            self._groups[key] = (number, acquisitionRow(
+                self.imgSet, self.imgSet.getXDim(), acq=acq, group=number, name=name,
+                withCtf=self.writeCtf))
+        return self._groups[key][0]
+
+    def block(self):
+        rows = [row for _, row in sorted(self._groups.values(), key=lambda g: g[0])]
+        labels = list(rows[0])
+        for row in rows[1:]:
+            labels += [k for k in row if k not in labels]
+        return StarBlock({k: [row.get(k, 0) for row in rows] for k in labels})
 
 
 def ctfToRow(ctf):
@@ -49,12 +109,13 @@ class ParticleStarWriter:
     ``stackFile`` the images are also copied into one MRC stack (needed for non-MRC inputs).
     """
 
-    def __init__(self, imgSet, stackFile=None, writeAlignment=False, writeTruth=True):
+    def __init__(self, imgSet, stackFile=None, writeAlignment=False, writeTruth=True,
+                 writeCtf=True):
         self.imgSet = imgSet
         self.apix = imgSet.getSamplingRate() or 1.0
         self.stackFile = stackFile
         self.writeAlignment = writeAlignment and imgSet.getAlignment() == ALIGN_2D
-        self.writeCtf = imgSet.hasCTF()
+        self.writeCtf = writeCtf and imgSet.hasCTF()
         self.writeTruth = writeTruth
 
     def write(self, starFile, particles=None, classOf=None):
@@ -65,6 +126,7 @@ class ParticleStarWriter:
         ids = self.ids = []
         self.names = []
         truth = None
+        optics = OpticsGroups(self.imgSet, self.writeCtf)
         stack = StackCopier(self.stackFile) if self.stackFile else None
         for n, part in enumerate(particles, 1):
             if truth is None:
@@ -79,7 +141,8 @@ class ParticleStarWriter:
                 name = locationToRelion(n, self.stackFile)
             else:
                 name = locationToRelion(*part.getLocation())
-            row = {'rlnImageName': name, 'rlnImageId': part.getObjId(), 'rlnOpticsGroup': 1}
+            row = {'rlnImageName': name, 'rlnImageId': part.getObjId(),
+                   'rlnOpticsGroup': optics.numberOf(part)}
             if self.writeCtf:
                 row.update(ctfToRow(part.getCTF()))
             if self.writeAlignment and part.hasTransform():
@@ -102,9 +165,7 @@ class ParticleStarWriter:
             stack.close()
         if not ids:
             raise ValueError('No enabled particles to write to %s' % starFile)
-        optics = StarBlock({k: [v] for k, v in
-                            acquisitionRow(self.imgSet, self.imgSet.getXDim()).items()})
-        write_star(starFile, {'optics': optics, 'particles': StarBlock(cols)})
+        write_star(starFile, {'optics': optics.block(), 'particles': StarBlock(cols)})
         return ids
 
 
@@ -135,13 +196,13 @@ def classesHave2DAlignment(classes):
     return first is not None and first.getAlignment() == ALIGN_2D
 
 
-def writeClassesStar(classes, starFile, writeAlignment=True, keep=None):
+def writeClassesStar(classes, starFile, writeAlignment=True, keep=None, writeCtf=True):
     """SetOfClasses2D -> STAR of its particles with ``rlnClassNumber`` 1..K (classes renumbered
     in id order, empty classes dropped); ``keep``: only these particle ids.
     Returns (writer, {engine number: original class id}); ``writer.ids``/``writer.names`` hold
     the rows written, in order."""
     numbering = classNumbering(classes)
-    writer = ParticleStarWriter(classes.getImages(), writeAlignment=False)
+    writer = ParticleStarWriter(classes.getImages(), writeAlignment=False, writeCtf=writeCtf)
     writer.writeAlignment = writeAlignment and classesHave2DAlignment(classes)
     writer.write(starFile, particles=iterClassMembers(classes, numbering, keep),
                  classOf=lambda p: p._simcryoClassNumber)

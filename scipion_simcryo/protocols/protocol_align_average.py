@@ -3,17 +3,22 @@ from enum import Enum
 
 import pyworkflow.protocol.params as params
 from pyworkflow.protocol.constants import LEVEL_ADVANCED
-from pwem.objects import SetOfClasses2D, SetOfParticles
+from pwem.objects import SetOfAverages, SetOfClasses2D, SetOfParticles
 from pwem.protocols import ProtAlign2D
 
 from .. import convert
 from .protocol_base import ProtSimcryoBase
-from .protocol_classify2d import fillClasses, fillParticles
+from ..engine_config import engineDefault, engineHelp
+from .protocol_classify2d import fillAverages, fillClasses, fillParticles
+
+
+METHODS = ['rings', 'magnitude']
 
 
 class AlignAverageOutputs(Enum):
     outputClasses = SetOfClasses2D
     outputParticles = SetOfParticles
+    outputAverages = SetOfAverages
 
 
 class ProtSimcryoAlignAverage(ProtSimcryoBase, ProtAlign2D):
@@ -31,8 +36,8 @@ class ProtSimcryoAlignAverage(ProtSimcryoBase, ProtAlign2D):
     Optionally (re-assignment) each particle may move to the class average it matches best
     after alignment.
 
-    Output: refined classes (representatives = new averages) and the particles, every one
-    with a 2D alignment Transform (ALIGN_2D).
+    Output: refined classes (representatives = new averages), the particles, every one
+    with a 2D alignment Transform (ALIGN_2D), and the averages as a SetOfAverages.
     """
     _label = 'align and average classes'
     _possibleOutputs = AlignAverageOutputs
@@ -49,38 +54,38 @@ class ProtSimcryoAlignAverage(ProtSimcryoBase, ProtAlign2D):
                            'starting point. No: align from scratch.')
 
         form.addSection(label='Alignment')
-        form.addParam('iterations', params.IntParam, default=0,
-                      label='Iterations', help='Align/re-average rounds. 0: engine default.')
+        self._addEngineParam(form, 'iterations', params.IntParam, 'iterations',
+                             'Iterations', validators=[params.GE(1)])
         self._defineMaskDiameterParam(
             form, use='soft mask of the references and the outermost ring of the rotation '
                       'search (at most the box)',
             auto='estimated from the particles: 1.1 x their diameter measured from the excess '
                  'variance over the noise, at most the box minus 4 px')
-        form.addParam('method', params.EnumParam, default=0, choices=['rings', 'magnitude'],
+        form.addParam('method', params.EnumParam, choices=METHODS,
+                      default=METHODS.index(engineDefault('align', 'method')),
                       expertLevel=LEVEL_ADVANCED, label='Rotation search',
-                      help='rings: real-space polar rings, FFT along the angle (keeps phases, '
-                           'robust at low SNR). magnitude: the paper\'s polar Fourier '
-                           'magnitudes (translation invariant; the 180-degree ambiguity is '
-                           'resolved in real space).')
-        form.addParam('reassign', params.BooleanParam, default=False,
-                      label='Re-assign particles?',
-                      help='After alignment, move each particle to the class average it '
-                           'matches best (multi-reference refinement).')
+                      help=engineHelp('align', 'method') + '.\nEngine flag: --method.')
+        self._addEngineParam(form, 'reassign', params.BooleanParam, 'reassign',
+                             'Re-assign particles?')
+        self._addEngineParam(form, 'candidates', params.IntParam, 'candidates',
+                             'Rotation candidates per particle', expertLevel=LEVEL_ADVANCED,
+                             validators=[params.GE(1)])
+        self._addEngineParam(form, 'globalStep', params.FloatParam, 'global_step',
+                             'Global check step (deg)', expertLevel=LEVEL_ADVANCED,
+                             validators=[params.Range(0, 90)])
         self._defineComputeParams(form)
 
     # ------------------------------------------------------------------ steps
-    def convertInputStep(self):
-        os.makedirs(os.path.dirname(self._getFileName('input_star')), exist_ok=True)
+    def _convertInput(self):
+        # Already phase-flipped particles keep their CTF: the optics table says
+        # _rlnCtfDataArePhaseFlipped 1, and the engine then uses |CTF| for them.
         convert.writeClassesStar(self.inputClasses.get(), self._getFileName('input_star'),
                                  writeAlignment=self.useInputAlignment.get())
 
     def _getEngineArgs(self):
         args = ['--i', os.path.abspath(self._getFileName('input_star')),
                 '--o', os.path.abspath(self._getFileName('output_dir'))]
-        if self.iterations.get() > 0:
-            args += ['--iterations', self.iterations.get()]
-        args += ['--reassign' if self.reassign else '--no-reassign',
-                 '--method', ['rings', 'magnitude'][self.method.get()]]
+        args += self._engineParamArgs() + ['--method', METHODS[self.method.get()]]
         args += self._maskDiameterArgs()
         return self._formatArgs(args + self._getComputeArgs())
 
@@ -98,10 +103,13 @@ class ProtSimcryoAlignAverage(ProtSimcryoBase, ProtAlign2D):
         fillClasses(classes, result, averages, inputSet.getSamplingRate())
         parts = self._createSetOfParticles()
         fillParticles(parts, inputSet, result)
+        avgs = self._createSetOfAverages()
+        fillAverages(avgs, classes)
         self._defineOutputs(**{AlignAverageOutputs.outputClasses.name: classes,
-                               AlignAverageOutputs.outputParticles.name: parts})
-        self._defineSourceRelation(self.inputClasses, classes)
-        self._defineSourceRelation(self.inputClasses, parts)
+                               AlignAverageOutputs.outputParticles.name: parts,
+                               AlignAverageOutputs.outputAverages.name: avgs})
+        for out in (classes, parts, avgs):
+            self._defineSourceRelation(self.inputClasses, out)
 
     # ------------------------------------------------------------------ info
     def _validate(self):
@@ -111,13 +119,16 @@ class ProtSimcryoAlignAverage(ProtSimcryoBase, ProtAlign2D):
             errors.append('The input classes are empty.')
         if classes is not None:
             errors += self._validateMaskDiameter(classes.getImages())
+            errors += self._validateAcquisition(classes.getImages())
         return errors
 
     def _warnings(self):
+        warnings = []
         classes = self.inputClasses.get()
         if classes is not None and any(0 < c.getSize() < 3 for c in classes):
-            return ['Some classes have fewer than 3 particles: their averages stay noisy.']
-        return []
+            warnings.append('Some classes have fewer than 3 particles: their averages stay '
+                            'noisy.')
+        return warnings
 
     def _summary(self):
         summary = ['Input: %s.' % self.getObjectTag('inputClasses')]
@@ -159,3 +170,7 @@ class ProtSimcryoAlignAverage(ProtSimcryoBase, ProtAlign2D):
                    self._methodsIntro(),
                    '; particles were re-assigned to their best-matching average'
                    if self.reassign else '')]
+
+    def _citations(self):
+        # the polar Fourier-magnitude search is the paper's; the ring search is not
+        return ['Simcryocluster'] if METHODS[self.method.get()] == 'magnitude' else []

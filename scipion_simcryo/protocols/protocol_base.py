@@ -2,27 +2,38 @@
 import glob
 import json
 import os
+import hashlib
 import shlex
 import shutil
 
 import pyworkflow.protocol.params as params
-from pyworkflow.constants import PROD
+from pyworkflow.constants import BETA
 from pyworkflow.protocol.constants import LEVEL_ADVANCED
 from pwem.protocols import EMProtocol
 
 from .. import Plugin
 from .. import constants as cts
 from .. import convert
+from ..engine_config import engineDefault, engineHelp
 
 
 class ProtSimcryoBase(EMProtocol):
     """Base of the simcryo protocols (not shown in the menu)."""
-    _devStatus = PROD
+    # Tested on simulated data and small real sets only, not yet in facility production.
+    _devStatus = BETA
     _engineCommand = None       # simcryo sub-command run by runStep
     _usesGpu = True             # False: the command is CPU-only (no GPU section)
     _defaultThreads = 2
     _hasSeed = True             # False: the command takes no --seed (deterministic)
     _maskAutoText = 'estimated from the particles'  # what --mask-diameter 0 means
+    _resumable = False          # the engine command takes --resume (classify, denoise train)
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        # pyworkflow 3.11's Step.__init__ drops objLabel, so Project.newProtocol(objLabel=...)
+        # (the demo's, a script's) would fall back to the default run name.
+        if kwargs.get('objLabel'):
+            self.setObjLabel(kwargs['objLabel'])
 
     # ------------------------------------------------------------------ files
     def _createFilenameTemplates(self):
@@ -54,22 +65,70 @@ class ProtSimcryoBase(EMProtocol):
 
     def _insertAllSteps(self):
         self._initialize()
-        self._insertFunctionStep(self.convertInputStep)
-        # The engine arguments are a step argument: changing a parameter re-runs the engine
-        # when the protocol is continued, an unchanged one reuses the finished step.
-        self._insertFunctionStep(self.runStep, self._getEngineArgs())
-        self._insertFunctionStep(self.createOutputStep)
+        # Step arguments decide what Continue re-runs (as scipion-em-relion and -xmipp do):
+        # the input ids re-convert a changed input; the engine arguments re-run the engine
+        # when a parameter changed, an unchanged step is reused.
+        # The output step takes both too: Continue re-runs only the steps whose arguments
+        # changed, and the outputs must follow a re-run engine.
+        inputIds, engineArgs = self._inputIds(), self._getEngineArgs()
+        self._insertFunctionStep(self.convertInputStep, inputIds)
+        self._insertFunctionStep(self.runStep, engineArgs)
+        self._insertFunctionStep(self.outputStep, inputIds, engineArgs)
+
+    def outputStep(self, inputIds, engineArgs):
+        self.createOutputStep()
+
+    def _inputIds(self):
+        """'pointer=id' of every input pointer of the form (changes when an input does)."""
+        ids = []
+        for name, param in self._definition.iterAllParams():
+            if isinstance(param, params.PointerParam):
+                obj = getattr(self, name).get()
+                if obj is not None:
+                    ids.append('%s=%s' % (name, obj.strId()))
+        return ' '.join(ids)
+
+    # ------------------------------------------------------------------ engine parameters
+    def _addEngineParam(self, form, name, paramClass, field, label, help='', **kwargs):
+        """A form parameter that is the engine's ``--field`` of this protocol's command: its
+        default and help text come from the engine's config dataclass (so the form shows
+        what runs), ``help`` adds what a Scipion user needs on top."""
+        command = self._engineCommand.split()[0]
+        text = engineHelp(command, field)
+        text = (text + ('.' if text and not text.endswith('.') else '') +
+                ('\n' + help if help else '') +
+                '\nEngine flag: --%s.' % field.replace('_', '-'))
+        form.addParam(name, paramClass, default=engineDefault(command, field), label=label,
+                      help=text.strip(), **kwargs)
+        self._engineParamFields = getattr(self, '_engineParamFields', [])
+        self._engineParamFields.append((name, field))
+
+    def _engineParamArgs(self, skip=()):
+        """``--flag value`` (``--flag``/``--no-flag`` for booleans) of every engine
+        parameter of the form, always explicit, so run.json and the form agree."""
+        args = []
+        for name, field in getattr(self, '_engineParamFields', []):
+            if name in skip:
+                continue
+            flag = '--' + field.replace('_', '-')
+            value = getattr(self, name).get()
+            if isinstance(value, bool):
+                args.append(flag if value else '--no-' + flag[2:])
+            else:
+                args += [flag, value]
+        return args
 
     # ------------------------------------------------------------------ form helpers
     def _defineComputeParams(self, form):
         form.addSection(label='Compute')
         if self._usesGpu:
-            # Default to the GPU only where a driver is installed, so that a CPU-only machine
-            # does not start with a setting that fails.
-            form.addHidden(params.USE_GPU, params.BooleanParam,
-                           default=shutil.which('nvidia-smi') is not None,
+            # Default Yes as in scipion-em-xmipp and -relion: the form is filled on the GUI
+            # host, which says nothing about the node that runs the job.
+            form.addHidden(params.USE_GPU, params.BooleanParam, default=True,
                            label='Use GPU?',
-                           help='Run the engine on a GPU (PyTorch CUDA). No: CPU only.')
+                           help='Run the engine on a GPU (PyTorch CUDA build needed on the '
+                                'machine that runs the job). No: CPU only (slower; fine '
+                                'for a few thousand small particles).')
             form.addHidden(params.GPU_LIST, params.StringParam, default='0',
                            label='GPU ID',
                            help='GPU to use (the engine uses one GPU; the first of the list).')
@@ -108,6 +167,17 @@ class ProtSimcryoBase(EMProtocol):
         if box and apix and diameter > box * apix:
             return ['Mask diameter %d Å is wider than the box of the %s (%d px x %.3f Å/px '
                     '= %.1f Å).' % (diameter, what, box, apix, box * apix)]
+        return []
+
+    def _validateAcquisition(self, imgSet):
+        """Error when particles with CTF lack a voltage, Cs or amplitude contrast (the engine's
+        CTF needs them; no default fits every microscope)."""
+        if imgSet is None or not imgSet.hasCTF():
+            return []
+        missing = convert.missingAcquisition(imgSet.getAcquisition())
+        if missing:
+            return ['The particles have CTF but their acquisition has no %s: re-import them '
+                    'with it.' % ', '.join(missing)]
         return []
 
     def _maskUsed(self):
@@ -171,9 +241,44 @@ class ProtSimcryoBase(EMProtocol):
         self.runJob(Plugin.getProgram(command, useGpu=self._useGpu()), argsText,
                     env=Plugin.getEnviron(), numberOfMpi=1)
 
+    def convertInputStep(self, inputIds):
+        """Write the engine's input (``_convertInput``); when it differs from the one a
+        previous run of this protocol used, that run's engine output is removed so that
+        Continue starts the engine afresh instead of resuming on other particles."""
+        os.makedirs(self._getExtraPath('input'), exist_ok=True)
+        self._convertInput()
+        star = self._getFileName('input_star')
+        digest = _fileDigest(star) if os.path.exists(star) else ''
+        record = self._getExtraPath('input', 'input.sha1')
+        previous = open(record).read().strip() if os.path.exists(record) else None
+        if previous is not None and previous != digest:
+            for folder in self._engineOutputDirs():
+                if os.path.isdir(folder):
+                    self.info('Input changed (%s): removing the previous engine output %s.'
+                              % (inputIds, folder))
+                    shutil.rmtree(folder)
+        with open(record, 'w') as f:
+            f.write(digest)
+
+    def _convertInput(self):
+        """Write the engine's input files (subclasses)."""
+
+    def _engineOutputDirs(self):
+        return [self._getFileName('output_dir')]
+
+    def _resumeArgs(self, folder=None):
+        """' --resume' when the engine left a checkpoint in ``folder``: on Continue it reuses
+        the stages whose parameters did not change and recomputes from the first that did."""
+        folder = folder or self._getFileName('output_dir')
+        if self._resumable and self._hasCheckpoint(folder):
+            self.info('Checkpoint found in %s: the engine resumes, reusing the stages whose '
+                      'parameters did not change.' % folder)
+            return ' --resume'
+        return ''
+
     def runStep(self, argsText):
         os.makedirs(self._getFileName('output_dir'), exist_ok=True)
-        self.runEngine(argsText)
+        self.runEngine(argsText + self._resumeArgs())
 
     # ------------------------------------------------------------------ results
     def _readRunLog(self):
@@ -183,12 +288,32 @@ class ProtSimcryoBase(EMProtocol):
         with open(fn) as f:
             return json.load(f)
 
-    def _hasCheckpoint(self):
-        return bool(glob.glob(os.path.join(self._getFileName('output_dir'), '**', '*.pt'),
-                              recursive=True))
+    def _hasCheckpoint(self, folder=None):
+        folder = folder or self._getFileName('output_dir')
+        return bool(glob.glob(os.path.join(folder, '**', '*.pt'), recursive=True))
+
+    def getObjectTag(self, objName):
+        """Scipion's link to an object, its label without underscores: the summary and
+        methods panels render ``_..._`` as italics, and every default run name starts with
+        the package name ``scipion_simcryo``."""
+        tag = EMProtocol.getObjectTag(self, objName)
+        if '][' not in tag:
+            return tag
+        link, label = tag[:-2].split('][', 1)
+        return '%s][%s]]' % (link, label.replace('_', '-'))
 
     def _citations(self):
-        return ['Simcryocluster']
+        """Only the methods a run really used (subclasses); the package reference is
+        SimCryoCluster."""
+        return []
 
     def _methodsIntro(self):
         return 'simcryo engine (scipion-em-simcryo %s)' % cts.ENGINE_VERSION
+
+
+def _fileDigest(path):
+    h = hashlib.sha1()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''):
+            h.update(chunk)
+    return h.hexdigest()

@@ -4,17 +4,20 @@ from enum import Enum
 import pyworkflow.protocol.params as params
 from pyworkflow.object import Float
 from pyworkflow.protocol.constants import LEVEL_ADVANCED
-from pwem.objects import SetOfClasses2D, SetOfParticles
+from pwem.objects import SetOfAverages, SetOfClasses2D, SetOfParticles
+from pwem.constants import ALIGN_NONE
 from pwem.protocols import ProtClassify2D
 
 from .. import constants as cts
 from .. import convert
 from .protocol_base import ProtSimcryoBase
+from ..metrics import formatValue, metricRows
 
 
 class Classify2DOutputs(Enum):
     outputClasses = SetOfClasses2D
     outputParticles = SetOfParticles
+    outputAverages = SetOfAverages
 
 
 class ProtSimcryoClassify2D(ProtSimcryoBase, ProtClassify2D):
@@ -28,79 +31,145 @@ class ProtSimcryoClassify2D(ProtSimcryoBase, ProtClassify2D):
     3. Neighbours: the k most similar particles of each particle in feature space.
     4. Clustering: SCAN heads (neighbour consistency + entropy), then self-labelling on the
        confident particles.
+    5. EM refinement: the clusters seed a multi-reference refinement of every particle's
+       class, in-plane rotation and shift against the class averages (expectation-
+       maximisation under a Gaussian noise model); its posteriors are the final classes.
 
     Output: a SetOfClasses2D whose representatives are the class averages (aligned inside each
     class), every particle with its class, its in-plane alignment (2D Transform) and the
-    probability of its class (_simcryoClassProb, in [0, 1]); the same particles as
-    outputParticles. Use "simcryo - align and average classes" to refine the alignment and
-    averages, and "simcryo - evaluate 2D classification" to score simulated data.
+    posterior probability of its class (_simcryoClassProb, in [0, 1]); the same particles as
+    outputParticles; the averages as outputAverages. Use "simcryo - align and average
+    classes" to refine the alignment and averages, and "simcryo - evaluate 2D
+    classification" to score simulated data.
 
-    An interrupted run continues from its last checkpoint when the protocol is continued.
+    Continue: an interrupted run resumes from its checkpoint; after a parameter change the
+    engine reuses every stage before the first one the change affects (a new K reuses the
+    preprocessing, the contrastive features and the neighbours). A changed input starts
+    afresh.
     """
     _label = '2D classification (contrastive)'
     _possibleOutputs = Classify2DOutputs
     _engineCommand = 'classify'
+    _resumable = True
 
     # ------------------------------------------------------------------ form
     def _defineParams(self, form):
         form.addSection(label='Input')
         form.addParam('inputParticles', params.PointerParam, pointerClass='SetOfParticles',
                       important=True, label='Input particles')
-        form.addParam('numberOfClasses', params.IntParam, default=10,
-                      validators=[params.GE(2)], label='Number of classes (K)',
-                      help='Number of 2D classes. More classes than distinct views is fine: '
-                           'SCAN leaves unneeded classes small.')
+        self._addEngineParam(
+            form, 'numberOfClasses', params.IntParam, 'K', 'Number of classes (K)',
+            validators=[params.GE(2)],
+            help='More classes than distinct views is fine: SCAN leaves unneeded classes '
+                 'small. Changing K and continuing the protocol reuses the preprocessing, '
+                 'the contrastive features and the neighbours, and recomputes from SCAN on.')
 
         form.addSection(label='Preprocessing')
         self._defineMaskDiameterParam(
             form, use='the background outside it normalises the images and the images are '
                       'cropped around it (at most 0.9 x the box)',
-            auto='estimated from the particles (radial variance of the images)')
-        form.addParam('phaseFlip', params.BooleanParam, default=True,
-                      label='CTF phase flip?',
-                      help='Phase-flip the images with their CTF before learning features '
-                           '(only when the particles have CTF).')
-        form.addParam('equalize', params.BooleanParam, default=False,
-                      expertLevel=LEVEL_ADVANCED, label='Histogram equalisation?')
-        form.addParam('workingBox', params.IntParam, default=0, expertLevel=LEVEL_ADVANCED,
-                      label='Working box (px)',
-                      help='Images are cropped and Fourier-downsampled to this box before '
-                           'learning (the low frequencies carry the view information). '
-                           '0: engine default (32 px).')
+            auto='estimated from the particles (radial excess variance of the phase-flipped '
+                 'images over the noise, plus 2 px); the wizard shows that estimate')
+        self._addEngineParam(
+            form, 'phaseFlip', params.BooleanParam, 'phase_flip', 'CTF phase flip?',
+            help='Only when the particles have CTF. Particles already phase-flipped '
+                 '(e.g. by Xmipp or Relion preprocessing) are never flipped again, whatever '
+                 'this says.')
+        self._addEngineParam(
+            form, 'equalize', params.BooleanParam, 'equalize', 'Histogram equalisation?',
+            expertLevel=LEVEL_ADVANCED,
+            help='Each image\'s grey levels are replaced by their ranks (a uniform '
+                 'histogram in [-1, 1]), as the SimCryoCluster paper does. Off by default: '
+                 'the background normalisation and the Wiener weighting already put every '
+                 'image on one scale.')
+        self._addEngineParam(
+            form, 'workingBox', params.IntParam, 'working_box', 'Working box (px)',
+            expertLevel=LEVEL_ADVANCED, validators=[params.GE(16)],
+            help='The low frequencies carry the view information: the images are cropped '
+                 'around the mask and Fourier-downsampled to at most this box before any '
+                 'learning. Even number.')
+        self._addEngineParam(
+            form, 'pretextBox', params.IntParam, 'pretext_box', 'Network input box (px)',
+            expertLevel=LEVEL_ADVANCED)
 
         form.addSection(label='Features')
-        form.addParam('pretextEpochs', params.IntParam, default=0,
-                      label='Contrastive epochs',
-                      help='Epochs of SimCLR training. 0: engine default.')
-        form.addParam('batchSize', params.IntParam, default=0, expertLevel=LEVEL_ADVANCED,
-                      label='Batch size', help='Contrastive batch (pairs). 0: engine default.')
-        form.addParam('networkWidth', params.IntParam, default=0, expertLevel=LEVEL_ADVANCED,
-                      label='ResNet-18 base width',
-                      help='64 as in the paper (GPU); 16 is the CPU preset. 0: engine '
-                           'default.')
-        form.addParam('allowMirrors', params.BooleanParam, default=False,
-                      expertLevel=LEVEL_ADVANCED, label='Merge mirror views?',
-                      help='Add horizontal flips to the augmentations: a view and its '
-                           'mirror fall in the same class. No: mirrors are different views.')
+        self._addEngineParam(form, 'pretextEpochs', params.IntParam, 'pretext_epochs',
+                             'Contrastive epochs', validators=[params.GE(0)],
+                             help='Epochs of SimCLR training of the ResNet-18 encoder, the '
+                                  'most expensive stage.')
+        self._addEngineParam(form, 'batchSize', params.IntParam, 'batch_size',
+                             'Batch size (pairs)', expertLevel=LEVEL_ADVANCED,
+                             validators=[params.GE(1)])
+        self._addEngineParam(form, 'networkWidth', params.IntParam, 'width',
+                             'ResNet-18 base width', expertLevel=LEVEL_ADVANCED,
+                             validators=[params.GE(1)],
+                             help='On a GPU, 64 (the paper\'s) learns finer features.')
+        self._addEngineParam(form, 'allowMirrors', params.BooleanParam, 'mirror',
+                             'Merge mirror views?', expertLevel=LEVEL_ADVANCED,
+                             help='Yes: horizontal flips join the augmentations, so a view '
+                                  'and its mirror fall in the same class. No: mirrors are '
+                                  'different views.')
+        self._addEngineParam(form, 'ttaRotations', params.IntParam, 'tta_rotations',
+                             'Rotations averaged per feature', expertLevel=LEVEL_ADVANCED,
+                             validators=[params.GE(1)])
 
         form.addSection(label='Clustering')
-        form.addParam('numberOfNeighbours', params.IntParam, default=0,
-                      label='Neighbours per particle',
-                      help='k of the k-nearest-neighbour mining. 0: engine default.')
-        form.addParam('scanEpochs', params.IntParam, default=0, expertLevel=LEVEL_ADVANCED,
-                      label='SCAN epochs', help='0: engine default.')
-        form.addParam('selfLabelEpochs', params.IntParam, default=-1,
-                      expertLevel=LEVEL_ADVANCED, label='Self-labelling epochs',
-                      help='0 disables self-labelling. -1: engine default.')
-        form.addParam('selfLabelThreshold', params.FloatParam, default=0.0,
-                      expertLevel=LEVEL_ADVANCED, label='Self-labelling threshold',
-                      help='Class probability above which a particle is used as a pseudo-'
-                           'label. 0: engine default (0.95 in the paper).')
+        self._addEngineParam(form, 'numberOfNeighbours', params.IntParam, 'knn',
+                             'Neighbours per particle (k)', validators=[params.GE(1)],
+                             help='Mined in the contrastive feature space; SCAN pulls each '
+                                  'particle towards the class of its neighbours.')
+        self._addEngineParam(form, 'scanEpochs', params.IntParam, 'scan_epochs',
+                             'SCAN epochs', expertLevel=LEVEL_ADVANCED,
+                             validators=[params.GE(1)])
+        self._addEngineParam(form, 'scanHeads', params.IntParam, 'scan_heads',
+                             'SCAN heads', expertLevel=LEVEL_ADVANCED,
+                             validators=[params.GE(1)])
+        self._addEngineParam(form, 'selfLabelEpochs', params.IntParam, 'selflabel_epochs',
+                             'Self-labelling epochs', expertLevel=LEVEL_ADVANCED,
+                             validators=[params.GE(0)])
+        self._addEngineParam(form, 'selfLabelThreshold', params.FloatParam, 'confidence',
+                             'Self-labelling threshold', expertLevel=LEVEL_ADVANCED,
+                             validators=[params.Range(0.0, 1.0)],
+                             help='Only particles whose SCAN class probability exceeds it '
+                                  'serve as pseudo-labels (0.95 in the SCAN paper).')
+
+        form.addSection(label='EM refinement')
+        form.addParam('refineHelp', params.LabelParam,
+                      label='The result comes from this stage: the clustering seeds an '
+                            'EM refinement of the particles against the class averages '
+                            '(rotation, shift and class of every particle).',
+                      help='Expectation: each particle\'s posterior over classes x in-plane '
+                           'angles x shifts under a Gaussian white-noise model; '
+                           'maximisation: each average is rebuilt from all particles with '
+                           'those weights. The class probability stored on every output '
+                           'particle (%s) is its posterior of the chosen class.'
+                           % cts.CLASS_PROB)
+        self._addEngineParam(form, 'refineIterations', params.IntParam, 'refine_iterations',
+                             'EM iterations', validators=[params.GE(0)],
+                             help='0 disables the stage: the clustering labels are final and '
+                                  'the class aligner gives the poses.')
+        self._addEngineParam(form, 'refineAlignIterations', params.IntParam,
+                             'refine_align_iterations', 'Alignment-only iterations',
+                             expertLevel=LEVEL_ADVANCED, validators=[params.GE(0)])
+        self._addEngineParam(form, 'refineAngles', params.IntParam, 'refine_angles',
+                             'In-plane angles searched', expertLevel=LEVEL_ADVANCED,
+                             validators=[params.GE(4)],
+                             help='The angular step is 360 / this (degrees).')
+        self._addEngineParam(form, 'refineShift', params.FloatParam, 'refine_shift',
+                             'Largest shift (fraction of the working box)',
+                             expertLevel=LEVEL_ADVANCED, validators=[params.Range(0.0, 0.5)])
+        self._addEngineParam(form, 'refineTemperature', params.FloatParam,
+                             'refine_temperature', 'Posterior temperature',
+                             expertLevel=LEVEL_ADVANCED, validators=[params.Positive],
+                             help='At 1 the posteriors of well-separated classes are '
+                                  'numerically 1.0; larger values give softer class '
+                                  'probabilities (and softer averages).')
+        self._addEngineParam(form, 'refineCtf', params.BooleanParam, 'refine_ctf',
+                             'CTF in the refinement?', expertLevel=LEVEL_ADVANCED)
         self._defineComputeParams(form)
 
     # ------------------------------------------------------------------ steps
-    def convertInputStep(self):
-        os.makedirs(os.path.dirname(self._getFileName('input_star')), exist_ok=True)
+    def _convertInput(self):
         parts = self.inputParticles.get()
         stack = (self._getFileName('input_stack')
                  if convert.needsStackConversion(parts) else None)
@@ -108,33 +177,17 @@ class ProtSimcryoClassify2D(ProtSimcryoBase, ProtClassify2D):
             self._getFileName('input_star'))
 
     def _getEngineArgs(self):
-        args = ['--i', os.path.abspath(self._getFileName('input_star')),
-                '--o', os.path.abspath(self._getFileName('output_dir')),
-                '--K', self.numberOfClasses.get()]
         parts = self.inputParticles.get()
+        args = ['--i', os.path.abspath(self._getFileName('input_star')),
+                '--o', os.path.abspath(self._getFileName('output_dir'))]
         args += self._maskDiameterArgs()
-        optional = [('--working-box', self.workingBox.get(), 0),
-                    ('--pretext-epochs', self.pretextEpochs.get(), 0),
-                    ('--batch-size', self.batchSize.get(), 0),
-                    ('--width', self.networkWidth.get(), 0),
-                    ('--knn', self.numberOfNeighbours.get(), 0),
-                    ('--scan-epochs', self.scanEpochs.get(), 0),
-                    ('--selflabel-epochs', self.selfLabelEpochs.get(), -1),
-                    ('--confidence', self.selfLabelThreshold.get(), 0.0)]
-        for flag, value, unset in optional:
-            if value != unset:
-                args += [flag, value]
-        args += ['--phase-flip' if (self.phaseFlip and parts.hasCTF()) else '--no-phase-flip',
-                 '--equalize' if self.equalize else '--no-equalize',
-                 '--mirror' if self.allowMirrors else '--no-mirror']
+        args += self._engineParamArgs(skip=['phaseFlip'])
+        args.append('--phase-flip' if self._flipsPhases(parts) else '--no-phase-flip')
         return self._formatArgs(args + self._getComputeArgs())
 
-    def runStep(self, argsText):
-        os.makedirs(self._getFileName('output_dir'), exist_ok=True)
-        if self._hasCheckpoint():
-            self.info('Checkpoint found: continuing the interrupted run.')
-            argsText += ' --resume'
-        self.runEngine(argsText)
+    def _flipsPhases(self, parts):
+        """The engine flips only particles with CTF that are not phase-flipped already."""
+        return bool(self.phaseFlip) and parts.hasCTF() and not parts.isPhaseFlipped()
 
     def createOutputStep(self):
         inputSet = self.inputParticles.get()
@@ -145,10 +198,13 @@ class ProtSimcryoClassify2D(ProtSimcryoBase, ProtClassify2D):
         fillClasses(classes, result, averages, inputSet.getSamplingRate())
         parts = self._createSetOfParticles()
         fillParticles(parts, inputSet, result)
+        avgs = self._createSetOfAverages()
+        fillAverages(avgs, classes)
         self._defineOutputs(**{Classify2DOutputs.outputClasses.name: classes,
-                               Classify2DOutputs.outputParticles.name: parts})
-        self._defineSourceRelation(self.inputParticles, classes)
-        self._defineSourceRelation(self.inputParticles, parts)
+                               Classify2DOutputs.outputParticles.name: parts,
+                               Classify2DOutputs.outputAverages.name: avgs})
+        for out in (classes, parts, avgs):
+            self._defineSourceRelation(self.inputParticles, out)
 
     # ------------------------------------------------------------------ info
     def _validate(self):
@@ -164,6 +220,7 @@ class ProtSimcryoClassify2D(ProtSimcryoBase, ProtClassify2D):
         if box and box < 16:
             errors.append('Box of %d px is too small (at least 16 px).' % box)
         errors += self._validateMaskDiameter(parts)
+        errors += self._validateAcquisition(parts)
         return errors
 
     def _warnings(self):
@@ -181,6 +238,9 @@ class ProtSimcryoClassify2D(ProtSimcryoBase, ProtClassify2D):
                                                       0.9 * box * parts.getSamplingRate()))
         if self.phaseFlip and not parts.hasCTF():
             warnings.append('The particles have no CTF: phase flipping is skipped.')
+        if self.phaseFlip and parts.hasCTF() and parts.isPhaseFlipped():
+            warnings.append('The particles are already phase-flipped: they are not flipped '
+                            'again.')
         if not self._useGpu() and parts.getSize() > 20000:
             warnings.append('%d particles on CPU: training may take hours; use a GPU.'
                             % parts.getSize())
@@ -194,24 +254,25 @@ class ProtSimcryoClassify2D(ProtSimcryoBase, ProtClassify2D):
                            % (self.getObjectTag('outputClasses'),
                               self.outputClasses.getSize()))
             summary += self._maskSummary()
-            runLog = self._readRunLog()
-            for key, label in [('metrics', 'metrics vs true labels (engine)')]:
-                if isinstance(runLog.get(key), dict):
-                    values = ', '.join('%s %.3f' % (k, v) for k, v in runLog[key].items()
-                                       if isinstance(v, (int, float)))
-                    if values:
-                        summary.append('%s: %s' % (label, values))
+            rows = metricRows(self._readRunLog().get('metrics'))
+            if rows:
+                summary.append('Against the true labels: %s.' % ', '.join(
+                    '%s %s' % (label, formatValue(v, label)) for label, v in rows))
         return summary
 
     def _methods(self):
         if not self.hasAttribute('outputClasses'):
             return []
         mask = self._maskText()
-        return ['%s were classified into %d classes by contrastive learning (SimCLR with a '
-                'ResNet-18 encoder) followed by SCAN clustering and self-labelling, as in '
-                'SimCryoCluster, with the %s%s.'
+        refine = ('; %d iterations of EM refinement against the class averages gave the final '
+                  'classes and poses' % self.refineIterations.get()
+                  if self.refineIterations.get() > 0 else '')
+        return ['%s were classified into %d classes by contrastive learning (SimCLR '
+                '[Chen2020SimCLR] with a ResNet-18 encoder [He2016ResNet]) followed by SCAN '
+                'clustering and self-labelling [VanGansbeke2020SCAN], as in SimCryoCluster '
+                '[Simcryocluster]%s, with the %s%s.'
                 % (self.getObjectTag('inputParticles'), self.outputClasses.getSize(),
-                   self._methodsIntro(),
+                   refine, self._methodsIntro(),
                    '; the images were normalised outside a circular mask of %s' % mask
                    if mask else '')]
 
@@ -253,6 +314,18 @@ def fillClasses(classes, result, averagesFile, apix):
 
     classes.classifyItems(updateItemCallback=updateItem, updateClassCallback=updateClass,
                           itemDataIterator=None)
+
+
+def fillAverages(avgs, classes):
+    """SetOfAverages of the class representatives, item id = class id, in class order."""
+    avgs.copyInfo(classes.getImages())
+    avgs.setHasCTF(False)
+    avgs.setAlignment(ALIGN_NONE)
+    for cls in classes.iterItems(orderBy='id'):
+        rep = cls.getRepresentative().clone()
+        rep.setObjId(cls.getObjId())
+        rep.setSamplingRate(avgs.getSamplingRate())
+        avgs.append(rep)
 
 
 def fillParticles(parts, inputSet, result):

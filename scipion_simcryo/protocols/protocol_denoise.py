@@ -33,6 +33,7 @@ class ProtSimcryoDenoise(ProtSimcryoBase, ProtProcessParticles):
     _possibleOutputs = DenoiseOutputs
     _engineCommand = 'denoise'
     _maskAutoText = '0.8 x the box'
+    _resumable = True
 
     def _defineParams(self, form):
         form.addSection(label='Input')
@@ -54,13 +55,18 @@ class ProtSimcryoDenoise(ProtSimcryoBase, ProtProcessParticles):
                  'diameter when it fills less of the box)')
 
         form.addSection(label='Training')
-        form.addParam('epochs', params.IntParam, default=0, label='Training epochs',
-                      help='0: engine default.')
-        form.addParam('imagesPerEpoch', params.IntParam, default=0,
-                      expertLevel=LEVEL_ADVANCED, label='Images per epoch',
-                      help='Training images drawn per epoch. 0: engine default.')
-        form.addParam('batchSize', params.IntParam, default=0, expertLevel=LEVEL_ADVANCED,
-                      label='Batch size', help='0: engine default.')
+        self._addEngineParam(form, 'epochs', params.IntParam, 'epochs', 'Training epochs',
+                             validators=[params.GE(1)])
+        self._addEngineParam(form, 'imagesPerEpoch', params.IntParam, 'images_per_epoch',
+                             'Images per epoch', expertLevel=LEVEL_ADVANCED,
+                             validators=[params.GE(1)])
+        self._addEngineParam(form, 'batchSize', params.IntParam, 'batch_size',
+                             'Batch size (images)', expertLevel=LEVEL_ADVANCED,
+                             validators=[params.GE(1)])
+        self._addEngineParam(form, 'phaseFlip', params.BooleanParam, 'phase_flip',
+                             'Denoise phase-flipped images?', expertLevel=LEVEL_ADVANCED,
+                             help='Particles that are already phase-flipped are never '
+                                  'flipped again, whatever this says.')
         self._defineComputeParams(form)
 
     # ------------------------------------------------------------------ steps
@@ -68,8 +74,10 @@ class ProtSimcryoDenoise(ProtSimcryoBase, ProtProcessParticles):
         ProtSimcryoBase._createFilenameTemplates(self)
         self._updateFilenamesDict({'model_dir': self._getExtraPath('model')})
 
-    def convertInputStep(self):
-        os.makedirs(os.path.dirname(self._getFileName('input_star')), exist_ok=True)
+    def _engineOutputDirs(self):
+        return [self._getFileName('model_dir'), self._getFileName('output_dir')]
+
+    def _convertInput(self):
         parts = self.inputParticles.get()
         stack = (self._getFileName('input_stack')
                  if convert.needsStackConversion(parts) else None)
@@ -87,30 +95,21 @@ class ProtSimcryoDenoise(ProtSimcryoBase, ProtProcessParticles):
         else:
             args += ['--mode', 'self']
         args += self._maskDiameterArgs()
-        for flag, value in [('--epochs', self.epochs.get()),
-                            ('--images-per-epoch', self.imagesPerEpoch.get()),
-                            ('--batch-size', self.batchSize.get())]:
-            if value > 0:
-                args += [flag, value]
+        parts = self.inputParticles.get()
+        args += self._engineParamArgs(skip=['phaseFlip'])
+        flip = bool(self.phaseFlip) and parts.hasCTF() and not parts.isPhaseFlipped()
+        args.append('--phase-flip' if flip else '--no-phase-flip')
         return self._formatArgs(args + self._getComputeArgs())
 
     def runStep(self, argsText):
         os.makedirs(self._getFileName('output_dir'), exist_ok=True)
-        train = argsText
-        if self._hasCheckpoint(self._getFileName('model_dir')):
-            self.info('Checkpoint found: continuing the interrupted training.')
-            train += ' --resume'
-        self.runEngine(train, command='denoise train')
+        self.runEngine(argsText + self._resumeArgs(self._getFileName('model_dir')),
+                       command='denoise train')
         apply = ['--i', os.path.abspath(self._getFileName('input_star')),
                  '--model', os.path.abspath(self._getFileName('model_dir')),
                  '--o', os.path.abspath(self._getFileName('output_dir'))]
         apply = ' '.join(shlex.quote(str(a)) for a in apply + self._getComputeArgs())
         self.runEngine(apply, command='denoise apply')
-
-    def _hasCheckpoint(self, folder=None):
-        import glob
-        folder = folder or self._getFileName('output_dir')
-        return bool(glob.glob(os.path.join(folder, '**', '*.pt'), recursive=True))
 
     def _readRunLog(self):
         import json
@@ -150,6 +149,7 @@ class ProtSimcryoDenoise(ProtSimcryoBase, ProtProcessParticles):
             if vol is None:
                 errors.append('The reference-guided mode needs a volume.')
         errors += self._validateMaskDiameter(self.inputParticles.get())
+        errors += self._validateAcquisition(self.inputParticles.get())
         return errors
 
     def _warnings(self):
@@ -183,3 +183,7 @@ class ProtSimcryoDenoise(ProtSimcryoBase, ProtProcessParticles):
                 % (self.getObjectTag('inputParticles'), how, self._methodsIntro(),
                    '; the background outside a circular mask of %s gave the noise '
                    'statistics' % mask if mask else '')]
+
+    def _citations(self):
+        # the reference-guided GAN is the paper's; the self-supervised mode is not
+        return ['Simcryocluster'] if self.denoiseMode == cts.DENOISE_GAN else []

@@ -6,38 +6,8 @@ from pyworkflow.object import String
 
 from .. import constants as cts
 from .. import convert
+from ..metrics import flattenMetrics, formatValue, metricRows  # noqa: F401 (re-export)
 from .protocol_base import ProtSimcryoBase
-
-# Metrics shown in the summary and the viewer, in this order, with their labels.
-METRIC_LABELS = [
-    ('scores.acc', 'ACC (Hungarian matching)'),
-    ('scores.nmi', 'NMI'),
-    ('scores.ari', 'ARI'),
-    ('scores.fmi', 'FMI'),
-    ('knn.accuracy', 'top-k kNN accuracy'),
-    ('frc.median_res_frc05_A', 'FRC=0.5 median resolution of averages (Å)'),
-    ('frc.median_res_frc0143_A', 'FRC=0.143 median resolution of averages (Å)'),
-    ('pose.angle_error_deg.median', 'median in-plane angle error (deg)'),
-    ('pose.shift_error_px.median', 'median shift error (px)'),
-    ('n_particles', 'particles scored'),
-]
-
-
-def flattenMetrics(report):
-    """{name: value} of the scalar metrics in an engine report (nested dicts flattened with
-    '.' so that no field of a newer report is lost)."""
-    flat = {}
-
-    def walk(prefix, obj):
-        if isinstance(obj, dict):
-            for k, v in obj.items():
-                walk('%s.%s' % (prefix, k) if prefix else str(k), v)
-        elif isinstance(obj, (int, float)) and not isinstance(obj, bool):
-            flat[prefix] = float(obj)
-
-    walk('', report)
-    return flat
-
 
 class ProtSimcryoEvaluate(ProtSimcryoBase):
     """Score a 2D classification from any plugin (this one, RELION, CL2D, ...).
@@ -84,8 +54,7 @@ class ProtSimcryoEvaluate(ProtSimcryoBase):
         self._defineComputeParams(form)
 
     # ------------------------------------------------------------------ steps
-    def convertInputStep(self):
-        os.makedirs(os.path.dirname(self._getFileName('input_star')), exist_ok=True)
+    def _convertInput(self):
         classes = self.inputClasses.get()
         if self.evaluateAgainst == cts.EVAL_OTHER:
             truth = convert.truthFromClasses(self.otherClasses.get())
@@ -142,8 +111,20 @@ class ProtSimcryoEvaluate(ProtSimcryoBase):
         report = self.getReport()
         if report is None:
             return []
-        flat = flattenMetrics(report)
-        return [(label, flat[key]) for key, label in METRIC_LABELS if key in flat]
+        return metricRows(report)
+
+    def getPerClassTable(self):
+        """[(true class, matched predicted class, precision, recall, support, FRC 0.5 Å,
+        FRC 0.143 Å)] from the report (resolutions None without true projections)."""
+        report = self.getReport() or {}
+        frc = {c.get('true_class'): c for c in (report.get('frc') or {}).get('classes', [])}
+        rows = []
+        for c in report.get('per_class') or []:
+            f = frc.get(c.get('true_class'), {})
+            rows.append((c.get('true_class'), c.get('predicted_class'), c.get('precision'),
+                         c.get('recall'), c.get('support'), f.get('res_frc05_A'),
+                         f.get('res_frc0143_A')))
+        return rows
 
     # ------------------------------------------------------------------ info
     def _validate(self):
@@ -170,7 +151,7 @@ class ProtSimcryoEvaluate(ProtSimcryoBase):
         against = ('true labels' if self.evaluateAgainst == cts.EVAL_TRUTH
                    else self.getObjectTag('otherClasses'))
         lines = ['%s scored against %s:' % (self.getObjectTag('inputClasses'), against)]
-        lines += ['  %s: %.4g' % (label, value) for label, value in rows]
+        lines += ['  %s: %s' % (label, formatValue(value, label)) for label, value in rows]
         return lines
 
     def _methods(self):
@@ -179,4 +160,5 @@ class ProtSimcryoEvaluate(ProtSimcryoBase):
             return []
         return ['The 2D classification %s was scored with the %s: %s.'
                 % (self.getObjectTag('inputClasses'), self._methodsIntro(),
-                   ', '.join('%s %.3f' % (label, value) for label, value in rows[:4]))]
+                   ', '.join('%s %s' % (label, formatValue(value, label))
+                             for label, value in rows[:4]))]

@@ -115,8 +115,7 @@ class ProtSimcryoSimulate(ProtSimcryoBase):
         self._defineComputeParams(form)
 
     # ------------------------------------------------------------------ steps
-    def convertInputStep(self):
-        os.makedirs(os.path.dirname(self._getFileName('input_star')), exist_ok=True)
+    def _convertInput(self):
         if self.noiseMode == cts.NOISE_REAL and self.noiseParticles.get() is not None:
             parts = self.noiseParticles.get()
             stack = (self._getFileName('input_stack')

@@ -65,6 +65,19 @@ def writeStack(path, data, apix):
         m.voxel_size = apix
 
 
+class SimcryoUnitTest(BaseTest):
+    """Plain unit tests (no project), visible to ``scipion3 tests scipion_simcryo`` and to
+    pytest."""
+
+    def tmpPath(self):
+        """A fresh folder removed after the test (pytest's tmp_path)."""
+        import tempfile
+        from pathlib import Path
+        path = tempfile.mkdtemp(prefix='simcryo-test-')
+        self.addCleanup(shutil.rmtree, path, True)
+        return Path(path)
+
+
 class SimcryoTestBase(BaseTest):
     """A headless project per test class, with helpers to make inputs."""
 

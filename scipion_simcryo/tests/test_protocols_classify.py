@@ -1,15 +1,20 @@
 """ProtSimcryoClassify2D in a headless project, and the workflow
 import -> denoise -> classify -> align/average -> evaluate."""
+import os
+
 import mrcfile
 import pytest
 
 from pwem.constants import ALIGN_2D
 
+from simcryo.io import load_particles, read_star
+
 from scipion_simcryo import constants as cts
 from scipion_simcryo import convert
 from scipion_simcryo.protocols import (ProtSimcryoClassify2D, ProtSimcryoDenoise,
                                        ProtSimcryoAlignAverage, ProtSimcryoEvaluate)
-from scipion_simcryo.tests.common import SimcryoTestBase, engineHas, fastArgs, K, BOX, N
+from scipion_simcryo.tests.common import (SimcryoTestBase, addClassesOutput, engineHas,
+                                          fastArgs, K, BOX, N)
 
 pytestmark = pytest.mark.skipif(
     not (engineHas('simulate') and engineHas('classify')),
@@ -118,7 +123,7 @@ class TestSimcryoClassify2D(SimcryoTestBase):
     def test_wizards(self):
         from pwem.wizards.wizard import ParticleMaskRadiusWizard
         from pwem.constants import UNIT_ANGSTROM
-        from scipion_simcryo.wizards import (SimcryoMaskDiameterWizard, defaultMaskDiameter,
+        from scipion_simcryo.wizards import (SimcryoMaskDiameterWizard, engineMaskDiameter,
                                              suggestedNumberOfClasses)
         from scipion_simcryo.protocols import (ProtSimcryoAlignAverage, ProtSimcryoDenoise,
                                                ProtSimcryoSimulate)
@@ -139,16 +144,22 @@ class TestSimcryoClassify2D(SimcryoTestBase):
         form = Form()
         wiz.setVar(form, 'maskDiameterA', 33.4)
         self.assertEqual(form.values, ('maskDiameterA', 67))
-        self.assertEqual(defaultMaskDiameter(prot), round(0.9 * BOX * apix))
+        # The wizard starts where the engine's automatic estimate is (run.json of the run with
+        # --mask-diameter 0 on the same particles).
+        self.assertAlmostEqual(engineMaskDiameter(prot),
+                               self.prot._readRunLog()['mask_diameter_A'], places=3)
         ali = self.newProtocol(ProtSimcryoAlignAverage, inputClasses=self.prot.outputClasses)
-        self.assertEqual(defaultMaskDiameter(ali), round(0.9 * BOX * apix))
+        self.assertLess(engineMaskDiameter(ali), BOX * apix)
+        self.assertGreater(engineMaskDiameter(ali), engineMaskDiameter(prot))  # 1.1 x radius
         self.assertEqual(wiz._getParameters(ali)['label'], 'maskDiameterA')
         den = self.newProtocol(ProtSimcryoDenoise, inputParticles=self.sim.outputParticles)
         self.assertEqual(wiz._getParameters(den)['value'], 0)
         sim = self.newProtocol(ProtSimcryoSimulate, noiseParticles=self.sim.outputParticles)
         self.assertEqual(wiz._getParameters(sim)['label'], 'noiseMaskDiameterA')
-        self.assertEqual(defaultMaskDiameter(sim), round(0.9 * BOX * apix))
-        self.assertEqual(suggestedNumberOfClasses(10000), 50)
+        self.assertAlmostEqual(engineMaskDiameter(sim), 0.8 * BOX * apix)
+        self.assertAlmostEqual(engineMaskDiameter(den), 0.8 * BOX * apix)
+        self.assertEqual(suggestedNumberOfClasses(10000), 100)
+        self.assertEqual(suggestedNumberOfClasses(360), 7)   # 6 views: not 2
         self.assertEqual(suggestedNumberOfClasses(30), 2)
 
     def test_classes_viewer_views(self):
@@ -168,16 +179,30 @@ class TestSimcryoClassify2D(SimcryoTestBase):
         panels = [ax for ax in fig.axes if ax.images]
         self.assertEqual(len(panels), self.prot.outputClasses.getSize())
         # Largest class first, titles carry size and probability.
-        sizes = [int(ax.get_title().split('n=')[1].split()[0]) for ax in panels]
+        sizes = [int(ax.get_title().split('\n')[1].split()[0]) for ax in panels]
         self.assertEqual(sizes, sorted(sizes, reverse=True))
         self.assertIn('p=', panels[0].get_title())
         classesView, = actions['displayClasses']()
-        self.assertIsInstance(classesView, ClassesView)
+        from scipion_simcryo.viewers.viewers import hasXmippViewer
+        if hasXmippViewer():
+            self.assertIsInstance(classesView, ClassesView)
+        else:   # pwem's Qt metadata viewer, not showj (which needs Xmipp)
+            from pwem.viewers.mdviewer.viewer import MDView
+            self.assertIsInstance(classesView, MDView)
         curves, = actions['displayCurves']()
-        self.assertTrue(hasattr(curves, 'getFigure') or hasattr(curves, 'getMessage'))
-        metrics, = actions['displayMetrics']()
-        if isinstance(metrics, MetricsTableView):
-            self.assertIn('metric', metrics.getText())
+        axes = curves.getFigure().axes
+        self.assertIn('EM refinement', [ax.get_title() for ax in axes])
+        for ax in axes:   # every panel labelled, refinement in iterations
+            self.assertTrue(ax.get_ylabel())
+            self.assertEqual(ax.get_xlabel(),
+                             'iteration' if ax.get_title() == 'EM refinement' else 'epoch')
+        metrics = actions['displayMetrics']()
+        self.assertIsInstance(metrics[0], MetricsTableView)
+        text = metrics[0].getText()
+        self.assertIn('ACC (Hungarian matching)', text)
+        self.assertRegex(text, r'particles scored +%d(\n|$)' % N)   # a count, not 36.0000
+        trueViews = metrics[-1]
+        self.assertEqual(trueViews.header[2], 'most frequent true view')
 
 
 @pytest.mark.skipif(not (engineHas('denoise') and engineHas('align')
@@ -216,5 +241,123 @@ class TestSimcryoWorkflow(SimcryoTestBase):
             self.assertTrue(0.0 <= rows[name] <= 1.0 or name == 'ARI', (name, rows[name]))
         # With K true classes, ACC can never fall below 1/K.
         self.assertGreaterEqual(rows['ACC (Hungarian matching)'], 1.0 / K - 1e-9)
-        self.assertIn('FRC=0.5 median resolution of averages (Å)', rows)
+        self.assertIn('median resolution of the averages, FRC 0.5 (Å)', rows)
 
+
+
+class TestSimcryoForms(SimcryoTestBase):
+    """The forms show the engine's real defaults (read from its config dataclasses)."""
+
+    def test_form_defaults_are_the_engine_defaults(self):
+        import dataclasses
+        from simcryo.classify.config import ClassifyConfig
+        from simcryo.commands.align import AlignConfig
+        from simcryo.denoise.config import DenoiseConfig
+        configs = {ProtSimcryoClassify2D: ClassifyConfig, ProtSimcryoAlignAverage: AlignConfig,
+                   ProtSimcryoDenoise: DenoiseConfig}
+        for protClass, config in configs.items():
+            defaults = {f.name: f.default for f in dataclasses.fields(config)}
+            prot = self.newProtocol(protClass)
+            self.assertGreater(len(prot._engineParamFields), 2, protClass)
+            for name, field in prot._engineParamFields:
+                self.assertEqual(getattr(prot, name).get(), defaults[field],
+                                 '%s.%s vs --%s' % (protClass.__name__, name, field))
+                param = prot.getParam(name)
+                self.assertIn('--%s' % field.replace('_', '-'), param.help.get())
+        cls2d = self.newProtocol(ProtSimcryoClassify2D)
+        self.assertEqual(cls2d.pretextEpochs.get(), ClassifyConfig.pretext_epochs)
+        self.assertEqual(cls2d.refineIterations.get(), ClassifyConfig.refine_iterations)
+        self.assertTrue(cls2d.getParam('equalize').help.get())
+
+    def test_every_form_parameter_has_help(self):
+        from pyworkflow.protocol.params import LabelParam, Line
+        from scipion_simcryo.protocols import ProtSimcryoEvaluate, ProtSimcryoSimulate
+        for protClass in (ProtSimcryoClassify2D, ProtSimcryoAlignAverage, ProtSimcryoDenoise,
+                          ProtSimcryoEvaluate, ProtSimcryoSimulate):
+            prot = self.newProtocol(protClass)
+            for name, param in prot._definition.iterAllParams():
+                if isinstance(param, (LabelParam, Line)) or name in (
+                        'hostName', 'numberOfThreads', 'numberOfMpi', 'inputParticles',
+                        'inputClasses', 'inputVolume', 'defocusMin', 'defocusMax',
+                        'particlesPerClass', 'applyCtf', 'voltage', 'sphericalAberration',
+                        'amplitudeContrast', 'otherClasses', 'noiseParticles',
+                        'evaluateAgainst', 'gpuList', 'useGpu', 'queueParams', 'useQueue',
+                        'useQueueForSteps', 'runName', 'runMode', 'expertLevel'):
+                    continue
+                self.assertTrue(param.help.get(), '%s.%s has no help'
+                                % (protClass.__name__, name))
+
+
+class TestSimcryoPhaseFlipped(SimcryoTestBase):
+    """Particles already phase-flipped are not flipped again by any protocol."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.sim = cls.runSimulate(snr=2.0)
+        parts = cls.sim.outputParticles
+        flipped = cls.sim._createSetOfParticles(suffix='flipped')
+        flipped.copyInfo(parts)
+        flipped.copyItems(parts)
+        flipped.setIsPhaseFlipped(True)
+        cls.sim._defineOutputs(flippedParticles=flipped)
+        cls.sim._store()
+        cls.flipped = cls.sim.flippedParticles
+
+    def test_classify_does_not_flip_again(self):
+        prot = classify(self, self.flipped)
+        runLog = prot._readRunLog()
+        self.assertIs(runLog['config']['phase_flip'], False)
+        self.assertIn('--no-phase-flip', prot._getEngineArgs())
+        from simcryo.io.star import read_star
+        optics = read_star(prot._getFileName('input_star'))['optics']
+        self.assertEqual(optics.as_int('rlnCtfDataArePhaseFlipped')[0], 1)
+        self.assertTrue(any('already phase-flipped' in w for w in prot.warnings()))
+        # the same particles not flagged: flipped (the engine default)
+        normal = self.newProtocol(ProtSimcryoClassify2D,
+                                  inputParticles=self.sim.outputParticles)
+        self.assertIn('--phase-flip', normal._getEngineArgs().split())
+
+    def test_denoise_and_align_do_not_flip_again(self):
+        den = self.newProtocol(ProtSimcryoDenoise, inputParticles=self.flipped)
+        self.assertIn('--no-phase-flip', den._getEngineArgs().split())
+        classes = addClassesOutput(self.sim, self.flipped,
+                                   lambda p: p.getAttributeValue(cts.TRUE_CLASS),
+                                   'flippedClasses')
+        # align keeps the CTF and flags the optics: the engine then uses |CTF|
+        star = os.path.join(self.proj.getTmpPath(), 'flipped_classes.star')
+        convert.writeClassesStar(classes, star)
+        blocks = read_star(star)
+        self.assertEqual(blocks['optics'].as_int('rlnCtfDataArePhaseFlipped')[0], 1)
+        self.assertIn('rlnDefocusU', blocks['particles'])
+        self.assertTrue(load_particles(star).ctf.flipped.all())
+
+
+class TestSimcryoClassifyContinue(SimcryoTestBase):
+    """Continue after changing K reuses the pretext and finishes."""
+
+    def test_continue_with_a_new_K_reuses_the_pretext(self):
+        from pyworkflow.protocol.constants import MODE_RESUME
+        sim = self.runSimulate(snr=2.0)
+        prot = classify(self, sim.outputParticles, numberOfClasses=K)
+        self.assertEqual(len(prot.outputAverages), K)
+        # the user edits K in the form and presses Continue
+        prot.numberOfClasses.set(K + 1)
+        prot.runMode.set(MODE_RESUME)
+        self.launchProtocol(prot)
+        prot = self.proj.getProtocol(prot.getObjId())   # outputs as stored by the new run
+        self.assertTrue(prot.isFinished())
+        log = open(prot.getStdoutLog()).read()
+        resume = [line for line in log.splitlines() if '[classify] resume:' in line]
+        self.assertTrue(resume, 'the engine did not resume: %s' % log[-2000:])
+        reused = resume[-1].split('reusing', 1)[1].split(';')[0]
+        self.assertIn('pretext', reused)
+        self.assertIn('K', resume[-1].split('changed:', 1)[-1])
+        runLog = prot._readRunLog()
+        self.assertEqual(runLog['config']['K'], K + 1)
+        with mrcfile.open(prot._getFileName('out_averages')) as m:
+            self.assertEqual(m.data.shape[0], K + 1)     # the new K came out
+        nonEmpty = sum(1 for n in runLog['class_sizes'] if n)
+        self.assertEqual(prot.outputClasses.getSize(), nonEmpty)
+        self.assertEqual(len(prot.outputAverages), nonEmpty)
+        self.assertEqual(sum(c.getSize() for c in prot.outputClasses), N)

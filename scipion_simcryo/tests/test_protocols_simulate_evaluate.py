@@ -120,7 +120,8 @@ class TestSimcryoSimulateEvaluate(SimcryoTestBase):
         self.assertLess(self._metric(bad, 'ACC'), 0.75)
         # Averages identical to the references: FRC = 1 up to Nyquist.
         nyquist = 2 * parts.getSamplingRate()
-        self.assertLessEqual(self._metric(good, 'FRC=0.5'), nyquist * 1.15)  # last FRC shell
+        self.assertLessEqual(dict(good.getMetricsTable())[
+            'median resolution of the averages, FRC 0.5 (Å)'], nyquist * 1.15)  # last FRC shell
         self.assertTrue(any('ACC' in line for line in good.summary()))
         with open(good._getFileName('report')) as f:
             self.assertIsInstance(json.load(f), dict)
@@ -147,23 +148,40 @@ class TestSimcryoSimulateEvaluate(SimcryoTestBase):
 
     @pytest.mark.skipif(not engineHas('evaluate'), reason='`simcryo evaluate` not available')
     def test_viewers_headless(self):
-        """Evaluation and simulation viewers build their views without a display."""
+        """Evaluation and simulation viewers build every view without a display."""
         from matplotlib.figure import Figure
-        from scipion_simcryo.viewers import (SimcryoEvaluateViewer, SimcryoParticlesViewer,
+        from scipion_simcryo.viewers import (SimcryoEvaluateViewer, SimcryoSimulateViewer,
                                              MetricsTableView)
         classes = addClassesOutput(self.sim, self.sim.outputParticles,
                                    lambda p: p.getAttributeValue(cts.TRUE_CLASS),
-                                   'viewerClasses')
-        ev = self._evaluate(classes)
+                                   'viewerClasses',
+                                   representatives=self.sim._getFileName('out_references'))
+        ev = self._evaluate(classes, trueReferences=self.sim.outputReferences)
         viewer = SimcryoEvaluateViewer(project=self.proj, protocol=ev)
         viewer.setProtocol(ev)
-        table, = viewer._getVisualizeDict()['displayTable']()
+        actions = viewer._getVisualizeDict()
+        table, = actions['displayTable']()
         self.assertIsInstance(table, MetricsTableView)
         self.assertIn('ACC', table.getText())
-        plot, = viewer._getVisualizeDict()['displayPlot']()
-        self.assertIsInstance(plot.getFigure(), Figure)
+        self.assertRegex(table.getText(), r'particles scored +%d(\n|$)' % (K * PER_CLASS))
+        self.assertNotIn('[[', ev.getRunName())
+        perClass, = actions['displayPerClass']()
+        self.assertEqual(len(perClass.rows), K)
+        self.assertEqual(perClass.rows[0][2:4], ['1.000', '1.000'])   # precision, recall
+        for name in ('displayConfusion', 'displayFrc', 'displayGallery'):
+            view, = actions[name]()
+            self.assertIsInstance(view.getFigure(), Figure, name)
+        confusion = actions['displayConfusion']()[0].getFigure().axes[0]
+        self.assertEqual(confusion.get_xlabel(), 'predicted class')
+        frc = actions['displayFrc']()[0].getFigure().axes[0]
+        self.assertEqual(frc.get_xlabel(), 'spatial frequency (1/Å)')
+        self.assertEqual(len(frc.get_lines()), K + 2)   # K curves + the 0.5 / 0.143 lines
+        gallery = actions['displayGallery']()[0].getFigure()
+        self.assertEqual(len([ax for ax in gallery.axes if ax.images]), 2 * K)
 
-        pv = SimcryoParticlesViewer(project=self.proj, protocol=self.sim)
+        pv = SimcryoSimulateViewer(project=self.proj, protocol=self.sim)
         pv.setProtocol(self.sim)
         refs, = pv._getVisualizeDict()['displayReferences']()
-        self.assertEqual(len([ax for ax in refs.getFigure().axes if ax.images]), K)
+        panels = [ax for ax in refs.getFigure().axes if ax.images]
+        self.assertEqual(len(panels), K)
+        self.assertEqual(panels[0].get_title(), 'view 1\n%d particles' % PER_CLASS)

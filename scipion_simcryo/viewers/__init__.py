@@ -1,5 +1,5 @@
-from .viewers import (SimcryoClassesViewer, SimcryoEvaluateViewer, SimcryoParticlesViewer,
-                      MetricsTableView)
+from .viewers import (SimcryoClassesViewer, SimcryoDenoiseViewer, SimcryoEvaluateViewer,
+                      SimcryoSimulateViewer, MetricsTableView)
 
-__all__ = ['SimcryoClassesViewer', 'SimcryoEvaluateViewer', 'SimcryoParticlesViewer',
-           'MetricsTableView']
+__all__ = ['SimcryoClassesViewer', 'SimcryoDenoiseViewer', 'SimcryoEvaluateViewer',
+           'SimcryoSimulateViewer', 'MetricsTableView']

@@ -8,6 +8,7 @@ import textwrap
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 
 def _normalise(img):
@@ -31,28 +32,42 @@ def sortBySize(sizes):
     return sorted(range(len(sizes)), key=lambda i: (-sizes[i], i))
 
 
+def sortByResolution(resolutions, sizes):
+    """Class order, best (smallest Å) resolution first; classes without one last, by size."""
+    def key(i):
+        r = resolutions[i]
+        return (r is None or not r > 0, r if r else 0.0, -sizes[i], i)
+    return sorted(range(len(sizes)), key=key)
+
+
 def classGalleryFigure(averages, sizes, probs=None, classIds=None, references=None,
                        referenceLabels=None, title='Class averages (largest first)',
-                       ncols=None, fig=None):
-    """Gallery of class averages sorted by size; each panel titled with class id, size and mean
-    probability. With ``references`` (true projections), a second block of rows shows them
+                       ncols=None, fig=None, resolutions=None, order=None, labels=None):
+    """Gallery of class averages, largest first unless ``order`` is given; each panel titled
+    with its class id, size, mean class probability and resolution (Å, when known), or with
+    ``labels``. With ``references`` (true projections), a second block of rows shows them
     (e.g. the true projection matched to each class, or all true views)."""
     averages = np.asarray(averages)
     n = len(averages)
     classIds = list(classIds) if classIds is not None else list(range(1, n + 1))
-    order = sortBySize(sizes)
+    order = list(order) if order is not None else sortBySize(sizes)
     ncols = ncols or min(max(n, 1), 8)
     rowsAvg = max(1, math.ceil(n / ncols))
     nref = 0 if references is None else len(references)
     rowsRef = math.ceil(nref / ncols) if nref else 0
-    fig = _figure(fig, (max(1.6 * ncols, 4.0), 1.9 * (rowsAvg + rowsRef) + 0.8))
+    fig = _figure(fig, (max(1.7 * ncols, 4.0), 2.0 * (rowsAvg + rowsRef) + 0.8))
     fig.suptitle(textwrap.fill(title, width=int(12 * max(ncols, 3))), fontsize=9)
     for pos, i in enumerate(order):
         ax = fig.add_subplot(rowsAvg + rowsRef, ncols, pos + 1)
         ax.imshow(_normalise(averages[i]), cmap='gray')
-        label = 'class %d\nn=%d' % (classIds[i], sizes[i])
-        if probs is not None:
-            label += ' p=%.2f' % probs[i]
+        if labels is not None:
+            label = labels[i]
+        else:
+            label = 'class %d\n%d particles' % (classIds[i], sizes[i])
+            if probs is not None and probs[i] is not None:
+                label += '\np=%.3f' % probs[i]
+            if resolutions is not None and resolutions[i]:
+                label += ' %.1f Å' % resolutions[i]
         ax.set_title(label, fontsize=7)
         ax.set_axis_off()
     for j in range(nref):
@@ -65,51 +80,149 @@ def classGalleryFigure(averages, sizes, probs=None, classIds=None, references=No
     return fig
 
 
+# run.json curve -> (panel title, x label, y label); unknown curves keep their key.
+CURVE_LABELS = {
+    'pretext_loss': ('Contrastive features (SimCLR)', 'epoch', 'NT-Xent loss'),
+    'scan_loss_best': ('SCAN clustering (best head)', 'epoch', 'SCAN loss'),
+    'selflabel_loss': ('Self-labelling', 'epoch', 'cross-entropy loss'),
+    'selflabel_confident': ('Self-labelling', 'epoch', 'confident particles'),
+    'refine_loglik': ('EM refinement', 'iteration', 'log-likelihood per particle'),
+    'refine_changed': ('EM refinement', 'iteration', 'particles changing class'),
+    'median_angle_change_deg': ('Alignment', 'iteration', 'median angle change (deg)'),
+    'median_shift_change_px': ('Alignment', 'iteration', 'median shift change (px)'),
+    'sure': ('Denoising (self-supervised)', 'epoch', 'SURE loss'),
+    'n2n': ('Denoising (self-supervised)', 'epoch', 'Neighbor2Neighbor loss'),
+    'content': ('Denoising (GAN)', 'epoch', 'content loss'),
+    'adversarial': ('Denoising (GAN)', 'epoch', 'adversarial loss'),
+    'disc': ('Denoising (GAN)', 'epoch', 'discriminator loss'),
+    'val': ('Denoising: validation', 'epoch', 'validation loss'),
+}
+
+
+def curveLabels(name):
+    return CURVE_LABELS.get(name, (name.replace('_', ' '), 'step', name.replace('_', ' ')))
+
+
+def splitCurves(curves):
+    """(curves worth a panel, {name: value} of those constant over every step): a flat line
+    is stated in the title instead of drawn."""
+    drawn, constant = {}, {}
+    for name, values in curves.items():
+        if not isinstance(values, (list, tuple)) or not values:
+            continue
+        values = [float(v[-1] if isinstance(v, (list, tuple)) else v) for v in values]
+        if max(values) == min(values):
+            constant[name] = values[0]
+        else:
+            drawn[name] = values
+    return drawn, constant
+
+
 def curvesFigure(curves, title='Training curves', fig=None):
-    """One panel per curve: {name: [values per epoch]} (e.g. run.json 'curves')."""
-    curves = {k: v for k, v in curves.items() if isinstance(v, (list, tuple)) and len(v)}
-    n = max(1, len(curves))
+    """One labelled panel per curve of run.json 'curves' ({name: [value per epoch or
+    iteration]}); constant curves are listed under the title."""
+    drawn, constant = splitCurves(curves)
+    n = max(1, len(drawn))
     ncols = min(n, 3)
     nrows = math.ceil(n / ncols)
-    fig = _figure(fig, (4 * ncols, 3 * nrows))
-    fig.suptitle(title, fontsize=10)
-    if not curves:
+    fig = _figure(fig, (4.2 * ncols, 3.2 * nrows + 0.6))
+    note = ''
+    if constant:
+        note = '\n' + '; '.join('%s: %s at every %s' % (curveLabels(k)[2], _fmt(v),
+                                                          curveLabels(k)[1])
+                                 for k, v in constant.items())
+    fig.suptitle(title + note, fontsize=10)
+    if not drawn:
         ax = fig.add_subplot(1, 1, 1)
-        ax.text(0.5, 0.5, 'no curves recorded', ha='center', va='center')
+        ax.text(0.5, 0.5, 'no varying curve recorded', ha='center', va='center')
         ax.set_axis_off()
         return fig
-    for i, (name, values) in enumerate(curves.items()):
+    for i, (name, values) in enumerate(drawn.items()):
+        panel, xlabel, ylabel = curveLabels(name)
         ax = fig.add_subplot(nrows, ncols, i + 1)
-        values = [float(v) if not isinstance(v, (list, tuple)) else float(v[-1])
-                  for v in values]
         ax.plot(range(1, len(values) + 1), values, marker='.')
-        ax.set_title(name, fontsize=9)
-        ax.set_xlabel('epoch')
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(panel, fontsize=9)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
 
 
-def metricsTableFigure(rows, title='Classification metrics', fig=None):
-    """A table of (label, value) rows drawn as a figure (for PNG reports)."""
-    fig = _figure(fig, (5, 0.4 * max(len(rows), 1) + 0.8))
+def _fmt(v):
+    return '%d' % v if float(v).is_integer() else '%.3g' % v
+
+
+def confusionFigure(counts, predicted, true, title='Confusion matrix', fig=None):
+    """Particles of each true class (rows) in each predicted class (columns), annotated."""
+    counts = np.asarray(counts, dtype=float)
+    fig = _figure(fig, (1.0 + 0.55 * max(len(predicted), 4), 1.0 + 0.5 * max(len(true), 4)))
+    ax = fig.add_subplot(1, 1, 1)
+    im = ax.imshow(counts, cmap='Blues')
+    ax.set_xticks(range(len(predicted)), [str(p) for p in predicted])
+    ax.set_yticks(range(len(true)), [str(t) for t in true])
+    ax.set_xlabel('predicted class')
+    ax.set_ylabel('true class')
+    ax.set_title(title, fontsize=10)
+    top = counts.max() if counts.size else 0
+    for (r, c), v in np.ndenumerate(counts):
+        ax.text(c, r, '%d' % v, ha='center', va='center', fontsize=7,
+                color='white' if v > top / 2 else 'black')
+    fig.colorbar(im, ax=ax, label='particles')
+    fig.tight_layout()
+    return fig
+
+
+def frcFigure(classes, nyquistA, title='FRC of each class average vs its true projection',
+              fig=None):
+    """FRC curves ({'predicted_class', 'true_class', 'curve', 'res_frc0143_A'} dicts of
+    evaluate's report) against spatial frequency in 1/Å, with the 0.5 and 0.143 lines."""
+    fig = _figure(fig, (6.5, 4.2))
+    ax = fig.add_subplot(1, 1, 1)
+    for c in classes:
+        curve = c.get('curve') or []
+        if not curve:
+            continue
+        freq = np.arange(len(curve)) / len(curve) / nyquistA
+        res = c.get('res_frc0143_A')
+        ax.plot(freq, curve, label='class %s vs view %s%s'
+                % (c.get('predicted_class'), c.get('true_class'),
+                   ' (%.1f Å)' % res if res else ''))
+    for level in (0.5, 0.143):
+        ax.axhline(level, color='grey', lw=0.8, ls='--')
+    ax.set_xlabel('spatial frequency (1/Å)')
+    ax.set_ylabel('FRC')
+    ax.set_ylim(-0.2, 1.05)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def tableFigure(header, rows, title, fig=None):
+    """Rows of text cells drawn as a table (PNG reports)."""
+    fig = _figure(fig, (max(5.0, 1.5 * len(header)), 0.4 * max(len(rows), 1) + 0.9))
     ax = fig.add_subplot(1, 1, 1)
     ax.set_axis_off()
     ax.set_title(title, fontsize=10)
     if rows:
-        table = ax.table(cellText=[[label, '%.4g' % value] for label, value in rows],
-                         colLabels=['metric', 'value'], loc='center', cellLoc='left')
+        table = ax.table(cellText=rows, colLabels=header, loc='center', cellLoc='left')
+        table.auto_set_font_size(False)
+        table.set_fontsize(9)
         table.scale(1, 1.3)
     else:
-        ax.text(0.5, 0.5, 'no metrics', ha='center', va='center')
+        ax.text(0.5, 0.5, 'nothing to show', ha='center', va='center')
     return fig
 
 
 def formatMetricsTable(rows, title=None):
     """Plain-text table of (label, value) rows (for logs and the demo)."""
+    from ..metrics import formatValue
     width = max([len(label) for label, _ in rows] + [6])
     lines = [title] if title else []
     lines.append('%-*s  %s' % (width, 'metric', 'value'))
     lines.append('-' * (width + 10))
-    lines += ['%-*s  %.4f' % (width, label, value) for label, value in rows]
+    lines += ['%-*s  %s' % (width, label, formatValue(value, label)) for label, value in rows]
     return '\n'.join(lines)

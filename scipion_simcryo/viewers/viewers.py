@@ -1,17 +1,24 @@
-"""Protocol viewers: class gallery (largest class first, size and probability), training
-curves from the engine's run.json, metrics tables. Every view is built without a display
-(matplotlib figures, TableView/ClassesView objects); only `show()` needs the GUI."""
+"""Protocol viewers: class galleries (by size or resolution, with size, probability and
+resolution), labelled training/refinement curves from the engine's run.json, metrics and
+per-class tables, the evaluation's confusion matrix, FRC curves and class-vs-true-view gallery.
+Every view is built without a display (matplotlib figures, table views); only `show()` needs
+the GUI."""
+from collections import Counter
+
 import numpy as np
 
 import pyworkflow.protocol.params as params
 from pyworkflow.viewer import DESKTOP_TKINTER, ProtocolViewer, View
-from pwem.viewers import EmPlotter, ClassesView, TableView
+from pwem.viewers import EmPlotter, ClassesView, ObjectView, TableView
 from pwem.viewers.showj import SORT_BY
 
 from .. import constants as cts
+from ..metrics import formatValue, metricRows
 from ..protocols import (ProtSimcryoClassify2D, ProtSimcryoAlignAverage,
                          ProtSimcryoEvaluate, ProtSimcryoSimulate, ProtSimcryoDenoise)
 from . import plots
+
+SORT_CHOICES = ['size (largest first)', 'resolution (best first, align runs)']
 
 
 def readImages(items):
@@ -38,16 +45,18 @@ def classesGalleryData(classes):
     return readImages(reps), sizes, (probs if hasProb else None), ids
 
 
+def classResolutions(runLog, classIds):
+    """Half-set FRC 0.143 resolution (Å) per class id from an align run.json, None where the
+    engine recorded none (classify records none)."""
+    res = {c.get('class'): c.get('resolution_frc0143_A') for c in runLog.get('classes') or []
+           if isinstance(c, dict)}
+    values = [res.get(k) for k in classIds]
+    return values if any(v for v in values) else None
+
+
 def runCurves(runLog):
-    """Per-epoch/iteration curves of an engine run.json: its 'curves' (losses per epoch) and,
-    for align, the numeric fields of its per-iteration history."""
-    curves = {k: v for k, v in (runLog.get('curves') or {}).items() if v}
-    history = runLog.get('iterations')
-    if isinstance(history, list) and history and isinstance(history[0], dict):
-        for key, value in history[0].items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                curves.setdefault('align: ' + key, [h.get(key, float('nan')) for h in history])
-    return curves
+    """The per-epoch / per-iteration curves of an engine run.json."""
+    return {k: v for k, v in (runLog.get('curves') or {}).items() if v}
 
 
 def figureView(drawFunc, *args, **kwargs):
@@ -55,6 +64,90 @@ def figureView(drawFunc, *args, **kwargs):
     plotter = EmPlotter(x=1, y=1, windowTitle=kwargs.pop('windowTitle', 'simcryo'))
     drawFunc(*args, fig=plotter.getFigure(), **kwargs)
     return plotter
+
+
+def hasXmippViewer():
+    """True when the xmipp3 plugin (the Java 'showj' viewer behind ObjectView) is installed."""
+    from pwem import Domain
+    try:
+        return Domain.importFromPlugin('xmipp3', 'Plugin', doRaise=True) is not None
+    except Exception:
+        return False
+
+
+def setView(viewer, emSet, viewParams=None):
+    """The set in Scipion's data viewer: showj (Xmipp) when installed, else pwem's own Qt
+    metadata viewer, so the item works with or without Xmipp."""
+    if hasXmippViewer():
+        cls = ClassesView if emSet.getClassName().startswith('SetOfClasses') else ObjectView
+        return cls(viewer.getProject(), emSet.strId(), emSet.getFileName(),
+                   viewParams=viewParams or {})
+    from pwem.viewers.mdviewer.viewer import MDView
+    port = getattr(viewer.getProject(), 'port', None)
+    return MDView(emSet if port else emSet.getFileName(), viewer.protocol, port)
+
+
+class MetricsTableView(View):
+    """A table (header + rows of text). pwem's TableView opens its Tk window when
+    constructed, so it is only created in `show()`; the rows and the text form are available
+    headless."""
+
+    def __init__(self, rows, title, header=('metric', 'value')):
+        View.__init__(self)
+        self.header = list(header)
+        self.rows = [[str(c) for c in row] for row in rows]
+        self.title = title
+
+    def getText(self):
+        widths = [max(len(r[i]) for r in [self.header] + self.rows)
+                  for i in range(len(self.header))]
+        fmt = '  '.join('%%-%ds' % w for w in widths)
+        lines = [self.title, fmt % tuple(self.header), '-' * (sum(widths) + 2 * len(widths))]
+        return '\n'.join(lines + [(fmt % tuple(r)).rstrip() for r in self.rows])
+
+    def show(self):
+        TableView(headerList=self.header, dataList=self.rows, mesg=self.title,
+                  title=self.title, height=max(len(self.rows), 3),
+                  width=max(400, 130 * len(self.header)))
+
+
+def metricsTableView(rows, title):
+    """(label, value) rows with their readable number formats."""
+    return MetricsTableView([(label, formatValue(v, label)) for label, v in rows], title)
+
+
+def trueClassTable(classes):
+    """[(class, particles, most frequent true view, its fraction)] from the
+    _simcryoTrueClass of the particles of each class; [] when they carry none."""
+    rows = []
+    for cls in classes.iterItems(orderBy='id'):
+        views = Counter(p.getAttributeValue(cts.TRUE_CLASS) for p in cls.iterItems()
+                        if p.hasAttribute(cts.TRUE_CLASS))
+        if not views:
+            continue
+        view, count = views.most_common(1)[0]
+        rows.append((cls.getObjId(), cls.getSize(), view, '%.3f' % (count / cls.getSize())))
+    return rows
+
+
+def _message(viewer, text):
+    return [viewer.infoMessage(text, title='simcryo')]
+
+
+def _curvesViews(viewer, what):
+    curves = runCurves(viewer.protocol._readRunLog())
+    if not curves:
+        return _message(viewer, 'The engine recorded no curves for this run.')
+    return [figureView(plots.curvesFigure, curves,
+                       title='%s: %s' % (viewer.protocol.getRunName(), what),
+                       windowTitle='simcryo curves')]
+
+
+def _outputSetViews(viewer, name):
+    emSet = getattr(viewer.protocol, name, None)
+    if emSet is None:
+        return _message(viewer, 'No %s yet: run the protocol first.' % name)
+    return [setView(viewer, emSet)]
 
 
 class SimcryoClassesViewer(ProtocolViewer):
@@ -65,14 +158,19 @@ class SimcryoClassesViewer(ProtocolViewer):
 
     def _defineParams(self, form):
         form.addSection(label='Visualization')
+        form.addParam('gallerySort', params.EnumParam, choices=SORT_CHOICES, default=0,
+                      display=params.EnumParam.DISPLAY_HLIST, label='Sort the gallery by',
+                      help='Resolution: the half-set FRC 0.143 of each class average, '
+                           'recorded by "align and average classes" (classify records '
+                           'none; its classes are then sorted by size).')
         form.addParam('displayGallery', params.LabelParam,
-                      label='Class gallery (largest first, size and probability)')
+                      label='Class gallery (size, probability, resolution)')
         form.addParam('displayClasses', params.LabelParam,
                       label='Classes in the Scipion viewer (sorted by size)')
         form.addParam('displayCurves', params.LabelParam,
-                      label='Training curves (loss per epoch)')
+                      label='Training and refinement curves')
         form.addParam('displayMetrics', params.LabelParam,
-                      label='Metrics against true labels (simulated data)')
+                      label='Metrics against the true labels (simulated data)')
 
     def _getVisualizeDict(self):
         return {'displayGallery': self._showGallery,
@@ -86,60 +184,56 @@ class SimcryoClassesViewer(ProtocolViewer):
     def _showGallery(self, paramName=None):
         classes = self._outputClasses()
         if classes is None:
-            return [self.errorMessage('No output classes yet.')]
+            return _message(self, 'No output classes yet.')
         averages, sizes, probs, ids = classesGalleryData(classes)
+        resolutions = classResolutions(self.protocol._readRunLog(), ids)
+        byResolution = self.gallerySort.get() == 1 and resolutions is not None
+        order = (plots.sortByResolution(resolutions, sizes) if byResolution
+                 else plots.sortBySize(sizes))
+        title = '%s: class averages, %s' % (self.protocol.getRunName(),
+                                             'best resolution first' if byResolution
+                                             else 'largest first')
         return [figureView(plots.classGalleryFigure, averages, sizes, probs=probs,
-                           classIds=ids, windowTitle='simcryo class gallery')]
+                           classIds=ids, resolutions=resolutions, order=order, title=title,
+                           windowTitle='simcryo class gallery')]
 
     def _showClasses(self, paramName=None):
         classes = self._outputClasses()
         if classes is None:
-            return [self.errorMessage('No output classes yet.')]
-        return [ClassesView(self.getProject(), classes.strId(), classes.getFileName(),
-                            viewParams={SORT_BY: '_size desc'})]
+            return _message(self, 'No output classes yet.')
+        return [setView(self, classes, {SORT_BY: '_size desc'})]
 
     def _showCurves(self, paramName=None):
-        curves = runCurves(self.protocol._readRunLog())
-        if not curves:
-            return [self.infoMessage('The engine recorded no training curves for this run.')]
-        return [figureView(plots.curvesFigure, curves, windowTitle='simcryo training curves')]
+        return _curvesViews(self, 'training and refinement')
 
     def _showMetrics(self, paramName=None):
-        metrics = self.protocol._readRunLog().get('metrics')
-        rows = [(k, float(v)) for k, v in (metrics or {}).items()
-                if isinstance(v, (int, float)) and not isinstance(v, bool)]
-        if not rows:
-            return [self.infoMessage('No metrics: the particles carry no true labels. Use '
-                                     '"evaluate 2D classification" to compare two '
-                                     'classifications.')]
-        return [metricsTableView(rows, 'Metrics of %s' % self.protocol.getRunName())]
-
-
-class MetricsTableView(View):
-    """A (metric, value) table. pwem's TableView opens its Tk window when constructed, so it
-    is only created in `show()`; the rows and the text form are available headless."""
-
-    def __init__(self, rows, title):
-        View.__init__(self)
-        self.rows = list(rows)
-        self.title = title
-
-    def getText(self):
-        return plots.formatMetricsTable(self.rows, self.title)
-
-    def show(self):
-        TableView(headerList=['metric', 'value'],
-                  dataList=[(label, '%.4f' % value) for label, value in self.rows],
-                  mesg=self.title, title=self.title, height=max(len(self.rows), 3),
-                  width=400)
-
-
-def metricsTableView(rows, title):
-    return MetricsTableView(rows, title)
+        runLog = self.protocol._readRunLog()
+        rows = metricRows(runLog.get('metrics'))
+        pose = runLog.get('pose_errors_vs_truth') or {}
+        for key, label in [('angle_median_deg', 'median in-plane angle error (deg)'),
+                           ('shift_median_px', 'median shift error (px)')]:
+            if isinstance(pose.get(key), (int, float)):
+                rows.append((label, pose[key]))
+        views = []
+        name = self.protocol.getRunName()
+        if rows:
+            views.append(metricsTableView(rows, 'Metrics of %s' % name))
+        classes = self._outputClasses()
+        table = trueClassTable(classes) if classes is not None else []
+        if table:
+            views.append(MetricsTableView(
+                table, '%s: true view of the particles of each class' % name,
+                header=('class', 'particles', 'most frequent true view', 'fraction')))
+        if not views:
+            return _message(self, 'No metrics: the particles carry no true labels (%s). '
+                                  'Use "evaluate 2D classification" to compare two '
+                                  'classifications.' % cts.TRUE_CLASS)
+        return views
 
 
 class SimcryoEvaluateViewer(ProtocolViewer):
-    """Metrics of "evaluate 2D classification"."""
+    """Metrics, per-class table, confusion matrix, FRC curves and class-vs-true-view gallery
+    of "evaluate 2D classification"."""
     _label = 'viewer simcryo evaluation'
     _targets = [ProtSimcryoEvaluate]
     _environments = [DESKTOP_TKINTER]
@@ -147,57 +241,158 @@ class SimcryoEvaluateViewer(ProtocolViewer):
     def _defineParams(self, form):
         form.addSection(label='Visualization')
         form.addParam('displayTable', params.LabelParam, label='Metrics table')
-        form.addParam('displayPlot', params.LabelParam, label='Metrics as a figure')
+        form.addParam('displayPerClass', params.LabelParam,
+                      label='Per-class precision, recall and resolution')
+        form.addParam('displayConfusion', params.LabelParam, label='Confusion matrix')
+        form.addParam('displayFrc', params.LabelParam,
+                      label='FRC curves of the class averages vs the true projections')
+        form.addParam('displayGallery', params.LabelParam,
+                      label='Class averages next to the true view each matched')
 
     def _getVisualizeDict(self):
-        return {'displayTable': self._showTable, 'displayPlot': self._showPlot}
+        return {'displayTable': self._showTable, 'displayPerClass': self._showPerClass,
+                'displayConfusion': self._showConfusion, 'displayFrc': self._showFrc,
+                'displayGallery': self._showGallery}
 
-    def _rows(self):
-        return self.protocol.getMetricsTable()
+    def _report(self):
+        return self.protocol.getReport()
+
+    def _title(self, what):
+        return '%s: %s' % (self.protocol.getRunName(), what)
 
     def _showTable(self, paramName=None):
-        rows = self._rows()
+        rows = self.protocol.getMetricsTable()
         if not rows:
-            return [self.errorMessage('No metrics yet: run the protocol first.')]
-        return [metricsTableView(rows, 'Evaluation of %s'
-                                 % self.protocol.getObjectTag('inputClasses'))]
+            return _message(self, 'No metrics yet: run the protocol first.')
+        return [metricsTableView(rows, self._title('metrics'))]
 
-    def _showPlot(self, paramName=None):
-        rows = self._rows()
+    def _showPerClass(self, paramName=None):
+        rows = self.protocol.getPerClassTable()
         if not rows:
-            return [self.errorMessage('No metrics yet: run the protocol first.')]
-        return [figureView(plots.metricsTableFigure, rows,
-                           windowTitle='simcryo evaluation')]
+            return _message(self, 'No per-class scores yet: run the protocol first.')
+        text = [(t, p if p is not None else '-', _f3(prec), _f3(rec), s if s is not None
+                 else '-', _f1(r05), _f1(r0143)) for t, p, prec, rec, s, r05, r0143 in rows]
+        return [MetricsTableView(text, self._title('per true class'), header=(
+            'true class', 'matched class', 'precision', 'recall', 'particles',
+            'FRC 0.5 (Å)', 'FRC 0.143 (Å)'))]
+
+    def _showConfusion(self, paramName=None):
+        confusion = (self._report() or {}).get('confusion')
+        if not confusion:
+            return _message(self, 'No confusion matrix in the report: run the protocol '
+                                  'first.')
+        return [figureView(plots.confusionFigure, confusion['counts'],
+                           confusion['predicted_classes'], confusion['true_classes'],
+                           title=self._title('particles per true and predicted class'),
+                           windowTitle='simcryo confusion matrix')]
+
+    def _showFrc(self, paramName=None):
+        frc = (self._report() or {}).get('frc') or {}
+        if not frc.get('classes'):
+            return _message(self, 'No FRC: give the true projections (the simulate '
+                                  'protocol\'s references) to the evaluation.')
+        return [figureView(plots.frcFigure, frc['classes'], frc['nyquist_A'],
+                           title=self._title('FRC of each class average vs its true view'),
+                           windowTitle='simcryo FRC')]
+
+    def _showGallery(self, paramName=None):
+        data = matchedGalleryData(self.protocol)
+        if data is None:
+            return _message(self, 'No gallery: the classes need representatives and the '
+                                  'evaluation the true projections.')
+        return [figureView(plots.classGalleryFigure, *data['args'],
+                           title=self._title('class averages, largest first (top), and '
+                                             'the true view each matched (bottom)'),
+                           windowTitle='simcryo classes vs true views', **data['kwargs'])]
 
 
-class SimcryoParticlesViewer(ProtocolViewer):
-    """True projections of a simulation and training curves of a denoising run."""
-    _label = 'viewer simcryo particles'
-    _targets = [ProtSimcryoSimulate, ProtSimcryoDenoise]
+def matchedGalleryData(evalProt, classes=None, references=None):
+    """Arguments of `plots.classGalleryFigure` showing the class averages of an evaluation
+    (largest first) above the true projection each class was matched to (report
+    'matching'); None without averages or true projections."""
+    classes = classes or evalProt.inputClasses.get()
+    references = references or evalProt.trueReferences.get()
+    if classes is None or references is None:
+        return None
+    averages, sizes, probs, ids = classesGalleryData(classes)
+    if not averages:
+        return None
+    refs = readImages(item.clone() for item in references.iterItems(orderBy='id'))
+    report = evalProt.getReport() or {}
+    matching = {int(k): int(v) for k, v in (report.get('matching') or {}).items()}
+    # evaluate numbers the classes 1..K in id order, empty classes dropped
+    numbering = {cid: n for n, cid in enumerate(ids, 1)}
+    order = plots.sortBySize(sizes)
+    views = [matching.get(numbering[ids[i]]) for i in order]
+    matched = [refs[v - 1] if v and v <= len(refs) else averages[i] * 0
+               for v, i in zip(views, order)]
+    labels = ['true view %s' % (v if v else '-') for v in views]
+    return {'args': (averages, sizes),
+            'kwargs': dict(probs=probs, classIds=ids, references=matched,
+                           referenceLabels=labels)}
+
+
+def _f3(v):
+    return '%.3f' % v if isinstance(v, (int, float)) else '-'
+
+
+def _f1(v):
+    return '%.1f' % v if isinstance(v, (int, float)) else '-'
+
+
+class SimcryoSimulateViewer(ProtocolViewer):
+    """True projections and particles of a simulation."""
+    _label = 'viewer simcryo simulation'
+    _targets = [ProtSimcryoSimulate]
     _environments = [DESKTOP_TKINTER]
 
     def _defineParams(self, form):
         form.addSection(label='Visualization')
         form.addParam('displayReferences', params.LabelParam,
-                      label='True projections (simulation)')
-        form.addParam('displayCurves', params.LabelParam, label='Training curves (denoising)')
+                      label='True projection of each view class')
+        form.addParam('displayParticles', params.LabelParam,
+                      label='Particles in the Scipion viewer')
 
     def _getVisualizeDict(self):
         return {'displayReferences': self._showReferences,
-                'displayCurves': self._showCurves}
+                'displayParticles': self._showParticles}
 
     def _showReferences(self, paramName=None):
         refs = getattr(self.protocol, 'outputReferences', None)
         if refs is None:
-            return [self.infoMessage('No true projections (only the simulate protocol has '
-                                     'them).')]
+            return _message(self, 'No true projections yet: run the protocol first.')
         images = readImages(item.clone() for item in refs.iterItems(orderBy='id'))
+        sizes = Counter(p.getAttributeValue(cts.TRUE_CLASS)
+                        for p in self.protocol.outputParticles.iterItems())
+        labels = ['view %d\n%d particles' % (k, sizes.get(k, 0))
+                  for k in range(1, len(images) + 1)]
         return [figureView(plots.classGalleryFigure, images, [0] * len(images),
-                           title='True projection of each view class',
+                           order=range(len(images)), labels=labels,
+                           title='%s: true projection of each view class'
+                                 % self.protocol.getRunName(),
                            windowTitle='simcryo true projections')]
 
+    def _showParticles(self, paramName=None):
+        return _outputSetViews(self, 'outputParticles')
+
+
+class SimcryoDenoiseViewer(ProtocolViewer):
+    """Training curves and particles of a denoising run."""
+    _label = 'viewer simcryo denoising'
+    _targets = [ProtSimcryoDenoise]
+    _environments = [DESKTOP_TKINTER]
+
+    def _defineParams(self, form):
+        form.addSection(label='Visualization')
+        form.addParam('displayCurves', params.LabelParam, label='Training curves')
+        form.addParam('displayParticles', params.LabelParam,
+                      label='Denoised particles in the Scipion viewer')
+
+    def _getVisualizeDict(self):
+        return {'displayCurves': self._showCurves, 'displayParticles': self._showParticles}
+
     def _showCurves(self, paramName=None):
-        curves = runCurves(self.protocol._readRunLog())
-        if not curves:
-            return [self.infoMessage('The engine recorded no training curves for this run.')]
-        return [figureView(plots.curvesFigure, curves, windowTitle='simcryo training curves')]
+        return _curvesViews(self, 'denoiser training')
+
+    def _showParticles(self, paramName=None):
+        return _outputSetViews(self, 'outputParticles')

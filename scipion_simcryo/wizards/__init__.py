@@ -1,5 +1,5 @@
 from .wizards import (SimcryoMaskDiameterWizard, SimcryoNumberOfClassesWizard,
-                      defaultMaskDiameter, suggestedNumberOfClasses)
+                      engineMaskDiameter, numberOfClassesMessage, suggestedNumberOfClasses)
 
-__all__ = ['SimcryoMaskDiameterWizard', 'SimcryoNumberOfClassesWizard', 'defaultMaskDiameter',
-           'suggestedNumberOfClasses']
+__all__ = ['SimcryoMaskDiameterWizard', 'SimcryoNumberOfClassesWizard', 'engineMaskDiameter',
+           'numberOfClassesMessage', 'suggestedNumberOfClasses']

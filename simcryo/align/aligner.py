@@ -69,33 +69,24 @@ def rotate_shift(psi, delta):
     return (polar.rotation_matrix(psi) @ delta[..., None])[..., 0]
 
 
-_BASE_CACHE = {}
-
-
-def _base_grid(box, device):
-    """(box*box, 3) rows [ux, uy, 1] in px from the box centre (cached per box/device)."""
-    key = (box, str(device))
-    if key not in _BASE_CACHE:
-        ax = torch.arange(box, device=device, dtype=torch.float32) - box // 2
-        uy, ux = torch.meshgrid(ax, ax, indexing="ij")
-        _BASE_CACHE[key] = torch.stack([ux.reshape(-1), uy.reshape(-1),
-                                        torch.ones(box * box, device=device)], -1)
-    return _BASE_CACHE[key]
-
-
 def warp_grid(psi, shift, box, device):
     """grid_sample grid for the pose (psi, shift): output pixel u (from the box centre) reads
-    the particle at R(-psi) u - shift, so the output is the particle in its reference's frame.
-    One batched matmul (align_corners=False coordinates)."""
+    the particle at R(-psi) u - shift, so the output is the particle in its reference's frame
+    (align_corners=False coordinates). Each coordinate is a row term plus a column term, so
+    the grid costs one broadcast add per coordinate (a (box*box, 3) x (3, 2) matmul per
+    particle cost as much as the bilinear sampling itself)."""
     t = torch.deg2rad(psi.to(device, torch.float32))
-    c, s = torch.cos(t), torch.sin(t)
+    c, s = torch.cos(t)[:, None], torch.sin(t)[:, None]
     sh = shift.to(device, torch.float32)
     scale = 2.0 / box
     off = (2 * (box // 2) + 1) / box - 1.0
-    theta = torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1),
-                         torch.stack([off - sh[:, 0] * scale, off - sh[:, 1] * scale], -1)], 1)
-    theta[:, :2] *= scale
-    return torch.matmul(_base_grid(box, device), theta).view(-1, box, box, 2)
+    ax = ((torch.arange(box, device=device, dtype=torch.float32) - box // 2) * scale)[None]
+    tx, ty = off - sh[:, :1] * scale, off - sh[:, 1:] * scale
+    grid = torch.empty(len(t), box, box, 2, device=device)
+    # x = c ux + (s uy + tx), y = -s ux + (c uy + ty); ux varies along the last axis
+    torch.add((c * ax)[:, None, :], (s * ax + tx)[:, :, None], out=grid[..., 0])
+    torch.add((-s * ax)[:, None, :], (c * ax + ty)[:, :, None], out=grid[..., 1])
+    return grid
 
 
 def warp_to_reference(images, psi, shift, mode="bilinear"):

@@ -7,6 +7,7 @@ and their FRC. Without CTF the CTF factors are 1 and the Wiener average is the w
 """
 import torch
 
+from simcryo import distributed
 from simcryo.image.fourier import fourier_shift, radial_frequency, radial_index
 from simcryo.image.geometry import rotate_images
 from simcryo.image.mask import circular_mask, radius_grid
@@ -106,6 +107,13 @@ class ClassAccumulator:
 
     def counts(self):
         return self.wsum.sum(0)
+
+    def all_reduce(self):
+        """Sum the ranks' partial sums (simcryo.distributed; a no-op in one process), so
+        that every rank holds the sums over all particles. Returns self."""
+        for t in (self.num, self.den, self.wsum, self.w2sum):
+            distributed.all_reduce_sum(t)
+        return self
 
     def half_averages(self):
         """Plain CTF-corrected half-set averages (regularised only where the CTF vanishes)."""

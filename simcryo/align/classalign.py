@@ -12,6 +12,11 @@ The search and the running averages use a Fourier-cropped box; the final average
 once at the full box. Particles are streamed in batches from a `ParticleSource`
 (simcryo.align.source); memory grows with N only through per-particle arrays. Seeding:
 simcryo.align.seeding.
+
+Under torchrun (simcryo.distributed) each rank aligns its contiguous block of the particles
+(of the trial subsample during seeding); the per-class sums are all-reduced after every pass
+and the per-particle poses, correlations and labels shared, so every rank holds the same
+references and statistics and takes the same branches. With one process it is the same code.
 """
 import dataclasses
 import threading
@@ -22,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from simcryo import distributed
 from simcryo.align.aligner import make_aligner, rotate_shift, warp_to_reference, wrap_angle
 from simcryo.align.average import (ClassAccumulator, centre_of_mass, normalize_weights,
                                    rotational_average, spectra_to_images)
@@ -109,13 +115,25 @@ class ClassAligner(ReferenceSeeding):
         return make_aligner(self.p.align)
 
     # -- per-batch building blocks ------------------------------------------------------
-    def _batches(self, indices=None):
+    def _rows(self, indices=None):
+        """The particles of a pass (all, or the active subsample), on every rank."""
         if indices is None:
             indices = self.active
-        idx = np.arange(self.n) if indices is None else np.asarray(indices)
+        return np.arange(self.n) if indices is None else np.asarray(indices)
+
+    def _batches(self, indices=None):
+        """Batches of this rank's block of the pass's particles (all of them in one process)."""
+        rows = self._rows(indices)
+        idx = rows[distributed.shard(len(rows))]
         bs = max(int(self.p.batch_size), 1)
         for s in range(0, len(idx), bs):
             yield idx[s:s + bs]
+
+    def _share(self, *names):
+        """Every rank's per-particle results of the pass onto every rank."""
+        rows = self._rows()
+        for name in names:
+            distributed.share_rows(getattr(self, name), rows)
 
     def _search_images(self, x, idx, with_power=False):
         """Fourier-cropped particles for the search, CTF-multiplied (matched filter) or
@@ -187,12 +205,14 @@ class ClassAligner(ReferenceSeeding):
         for idx in self._batches():
             xs = self._search_images(self.src.load(idx), idx)
             self._add_search(acc, torch.fft.rfft2(xs), idx, torch.zeros(len(idx)), w)
+        acc.all_reduce()
         self.small = rotational_average(spectra_to_images(acc.wiener()))
         refs = self._references()
         for idx in self._batches():
             xs = self._search_images(self.src.load(idx), idx)
             lab = self.labels[idx].to(self.dev)
             self.shift[idx] = (centre_particles(xs, refs, lab) / self.scale).cpu()
+        self._share("shift")
 
     def iterate(self, track_ncc=False):
         """One pass: align every particle against its class average, re-average.
@@ -232,6 +252,8 @@ class ClassAligner(ReferenceSeeding):
                     list(pool.map(one_batch, self._batches()))
             finally:
                 torch.set_num_threads(old_threads)
+        acc.all_reduce()
+        self._share("psi", "shift", *(("ncc",) if self.p.snr_weights or track_ncc else ()))
         self.align_seconds.append(time.perf_counter() - t0)
         self._set_small(acc)
         sel = slice(None) if self.active is None else torch.as_tensor(self.active)
@@ -283,8 +305,9 @@ class ClassAligner(ReferenceSeeding):
             self.labels[idx] = new
             self.psi[idx], self.shift[idx] = best["psi"].cpu(), best["shift"].cpu()
             self.ncc[idx] = best_val.cpu()
-        self.moved = moved
-        return moved
+        self._share("labels", "psi", "shift", "ncc")
+        self.moved = int(distributed.all_reduce_sum(torch.tensor(moved)))
+        return self.moved
 
     def poses(self):
         """(psi (N,) deg, shift (N, 2) px) in RELION's convention, as numpy arrays."""
@@ -316,7 +339,7 @@ class ClassAligner(ReferenceSeeding):
                 c = self.src.ctf_images(idx, self.box, ps)
                 spec, c2 = spec * c, c * c
             acc.add(spec, self.labels[idx].to(self.dev), w[idx], self.halves[idx], c2)
-        return acc
+        return acc.all_reduce()
 
     def output_averages(self, acc):
         """Full-box Wiener averages of a `final_averages` accumulator; with flatten_solvent
@@ -344,6 +367,7 @@ class ClassAligner(ReferenceSeeding):
             psi = self.psi[idx].to(self.dev)
             a = warp_to_reference(xs, psi, (self.shift[idx] * self.scale).to(self.dev))
             self.ncc[idx] = self._ncc(torch.fft.rfft2(a), refs, idx, lab, psi, power).cpu()
+        self._share("ncc")
 
     def _log_iteration(self, it, dpsi, dshift, kind="search"):
         rate = self.n / max(self.align_seconds[-1], 1e-9)

@@ -93,23 +93,31 @@ class ExhaustiveAligner(Aligner):
         return GridReferences(references, rotated.view(k, a, n, n), self.mask)
 
     # -- the EM's score grid ----------------------------------------------------------------
-    def scores(self, images, prepared, ctf=None):
+    def scores(self, images, prepared, ctf=None, classes=None):
         """Correlations of every particle with every grid cell: (cc (B, K, A, S), power
         (B, K, A)), cc = <x, C T_cell(reference)> and power = ||C T_cell(reference)||^2
         for the particle's CTF C (`ctf` (B, n, n//2+1), real and even; None: C = 1), so
-        -||x - C T(ref)||^2 / 2 = cc - power / 2 - ||x||^2 / 2."""
+        -||x - C T(ref)||^2 / 2 = cc - power / 2 - ||x||^2 / 2. `classes` (B, M): score
+        particle b only against references classes[b] (the K axis becomes M)."""
         b, n, _ = images.shape
         k, a = prepared.spectra.shape[:2]
         xf = torch.fft.rfft2(images)
+        flat_power = prepared.power.reshape(k, a, -1)
+        if classes is None:
+            kk, ref_spec = k, prepared.spectra.view(1, k * a, n, -1)
+        else:
+            kk, ref_spec = classes.shape[1], prepared.spectra[classes].view(b, -1, n, n // 2 + 1)
         if ctf is None:
-            power = prepared.power.sum((-2, -1))[None].expand(b, k, a)
+            total = flat_power.sum(-1)
+            power = (total[None] if classes is None else total[classes]).expand(b, kk, a)
         else:
             xf = xf * ctf  # <x, C T> = <C x, T> for a real, even C
-            power = torch.einsum("bf,rf->br", (ctf ** 2).reshape(b, -1),
-                                 prepared.power.reshape(k * a, -1)).view(b, k, a)
-        cc = cross_correlate(xf[:, None], prepared.spectra.view(1, k * a, n, -1))
+            c2 = (ctf ** 2).reshape(b, -1)
+            power = (torch.einsum("bf,kaf->bka", c2, flat_power) if classes is None else
+                     torch.einsum("bf,bmaf->bma", c2, flat_power[classes]))
+        cc = cross_correlate(xf[:, None], ref_spec)
         iy, ix = self._cell_index(n, images.device)
-        return cc[:, :, iy, ix].view(b, k, a, -1), power
+        return cc[:, :, iy, ix].view(b, kk, a, -1), power
 
     def _cell_index(self, n, device):
         """Pixels of an FFT-order correlation map holding each grid shift: the map peaks at

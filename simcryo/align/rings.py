@@ -5,10 +5,12 @@
   FFT along the angle. It keeps the phases and the signal power of the particle, which
   matters at low SNR; the translation is then refined by cross-correlation and the two steps
   alternate (`inner_rounds`). The first round tests several rotation candidates (the highest
-  peaks of the ring curve and the half turn of the best) with a full translation search each,
-  since the ring curve alone is measured about a centre that may be wrong: without it 5-8 %
-  of the particles of some single-view sets were turned by ~180 degrees (benchmarks/align.py,
-  `--set candidates=1`).
+  peaks of the ring curve and the half turn of the best) with a full translation search each
+  at half the box, since the ring curve alone is measured about a centre that may be wrong:
+  without it 5-8 % of the particles of some single-view sets were turned by ~180 degrees
+  (benchmarks/align.py, `--set candidates=1`). The later rounds refine on the chosen peak
+  only. The global check's candidates are a grid of angles; there the references are turned
+  once to every grid angle and the particles are not resampled.
 * `MagnitudeAligner` (the paper's): polar Fourier magnitudes, translation invariant,
   correlated over half a circle; the two candidates psi and psi + 180 are each tested with a
   translation search and the better one kept.
@@ -21,7 +23,7 @@ from simcryo.align import polar
 from simcryo.align.aligner import (Aligner, Alignment, rotate_shift, warp_to_reference,
                                    wrap_angle)
 from simcryo.align.average import rotational_average
-from simcryo.align.translate import correlation_peak, cross_correlate
+from simcryo.align.translate import correlation_peak, cross_correlate, parabola_offset
 from simcryo.image.fourier import crop_spectrum, fourier_shift, lowpass_filter
 
 
@@ -64,6 +66,7 @@ class References:
         self.round_spectra = torch.fft.rfft2(rotational_average(filtered))
         self._mag = None
         self._coarse = None
+        self._turned = None
 
     def magnitude_rings(self):
         if self._mag is None:
@@ -79,6 +82,24 @@ class References:
         if self._coarse is None:
             self._coarse = crop_spectrum(self.spectra, self.coarse_box()[0])
         return self._coarse
+
+    def turned_coarse_spectra(self, step):
+        """Half-box spectra (K, G, s, s//2+1) of the references turned by each angle of the
+        grid of `step` degrees (psi = -grid angle), so that a grid search resamples K x G
+        references once instead of every particle at every angle."""
+        if self._turned is None or self._turned[0] != step:
+            small, _ = self.coarse_box()
+            grid = torch.arange(0.0, 360.0, step, device=self.images.device)
+            k, g = self.images.shape[0], len(grid)
+            imgs = torch.fft.irfft2(self.coarse_spectra(), s=(small, small))
+            imgs = imgs[:, None].expand(k, g, small, small).reshape(k * g, small, small)
+            # warp_to_reference(a, -psi, 0)(v) = a(R(psi) v): the reference in the frame of
+            # a particle whose pose is psi
+            psi = wrap_angle(-grid).repeat(k)
+            turned = warp_to_reference(imgs, -psi, torch.zeros(k * g, 2, device=psi.device),
+                                       mode="bicubic")
+            self._turned = (step, grid, torch.fft.rfft2(turned).view(k, g, small, -1))
+        return self._turned[1], self._turned[2]
 
     def max_shift(self):
         return self.params.max_shift if self.params.max_shift is not None else self.box / 4
@@ -106,12 +127,21 @@ class RingAligner(_PolarAligner):
 
     def _search(self, images, refs, labels, shift, max_shift):
         p = refs.params
-        for r in range(max(p.inner_rounds, 1)):
-            if r == 0 and (p.candidates > 1 or p.global_step > 0):
-                psi, shift = _best_candidate(images, refs, labels, shift, max_shift)
+        rounds = max(p.inner_rounds, 1)
+        psi = None
+        if p.candidates > 1 or p.global_step > 0:
+            # the candidate test is the first round: it chooses the peak and a coarse shift
+            psi, shift = _best_candidate(images, refs, labels, shift, max_shift)
+            rounds = max(rounds - 1, 1)
+        for _ in range(rounds):
+            curve = _ring_curve(images, refs, labels, shift)
+            if psi is None:
+                angle, _ = polar.circular_peak(curve, 360.0)
             else:
-                psi, _ = polar.circular_peak(_ring_curve(images, refs, labels, shift), 360.0)
-                psi = wrap_angle(-psi)   # the curve peaks at the reference's turn: -psi
+                # refine on the chosen peak only: the global maximum of the ring curve may be
+                # the wrong-way candidate that the phase-sensitive test rejected
+                angle = _local_peak(curve, -psi, _local_window(p))
+            psi = wrap_angle(-angle)   # the curve peaks at the reference's turn: -psi
             shift, spec, peak = _translation(images, refs, labels, psi, shift, max_shift)
         return Alignment(wrap_angle(psi), shift, peak, spec)
 
@@ -157,6 +187,25 @@ def _ring_curve(images, refs, labels, shift):
                                         refs.weights, p.angle_upsample, p.n_theta)
 
 
+def _local_window(params):
+    """Half-width (deg) of the ring-curve window around a chosen candidate: a ring peak moves
+    little when the centre is refined; a grid candidate is within half a step of its peak."""
+    return max(params.global_step, 10.0)
+
+
+def _local_peak(curve, angle, window):
+    """Sub-sample peak of circular curves (B, L) within +-window degrees of `angle` (B,)."""
+    L = curve.shape[-1]
+    grid = torch.arange(L, device=curve.device, dtype=curve.dtype) * (360.0 / L)
+    near = wrap_angle(grid[None] - angle[:, None]).abs() <= window
+    masked = torch.where(near, curve, torch.full_like(curve, -float("inf")))
+    idx = masked.argmax(-1, keepdim=True)
+    # the three samples around the windowed maximum (the window holds them but for its edge)
+    y = curve.gather(-1, torch.cat([(idx - 1) % L, idx, (idx + 1) % L], -1))
+    off = parabola_offset(y[:, 0], y[:, 1], y[:, 2])
+    return wrap_angle((idx[:, 0].to(curve.dtype) + off) * (360.0 / L))
+
+
 def _candidate_angles(curve, count):
     """The `count` highest local maxima of each circular curve (B, L), plus the angle half a
     turn from the best. Returns curve angles (B, count + 1) in degrees."""
@@ -169,33 +218,67 @@ def _candidate_angles(curve, count):
 
 
 def _best_candidate(images, refs, labels, shift, max_shift):
-    """Phase-sensitive choice among rotation candidates: each candidate angle of the ring
-    curve gets a translation search (cross-correlation over every shift in the disc) at half
-    the box, and the highest correlation peak wins. The low frequencies decide between such
-    candidates at a quarter of the cost of a full-box search."""
+    """Phase-sensitive choice among rotation candidates: each candidate angle gets a
+    translation search (cross-correlation over every shift in the disc) at half the box, and
+    the highest correlation peak wins. The low frequencies decide between such candidates at
+    a quarter of the cost of a full-box search. Candidates: the ring curve's peaks, or every
+    angle of a grid (`global_step`)."""
     p = refs.params
-    if p.global_step > 0:
-        grid = torch.arange(0.0, 360.0, p.global_step, device=images.device)
-        cands = grid[None].expand(len(images), -1)
-    else:
-        cands = _candidate_angles(_ring_curve(images, refs, labels, shift), p.candidates - 1)
     small, scale = refs.coarse_box()
     xs = images if small == refs.box else torch.fft.irfft2(
         crop_spectrum(torch.fft.rfft2(images), small), s=(small, small))
+    if p.global_step > 0:
+        return _best_on_grid(xs, refs, labels, shift, max_shift)
+    cands = _candidate_angles(_ring_curve(images, refs, labels, shift), p.candidates - 1)
     ref_spec = refs.coarse_spectra()[labels]
-    best_peak = torch.full((len(images),), -float("inf"), device=images.device)
-    best_psi = torch.zeros(len(images), device=images.device)
-    best_shift = shift.clone()
+    best = _Best(len(images), shift)
     for j in range(cands.shape[1]):
         psi = wrap_angle(-cands[:, j])
         fa = torch.fft.rfft2(warp_to_reference(xs, psi, shift * scale))
         delta, peak = correlation_peak(cross_correlate(fa, ref_spec), max_shift * scale)
-        better = peak > best_peak
-        best_peak = torch.where(better, peak, best_peak)
-        best_psi = torch.where(better, psi, best_psi)
-        moved = _clamp_norm(shift - rotate_shift(-psi, delta / scale), max_shift)
-        best_shift = torch.where(better[:, None], moved, best_shift)
-    return best_psi, best_shift
+        best.update(peak, psi, _moved(shift, psi, delta / scale, max_shift))
+    return best.psi, best.shift
+
+
+def _moved(shift, psi, delta, max_shift, keep_below=1.0):
+    """The shift after a half-box translation search found `delta` (full-box px, reference
+    frame). Below `keep_below` px the search box is too coarse to improve on the current
+    shift (a full-box estimate from the last pass), which is kept."""
+    moved = _clamp_norm(shift - rotate_shift(-psi, delta), max_shift)
+    small = delta.norm(dim=-1, keepdim=True) < keep_below
+    return torch.where(small, shift, moved)
+
+
+def _best_on_grid(xs, refs, labels, shift, max_shift):
+    """`_best_candidate` over a grid of angles, with the references turned instead of the
+    particles: the particle is only moved to its centre (a phase ramp), and at pose psi the
+    correlation with the turned reference peaks at d = R(-psi) delta, so the new shift is
+    shift - d (full-box px)."""
+    small, scale = refs.coarse_box()
+    grid, turned = refs.turned_coarse_spectra(refs.params.global_step)
+    centred = fourier_shift(torch.fft.rfft2(xs), shift * scale)
+    best = _Best(len(xs), shift)
+    for j in range(len(grid)):
+        psi = torch.full((len(xs),), float(wrap_angle(-grid[j])), device=xs.device)
+        d, peak = correlation_peak(cross_correlate(centred, turned[labels, j]),
+                                   max_shift * scale)
+        best.update(peak, psi, _clamp_norm(shift - d / scale, max_shift))
+    return best.psi, best.shift
+
+
+class _Best:
+    """Running best (highest peak) pose per particle over candidates."""
+
+    def __init__(self, b, shift):
+        self.peak = torch.full((b,), -float("inf"), device=shift.device)
+        self.psi = torch.zeros(b, device=shift.device)
+        self.shift = shift.clone()
+
+    def update(self, peak, psi, shift):
+        better = peak > self.peak
+        self.peak = torch.where(better, peak, self.peak)
+        self.psi = torch.where(better, psi, self.psi)
+        self.shift = torch.where(better[:, None], shift, self.shift)
 
 
 def _translation(images, refs, labels, psi, shift, max_shift):

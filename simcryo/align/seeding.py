@@ -5,9 +5,14 @@ mean correlation with their best-matching half of the others) each give a candid
 subset aligned onto that member. Each candidate is refined for a few iterations on a
 subsample, and per class the one whose members correlate best with it wins: a single seed
 can lock onto a pseudo-symmetric mixture of poses.
+
+Under torchrun each rank computes the candidate seeds of every world_size-th class and the
+ranks exchange them (sums with zeros: exact), so every rank starts from the same references;
+the trials are sharded like every pass of ClassAligner.
 """
 import torch
 
+from simcryo import distributed
 from simcryo.align.average import ClassAccumulator, centre_of_mass, spectra_to_images
 from simcryo.align.aligner import warp_to_reference
 from simcryo.align.scores import normalized_correlation
@@ -24,8 +29,8 @@ class ReferenceSeeding:
         p = self.p
         n_starts = max(int(p.starts), 1)
         seeds = torch.zeros(n_starts, self.k, self.abox, self.abox, device=self.dev)
-        order = torch.randperm(self.n, generator=self.gen)
-        for c in range(self.k):
+        order = torch.randperm(self.n, generator=self.gen)  # on every rank: same generator
+        for c in range(distributed.rank(), self.k, distributed.world_size()):
             members = order[self.labels[order] == c]
             if len(members) == 0:
                 continue
@@ -64,7 +69,7 @@ class ReferenceSeeding:
                 acc.add(spec, torch.zeros(m, dtype=torch.long, device=self.dev),
                         torch.ones(m), torch.arange(m) % 2, c2)
                 seeds[s_i, c] = spectra_to_images(acc.wiener())[0]
-        return seeds
+        return distributed.all_reduce_sum(seeds)
 
     def _trial_indices(self):
         """A random subsample (at most `trial_size` per class) for choosing between seeds."""

@@ -5,7 +5,7 @@ The defaults are the CPU preset measured in benchmarks/classify.py (2 cores, 1-2
 """
 from dataclasses import dataclass, field
 
-from simcryo.config import mask_diameter_field
+from simcryo.config import force_field, mask_diameter_field
 from simcryo.errors import SimcryoError
 
 
@@ -18,9 +18,17 @@ class ClassifyConfig:
     # --- input / output
     i: str = _f("", "input particles: RELION STAR (3.0/3.1) or an MRC stack (.mrcs)",
                 metavar="PARTICLES.star")
-    o: str = _f("", "output folder (created)", metavar="DIR")
-    resume: bool = _f(False, "continue an interrupted run from OUT/checkpoint.pt (same result "
-                      "as an uninterrupted run)")
+    o: str = _f("", "output folder (created; not the input's folder)", metavar="DIR")
+    resume: bool = _f(False, "continue the run in --o from OUT/checkpoint.pt (none: start "
+                      "fresh). The input must be the same (STAR rows, stack sizes and "
+                      "modification times), else an error names what differs. Unchanged "
+                      "parameters: the same result as an uninterrupted run. Changed ones: "
+                      "the stages before the first one they affect (preprocess, pretext, "
+                      "features, scan, selflabel, refine, averages) are reused, that stage "
+                      "and the later ones recomputed, as a fresh run with the new parameters "
+                      "would (e.g. a new --K reuses the trained network and its features). "
+                      "--device and --threads never count. No --force needed")
+    force: bool = force_field()
     # --- problem
     K: int = _f(10, "number of classes")
     apix: float = _f(0.0, "pixel size in Å/px (0: from the STAR optics or the MRC header)")
@@ -79,6 +87,12 @@ class ClassifyConfig:
                           "it scored lower on both simulated sets measured (phantom and hand "
                           "at SNR 0.1, one seed each)")
     refine_angles: int = _f(36, "in-plane angles searched in the refinement (360/n degrees)")
+    refine_search_classes: int = _f(0, "classes each particle is scored against in the "
+                                    "refinement after the first EM iteration (which scores "
+                                    "all): its own and those it scored best against "
+                                    "(alignment-only iterations: ranked by the clustering "
+                                    "probabilities). Scoring costs ~M/K of the full "
+                                    "search; 0: all K")
     refine_shift: float = _f(0.15, "largest shift searched, fraction of the working box")
     refine_temperature: float = _f(1.0, "softness of the class posteriors (1: Gaussian white "
                                    "noise model; larger: softer)")

@@ -11,8 +11,10 @@ The class averages are then built by the one averager of simcryo.align from the 
 
 This module only orchestrates: the stages live in simcryo.classify.stages, the checkpoint in
 simcryo.classify.checkpoint. Every stage checkpoints each epoch/iteration in
-OUT/checkpoint.pt; `resume=True` continues from it and gives the same result as an uninterrupted run (all randomness comes from generators
-seeded by (seed, stage, epoch)).
+OUT/checkpoint.pt; `resume=True` continues from it and gives the same result as an
+uninterrupted run (all randomness comes from generators seeded by (seed, stage, epoch)); with
+changed parameters it reuses the stages before the first one they affect and recomputes the
+rest (the resume contract is in simcryo.classify.checkpoint).
 """
 import time
 
@@ -23,10 +25,10 @@ import torch.nn.functional as F
 from simcryo import runtime
 from simcryo.classify import stages
 from simcryo.classify.checkpoint import CHECKPOINT, Checkpoint
-from simcryo.errors import SimcryoError
+from simcryo.errors import SimcryoError, warn
 
 __all__ = ["CHECKPOINT", "Classifier", "check_problem"]
-STAGES = ("pretext", "features", "scan", "selflabel", "refine", "done")
+MIN_PER_CLASS = 5  # fewer particles per class on average: classes come out empty or noise
 
 
 def check_problem(n, k):
@@ -36,6 +38,9 @@ def check_problem(n, k):
         raise SimcryoError(f"need at least 2 particles (got {n})")
     if k > n:
         raise SimcryoError(f"K={k} is larger than the number of particles ({n})")
+    if n < MIN_PER_CLASS * k:
+        warn(f"K={k} classes for {n} particles (fewer than {MIN_PER_CLASS} per class): "
+             "expect empty classes and noisy averages; lower --K")
 
 
 class Classifier:
@@ -46,10 +51,19 @@ class Classifier:
         self.pset, self.cfg, self.out = pset, cfg, out_dir
         self.device = device
         self.log = log
-        self.checkpoint = Checkpoint(out_dir, cfg, resume, log)
+        self.checkpoint = Checkpoint(out_dir, cfg, resume, pset.fingerprint(), log)
         self.state = {"stage": "pretext", "epoch": 0, "curves": {}, "timings": {},
                       "pretext_images": 0, "pretext_seconds": 0.0}
         self.poses = None
+        self.saved = None
+        self._loaded = False
+
+    def load(self):
+        """Verify and load the checkpoint when resuming (before anything is written)."""
+        if not self._loaded:
+            self.saved = self.checkpoint.load(self.state)
+            self._loaded = True
+        return self.saved
 
     def save(self, **models):
         self.checkpoint.save(self.state, **models)
@@ -58,9 +72,17 @@ class Classifier:
         self.state["curves"].setdefault(name, []).append(float(value))
 
     def run(self):
-        saved = self.checkpoint.load(self.state)
+        saved = self.load()
         t0 = time.time()
-        stages.preprocess(self, saved)
+        geometry = self.state.get("geometry")
+        if stages.preprocess(self, saved) and saved is not None and geometry is not None \
+                and geometry != self.state["geometry"]:
+            # a rebuilt cache unlike the checkpoint's (other device or library): later
+            # stages cannot be reused
+            self.log("[classify] resume: the rebuilt cache differs from the checkpoint's; "
+                     "recomputing from pretext")
+            self.checkpoint.reset(self.state, "pretext")
+            saved = {}
         backbone = stages.pretext_stage(self, saved)
         feats, neighbors = stages.features_stage(self, backbone)
         f = torch.as_tensor(feats, device=self.device)

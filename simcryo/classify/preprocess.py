@@ -15,6 +15,7 @@ from simcryo.image import preprocess as pp
 from simcryo.image.fourier import fourier_crop, radial_frequency, radial_index
 from simcryo.image.mask import normalize_background, soft_mask
 from simcryo.errors import SimcryoError
+from simcryo.outputs import allocate, atomic_path
 
 CACHE_NAME = "preprocessed.f32"
 
@@ -160,7 +161,16 @@ def build_cache(pset, cfg, out_dir, device, log=print, batch=512):
                            "--mask-diameter or a larger box")
     wb = geom.working_box
     path = os.path.join(out_dir, CACHE_NAME)
-    mm = np.memmap(path, dtype=np.float32, mode="w+", shape=(pset.n, wb, wb))
+    with atomic_path(path) as tmp:  # a partial cache never has the cache's name
+        # blocks reserved first: a full disk fails here, not with SIGBUS on a page write
+        allocate(tmp, pset.n * wb * wb * 4, "the preprocessed image cache")
+        _fill_cache(tmp, pset, cfg, geom, device, batch)
+    return np.memmap(path, dtype=np.float32, mode="r", shape=(pset.n, wb, wb)), geom
+
+
+def _fill_cache(path, pset, cfg, geom, device, batch):
+    wb, apix = geom.working_box, pset.apix
+    mm = np.memmap(path, dtype=np.float32, mode="r+", shape=(pset.n, wb, wb))
     for s in range(0, pset.n, batch):
         idx = np.arange(s, min(s + batch, pset.n))
         raw = torch.from_numpy(pset.images(idx)).to(device)
@@ -174,4 +184,4 @@ def build_cache(pset, cfg, out_dir, device, log=print, batch=512):
     for s in range(0, pset.n, 4096):
         mm[s:s + 4096] /= scale
     mm.flush()
-    return np.memmap(path, dtype=np.float32, mode="r", shape=(pset.n, wb, wb)), geom
+    del mm

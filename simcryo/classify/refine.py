@@ -9,12 +9,17 @@ rebuilds the averages from the particles weighted by their posteriors over all p
 (simcryo.align.average.ClassAccumulator).
 
 Poses are RELION's (simcryo.image.geometry): particle ~= transform_images(average, psi, shift).
+
+Under torchrun (simcryo.distributed) each rank scores its block of the particles; the M-step
+sums are all-reduced, and the posteriors, best poses and residuals shared every iteration, as
+RELION's MPI ranks do: every rank holds the same averages, sigma2 and per-particle arrays.
 """
 import math
 
 import numpy as np
 import torch
 
+from simcryo import distributed
 from simcryo.align import (ClassAccumulator, ExhaustiveAligner, ExhaustiveParams,
                            density_centroid, spectra_to_images, warp_to_reference)
 from simcryo.image.mask import soft_mask
@@ -22,6 +27,11 @@ from simcryo.image.mask import soft_mask
 
 def _load(images, idx, device):
     return torch.from_numpy(np.ascontiguousarray(images[idx], dtype=np.float32)).to(device)
+
+
+def _blocks(indices, size):
+    for s in range(0, len(indices), size):
+        yield indices[s:s + size]
 
 
 class Refiner:
@@ -70,15 +80,14 @@ class Refiner:
         acc = ClassAccumulator(self.k, self.b, self.dev)
         lab = torch.as_tensor(labels, dtype=torch.long)
         w = torch.as_tensor(weights, dtype=torch.float32)
-        for s in range(0, self.n, 256):
-            idx = np.arange(s, min(s + 256, self.n))
+        for idx in _blocks(distributed.shard(self.n), 256):
             a = warp_to_reference(self._particles(idx), psi[idx].to(self.dev),
                                   shift[idx].to(self.dev))
             acc.add(torch.fft.rfft2(a), lab[idx], w[idx], torch.zeros(len(idx)))
-        return self._references(acc)
+        return self._references(acc.all_reduce())
 
     @torch.no_grad()
-    def em_step(self, refs, log_prior, fixed=None):
+    def em_step(self, refs, log_prior, fixed=None, classes=None):
         """One EM iteration with poses marginalised (as RELION's 2D classification).
 
         E: posterior of every (class, angle, shift) per particle under a Gaussian white noise
@@ -87,58 +96,80 @@ class Refiner:
         the particles averaged over their shift posteriors (the aligner's
         marginal_spectra), accumulated per (class, angle) frame and folded into the class
         frames (ClassAccumulator.fold_frames). `fixed` (N,) keeps particles in given classes
-        (alignment-only iterations). Returns (new refs, class posteriors (N, K), best psi
-        (N, K), best shift (N, K, 2) (RELION), mean log-likelihood)."""
+        (alignment-only iterations). `classes` (N, M) scores particle i only against
+        classes[i] (the pruned search; the others get posterior 0). Returns (new refs, class
+        posteriors (N, K), best psi (N, K), best shift (N, K, 2) (RELION), mean
+        log-likelihood); in the pruned search the poses of the unscored classes are NaN."""
         K, A, S = self.k, len(self.psi_grid), len(self.shift_grid)
         prepared = self.aligner.prepare(refs)
         frames = ClassAccumulator(K * A, self.b, self.dev)
-        weights = torch.empty(self.n, K)
-        best_psi = torch.empty(self.n, K)
-        best_shift = torch.empty(self.n, K, 2)
-        self.best_score = torch.empty(self.n, K)
+        weights = torch.zeros(self.n, K)
+        best_psi = torch.full((self.n, K), float("nan"))
+        best_shift = torch.full((self.n, K, 2), float("nan"))
+        self.best_score = torch.full((self.n, K), -float("inf"))
+        resid, lse_all = torch.zeros(self.n), torch.zeros(self.n)
         sigma2 = self.sigma2
-        loglik, resid = 0.0, []
-        for s in range(0, self.n, self.batch):
-            idx = np.arange(s, min(s + self.batch, self.n))
-            x = self._particles(idx)
+        if sigma2 is None:  # the first iteration: from the first batch of all the particles
+            sigma2 = float(self._score(np.arange(min(self.batch, self.n)), prepared,
+                                       classes)[-1].mean()) / float(self.mask.sum())
+        for idx in _blocks(distributed.shard(self.n), self.batch):
+            x, c, cls, score, best, arg, resid[idx] = self._score(idx, prepared, classes)
             m = len(idx)
-            c = None if self.ctf is None else self.ctf(idx).to(self.dev)
-            cc, power = self.aligner.scores(x, prepared, ctf=c)
-            # -||x - C T(A)||^2 / 2 up to the ||x||^2 term, which cancels in the posteriors
-            score = (cc - 0.5 * power[..., None]).reshape(m, K, A * S)
-            best, arg = score.max(-1)
-            x2 = (x ** 2).sum((-1, -2))
-            resid.append((x2[:, None] - 2 * best).min(1).values.cpu())
-            if sigma2 is None:
-                sigma2 = float(resid[-1].mean()) / float(self.mask.sum())
             logp = score / (sigma2 * self.temperature) - math.log(A * S)
-            logp = logp + log_prior[None, :, None]
+            logp = logp + log_prior[cls][:, :, None]
             if fixed is not None:
                 own = torch.as_tensor(fixed[idx], device=self.dev)
-                keep = torch.nn.functional.one_hot(own, K).bool()
+                keep = cls == own[:, None]
                 logp = torch.where(keep[:, :, None], logp, torch.full_like(logp, -float("inf")))
             lse = torch.logsumexp(logp.reshape(m, -1), -1)
-            loglik += float(lse.sum())
-            post = torch.exp(logp - lse[:, None, None]).view(m, K, A, S)
-            weights[idx] = post.sum((-1, -2)).cpu()
-            self._accumulate(frames, x, c, post)
-            self.best_score[idx] = best.cpu()
-            best_psi[idx] = self.psi_grid[arg // S].cpu()
-            best_shift[idx] = self.shift_grid[arg % S].cpu()
-        self.sigma2 = max(float(torch.cat(resid).mean()) / float(self.mask.sum()), 1e-6)
+            lse_all[idx] = lse.cpu()
+            post = torch.exp(logp - lse[:, None, None]).view(m, -1, A, S)
+            rows = torch.as_tensor(idx)[:, None]
+            cls_cpu = cls.cpu()
+            weights[rows, cls_cpu] = post.sum((-1, -2)).cpu()
+            self._accumulate(frames, x, c, post, cls)
+            self.best_score[rows, cls_cpu] = best.cpu()
+            best_psi[rows, cls_cpu] = self.psi_grid[arg // S].cpu()
+            best_shift[rows, cls_cpu] = self.shift_grid[arg % S].cpu()
+        everyone = np.arange(self.n)
+        for t in (weights, best_psi, best_shift, self.best_score, resid, lse_all):
+            distributed.share_rows(t, everyone)
+        frames.all_reduce()
+        # summed per batch of all the particles, as one process always has
+        loglik = sum(float(lse_all[idx].sum()) for idx in _blocks(everyone, self.batch))
+        self.sigma2 = max(float(resid.mean()) / float(self.mask.sum()), 1e-6)
         new_refs = self._references(frames.fold_frames(self.psi_grid))
         return new_refs, weights, best_psi, best_shift, loglik / self.n
 
-    def _accumulate(self, frames, x, c, post):
+    def _score(self, idx, prepared, classes):
+        """E-step scores of the particles idx: (images, |CTF| or None, classes scored
+        (m, M), score (m, M, A*S) = -||x - C T(A)||^2 / 2 up to the ||x||^2 term (it cancels
+        in the posteriors), best score and its pose index (m, M), residual (m,): the least
+        ||x - C T(A)||^2 over the classes, for sigma2)."""
+        m = len(idx)
+        x = self._particles(idx)
+        cls = (torch.arange(self.k, device=self.dev).expand(m, self.k) if classes is None
+               else torch.as_tensor(classes[idx], device=self.dev, dtype=torch.long))
+        c = None if self.ctf is None else self.ctf(idx).to(self.dev)
+        cc, power = self.aligner.scores(x, prepared, ctf=c,
+                                        classes=None if classes is None else cls)
+        score = (cc - 0.5 * power[..., None]).reshape(m, cls.shape[1], -1)
+        best, arg = score.max(-1)
+        x2 = (x ** 2).sum((-1, -2))
+        return x, c, cls, score, best, arg, (x2[:, None] - 2 * best).min(1).values.cpu()
+
+    def _accumulate(self, frames, x, c, post, cls):
         """M-step sums of one batch into the (class, angle) frames: only the (particle,
         class) pairs with a non-negligible posterior (usually ~1 per particle once the
-        classes have formed, so this costs ~1/K of the dense sum)."""
-        K, A = post.shape[1:3]
+        classes have formed, so this costs ~1/K of the dense sum). post (m, M, A, S) over
+        the classes cls (m, M)."""
+        A = post.shape[2]
         xf = torch.fft.rfft2(x)
         if c is not None:
             xf = xf * c  # numerator CTF * F, denominator CTF^2 (Wiener)
-        pi, pk = torch.nonzero(post.sum((-1, -2)) > self.min_posterior, as_tuple=True)
-        cell = post[pi, pk]                                   # (P, A, S)
+        pi, pj = torch.nonzero(post.sum((-1, -2)) > self.min_posterior, as_tuple=True)
+        pk = cls[pi, pj]
+        cell = post[pi, pj]                                   # (P, A, S)
         mass = cell.sum(-1)                                   # (P, A)
         spectra = self.aligner.marginal_spectra(xf[pi], cell)
         # ClassAccumulator weighs spectra: pass the shift-averaged particle, weight = mass
@@ -150,6 +181,19 @@ class Refiner:
                    torch.zeros(len(frame), dtype=torch.long),
                    None if ctf2 is None else ctf2.reshape(-1, b, m))
 
+    def search_classes(self, table, ranking, labels, m):
+        """The pruned search's classes (N, m): each particle's own class, then the classes
+        with the highest entries of `table` (N, K: the best score each class reached the
+        last time it was scored against the particle, -inf if never), then, among classes
+        never scored, those first in `ranking` (N, K). None (every class) when m >= K."""
+        if m <= 0 or m >= self.k:
+            return None
+        order = torch.argsort(ranking, dim=1, descending=True, stable=True)
+        key = table.gather(1, order)
+        key = torch.where(order == labels[:, None], torch.full_like(key, float("inf")), key)
+        pick = torch.argsort(key, dim=1, descending=True, stable=True)[:, :m]
+        return order.gather(1, pick)
+
     def revive_empty(self, refs, weights, psi, shift, min_share=0.25):
         """A class holding less than `min_share` of an equal share gets a new reference: the
         aligned average of the worse-fitting half of the largest class (EM cannot split a
@@ -157,6 +201,9 @@ class Refiner:
         mass = weights.sum(0)
         lab = weights.argmax(1)
         refs = refs.clone()
+        self.revived = []
+        # the pruned search leaves the poses of unscored classes NaN; they get weight 0 here
+        psi, shift = torch.nan_to_num(psi), torch.nan_to_num(shift)
         for c in torch.nonzero(mass < min_share * self.n / self.k).flatten().tolist():
             big = int(torch.bincount(lab, minlength=self.k).argmax())
             members = torch.nonzero(lab == big).flatten()
@@ -169,6 +216,7 @@ class Refiner:
             own = torch.full((self.n,), c, dtype=torch.long)
             refs[c] = self.averages(own, w, psi[:, big], shift[:, big])[c]
             lab[worse] = c
+            self.revived.append(c)
             self.log(f"[refine] class {c + 1} was empty: re-seeded from half of class {big + 1}")
         return refs
 
@@ -206,13 +254,17 @@ class Refiner:
         return seeds
 
     def run(self, labels, iterations, seeds=None, align_iterations=3, progress=None,
-            state=None, on_iteration=None):
+            state=None, on_iteration=None, search_classes=0, ranking=None):
         """Refine from hard labels; returns (weights (N, K), psi (N,), shift (N, 2), history).
 
         The first `align_iterations` keep the classes fixed and only align: each class starts
         from one seed particle (`seeds[k]`, e.g. the member nearest the class's feature
         centre), its members are aligned to it and averaged, and so on; the EM iterations that
-        follow may move particles between classes. `state` (from `on_iteration(state)`)
+        follow may move particles between classes. `search_classes` M (0: all K) prunes the
+        search: each particle is scored against its own class and the M - 1 classes it
+        scored best against when last scored; before any score exists the order is
+        `ranking` (N, K), e.g. the clustering probabilities. A re-seeded class is scored
+        against every particle in the next iteration. `state` (from `on_iteration(state)`)
         resumes after a completed iteration."""
         lab0 = torch.as_tensor(np.asarray(labels), dtype=torch.long)
         fixed = torch.nn.functional.one_hot(lab0, self.k).float()
@@ -220,30 +272,47 @@ class Refiner:
             if seeds is None:
                 seeds = [int(torch.nonzero(lab0 == c)[0]) if (lab0 == c).any() else 0
                          for c in range(self.k)]
+            rank = fixed if ranking is None else torch.as_tensor(np.asarray(ranking),
+                                                                  dtype=torch.float32)
             state = {"iteration": 0, "weights": fixed, "history": [], "sigma2": None,
                      "refs": self._particles(np.asarray(seeds)).cpu(),
-                     "psi": torch.zeros(self.n, self.k), "shift": torch.zeros(self.n, self.k, 2)}
+                     "psi": torch.zeros(self.n, self.k), "shift": torch.zeros(self.n, self.k, 2),
+                     "table": torch.full((self.n, self.k), -float("inf")), "ranking": rank}
         self.sigma2 = state["sigma2"]
         refs = state["refs"].to(self.dev)
         weights = state["weights"]
         psi, shift = state["psi"], state["shift"]
+        table, rank = state["table"], state["ranking"]
         total = align_iterations + iterations
         fixed_labels = lab0.numpy()
+        if 0 < search_classes < self.k:
+            self.log(f"[refine] pruned search: each particle against {search_classes} of "
+                     f"{self.k} classes (all {self.k} in the first EM iteration)")
         for it in range(state["iteration"], total):
             prior = weights.mean(0).clamp_min(1e-3)
             align_only = it < align_iterations
             before = weights.argmax(1)
+            # the first EM iteration scores every class: the ranking of the clustering is
+            # only trusted to keep the alignment-only iterations cheap
+            first_em = it == align_iterations
+            classes = None if first_em else self.search_classes(table, rank, before,
+                                                                search_classes)
             refs, post, psi, shift, ll = self.em_step(
                 refs, torch.log(prior / prior.sum()).to(self.dev),
-                fixed=fixed_labels if align_only else None)
+                fixed=fixed_labels if align_only else None, classes=classes)
+            scored = torch.isfinite(self.best_score)
+            table = torch.where(scored, self.best_score, table)
             weights = fixed if align_only else post
             if not align_only and it < total - 2:
                 refs = self.revive_empty(refs, weights, psi, shift)
+                table[:, self.revived] = 1e30   # below only the particle's own class
             changed = int((weights.argmax(1) != before).sum())
             state["history"].append({"iteration": it + 1, "loglik": ll, "changed": changed,
-                                     "sigma2": self.sigma2, "align_only": align_only})
+                                     "sigma2": self.sigma2, "align_only": align_only,
+                                     "classes_searched": self.k if classes is None
+                                     else classes.shape[1]})
             state.update(iteration=it + 1, weights=weights, refs=refs.cpu(), psi=psi,
-                         shift=shift, sigma2=self.sigma2)
+                         shift=shift, sigma2=self.sigma2, table=table)
             if progress:
                 progress(it + 1, total, ll, changed)
             if on_iteration:

@@ -16,6 +16,7 @@ from simcryo import runtime
 from simcryo.align import ClassAligner, ClassAlignParams, ParticleSource
 from simcryo.classify import pretext, scan, selflabel
 from simcryo.classify.augment import Augmenter
+from simcryo.classify.checkpoint import file_identity
 from simcryo.classify.neighbors import knn_cosine
 from simcryo.classify.preprocess import (CACHE_NAME, Geometry, apply_filter, build_cache,
                                         wiener_filter)
@@ -25,28 +26,35 @@ from simcryo.image.fourier import fourier_crop
 from simcryo.image.mask import soft_mask
 from simcryo.image.preprocess import mask_radius_for
 from simcryo.models import ProjectionHead, resnet18
+from simcryo.outputs import atomic_path, check_free_space
 
 
 def preprocess(pipe, saved):
+    """The cached working images: reused when the checkpoint's cache is there unchanged
+    (recorded size and modification time), else built (deterministic: a rebuilt cache
+    equals the removed one). Returns True when it was built."""
     t = time.time()
     cache_path = os.path.join(pipe.out, CACHE_NAME)
-    geom_saved = saved.get("geometry") if saved else None
-    if geom_saved and os.path.exists(cache_path):
+    geom_saved = pipe.state.get("geometry") if saved is not None else None
+    recorded = pipe.state.get("artefacts", {}).get(CACHE_NAME)
+    if geom_saved and recorded and os.path.exists(cache_path) \
+            and file_identity(cache_path) == list(recorded):
         g = Geometry.__new__(Geometry)
         g.__dict__.update(geom_saved)
         wb = g.working_box
-        if os.path.getsize(cache_path) == pipe.pset.n * wb * wb * 4:
-            pipe.geom = g
-            pipe.images = np.memmap(cache_path, dtype=np.float32, mode="r",
-                                    shape=(pipe.pset.n, wb, wb))
-            return
+        pipe.geom = g
+        pipe.images = np.memmap(cache_path, dtype=np.float32, mode="r",
+                                shape=(pipe.pset.n, wb, wb))
+        return False
     pipe.images, pipe.geom = build_cache(pipe.pset, pipe.cfg, pipe.out, pipe.device,
                                          log=pipe.log)
     pipe.state["geometry"] = dict(vars(pipe.geom))
+    pipe.checkpoint.record_artefact(pipe.state, CACHE_NAME)
     pipe.state["timings"]["preprocess"] = time.time() - t
     pipe.log(f"[classify] preprocessed {pipe.pset.n} particles: box {pipe.geom.box} -> "
              f"crop {pipe.geom.window} -> working box {pipe.geom.working_box} px, particle "
              f"radius {pipe.geom.radius_px:.1f} px ({time.time() - t:.1f} s)")
+    return True
 
 
 def pretext_box(pipe):
@@ -127,12 +135,17 @@ def features_stage(pipe, backbone):
     if pipe.state["stage"] != "features" and os.path.exists(feat_path):
         return np.load(feat_path), np.load(nb_path)
     t = time.time()
+    n = len(pipe.images)
+    check_free_space(pipe.out, n * (4 * backbone.out_dim + 8 * cfg.knn) + 4096,
+                     "features.npy and neighbors.npy")
     mask = soft_mask(pretext_box(pipe), pretext_radius(pipe), width=2.0, device=pipe.device)
     feats = pretext.extract_features(backbone, pipe.images, cfg.tta_rotations, pipe.device,
                                      mask=mask, prefilter=prefilter(pipe))
     neighbors, _ = knn_cosine(feats, cfg.knn, pipe.device)
-    np.save(feat_path, feats)
-    np.save(nb_path, neighbors)
+    for path, array in ((feat_path, feats), (nb_path, neighbors)):
+        with atomic_path(path) as tmp:
+            np.save(tmp, array)
+        pipe.checkpoint.record_artefact(pipe.state, os.path.basename(path))
     pipe.state["timings"]["features"] = time.time() - t
     pipe.state.update(stage="scan", epoch=0)
     pipe.save(backbone=backbone)
@@ -241,7 +254,7 @@ def refine_stage(pipe, probs, feats, saved):
     weights, psi, shift, history = refiner.run(
         labels, cfg.refine_iterations, seeds=seeds,
         align_iterations=cfg.refine_align_iterations, progress=report, state=start,
-        on_iteration=save)
+        on_iteration=save, search_classes=cfg.refine_search_classes, ranking=probs)
     pipe.state.pop("refine_state", None)
     pipe.state["refine_result"] = {"weights": weights, "psi": psi, "shift": shift}
     pipe.state.update(stage="done", epoch=0)

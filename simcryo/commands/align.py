@@ -2,11 +2,15 @@
 
 Reads a classified STAR (`_rlnClassNumber` required; `_rlnMaxValueProbDistribution` used as
 the particle's weight when present; CTF columns used when present), aligns every class
-reference-free (see simcryo/align/classalign.py) and writes in --o:
+reference-free (see simcryo/align/classalign.py) and writes in --o (atomically; a STAR
+from a simcryo run that did not finish, without its run.json, is refused):
 particles.star (every input row and column, plus _rlnClassNumber, _rlnMaxValueProbDistribution,
 _rlnAnglePsi, _rlnOriginXAngst/YAngst, _simcryoAlignCC), class_averages.mrcs (class k at index
-k; classes without particles are blank) and run.json (config, per-iteration changes, speed,
+k; classes without particles are blank) and, last, run.json (config, per-iteration changes, speed,
 per-class half-set FRC and resolution, pose errors when _simcryoTrue* columns exist).
+Under `torchrun --nproc_per_node N -m simcryo align ...` the particles are sharded over the
+ranks (simcryo.distributed, simcryo/align/classalign.py); rank 0 alone logs and writes, and
+run.json records world_size.
 Pose convention (RELION's, simcryo.image.geometry): align_images(particle, psi, origin) ~= its class
 average (shift by +origin, then rotate by +psi, as relion_stack_create --apply_transformation).
 """
@@ -16,11 +20,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from simcryo import distributed
 from simcryo.config import (add_config_arguments, config_from_args, config_to_dict,
-                            mask_diameter_field, radius_px)
+                            force_field, mask_diameter_field, radius_px)
 from simcryo.errors import SimcryoError
-from simcryo.runtime import (RunLog, ensure_output_dir, log, resolve_device, seed_everything,
-                             set_threads)
+from simcryo.outputs import COMPLETE, OutputFolder, require_complete
+from simcryo.runtime import (RunLog, log, resolve_device, seed_everything, set_threads,
+                             warn_empty_classes)
+
+RESULTS = ("particles.star", "class_averages.mrcs", COMPLETE)  # refused without --force
 
 REASSIGN_HELP = (
     "after aligning, move each particle to the class average it matches best (normalised "
@@ -36,7 +44,9 @@ class AlignConfig:
     i: str = field(default="", metadata={
         "help": "classified particles: STAR with _rlnClassNumber (RELION 3.0/3.1)",
         "metavar": "PARTICLES.star"})
-    o: str = field(default="", metadata={"help": "output folder (created)", "metavar": "DIR"})
+    o: str = field(default="", metadata={"help": "output folder (created; not the input's "
+                                                 "folder)", "metavar": "DIR"})
+    force: bool = force_field()
     iterations: int = field(default=8, metadata={
         "help": "maximum alignment iterations (stops earlier when the median angle change "
                 "< --tol-angle and the median shift change < --tol-shift, after >= 3)"})
@@ -245,21 +255,40 @@ def truth_report(pset, aligner):
 
 def run(cfg):
     """Align cfg.i into cfg.o; returns the run-log dict."""
-    from simcryo.align import ClassAligner, ParticleSource
-    from simcryo.io.mrc import write_stack
-    from simcryo.io.particles import load_particles, write_particles
+    from simcryo.io.particles import load_particles
     set_threads(cfg.threads)
-    device = resolve_device(cfg.device)
+    device = distributed.local_device(resolve_device(cfg.device))
     seed_everything(cfg.seed)
+    require_complete(cfg.i, "classified particles")
     pset = load_particles(cfg.i, apix=cfg.apix or None)
     labels, k, weights = read_classes(pset, cfg.i)
-    out = ensure_output_dir(cfg.o)
-    runlog = RunLog("align", config_to_dict(cfg), seed=cfg.seed)
-    runlog.start("total")
+    if not distributed.is_main():  # the other ranks align their shards and write nothing
+        _align(cfg, pset, labels, k, weights, device)
+        return None
+    with OutputFolder(cfg.o, RESULTS, inputs=[cfg.i], force=cfg.force) as folder:
+        folder.begin()
+        return _run(cfg, pset, labels, k, weights, device, folder.path)
+
+
+def _align(cfg, pset, labels, k, weights, device):
+    """The aligned ClassAligner (every rank takes part; progress lines from rank 0)."""
+    from simcryo.align import ClassAligner, ParticleSource
     params = align_params(cfg, pset.box, pset.apix, device)
     ctf = pset.ctf if cfg.ctf else None
     source = ParticleSource(pset.images, pset.n, pset.box, device, ctf=ctf, apix=pset.apix)
-    aligner = ClassAligner(source, labels, weights, k, params, log=log).run()
+    return ClassAligner(source, labels, weights, k, params,
+                        log=distributed.main_only(log)).run()
+
+
+def _run(cfg, pset, labels, k, weights, device, out):
+    from simcryo.io.mrc import write_stack
+    from simcryo.io.particles import write_particles
+    runlog = RunLog("align", config_to_dict(cfg), seed=cfg.seed,
+                    world_size=distributed.world_size())
+    runlog.start("total")
+    aligner = _align(cfg, pset, labels, k, weights, device)
+    params = aligner.p
+    ctf = pset.ctf if cfg.ctf else None
 
     apix = pset.apix
     psi, shift = aligner.poses()
@@ -296,11 +325,12 @@ def run(cfg):
                                                 if aligner.history else None)
     runlog["reassigned"] = aligner.moved
     runlog["classes"] = class_report(aligner, apix)
+    warn_empty_classes([c["particles"] for c in runlog["classes"]])
     truth = truth_report(pset, aligner)
     if truth is not None:
         runlog["pose_errors_vs_truth"] = truth
         log(f"[align] pose errors vs truth (modulo class frame): median "
             f"{truth['angle_median_deg']:.2f} deg, {truth['shift_median_px']:.2f} px")
-    runlog.write(os.path.join(out, "run.json"))
+    runlog.write(os.path.join(out, COMPLETE))  # last: the completion marker
     log(f"[align] wrote {out}/particles.star, class_averages.mrcs, run.json")
     return runlog.data

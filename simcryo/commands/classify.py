@@ -1,6 +1,7 @@
 """`simcryo classify`: unsupervised 2D classification of particle images.
 
-Writes in --o: particles.star (every input row and column in input order, plus
+Writes in --o (each file atomically; run.json last, as the mark of a finished run; a lock
+refuses a second run into the same folder): particles.star (every input row and column in input order, plus
 _rlnClassNumber 1..K, _rlnMaxValueProbDistribution, _rlnAnglePsi, _rlnOriginXAngst,
 _rlnOriginYAngst), class_averages.mrcs (class k at index k), run.json (config, versions,
 seed, timings, loss curves, pretext images/s, metrics when _simcryoTrueClass exists),
@@ -20,8 +21,14 @@ from simcryo.config import add_config_arguments, config_from_args, config_to_dic
 from simcryo.errors import SimcryoError
 from simcryo.io.mrc import write_stack
 from simcryo.io.particles import load_particles, write_particles
-from simcryo.runtime import (RunLog, ensure_output_dir, log, resolve_device, seed_everything,
-                             set_threads)
+from simcryo.outputs import COMPLETE, OutputFolder, atomic_path, discard, require_complete
+from simcryo.runtime import (RunLog, log, resolve_device, seed_everything, set_threads,
+                             warn_empty_classes)
+
+# the files of a run (a folder holding any of them is refused without --force or a
+# checkpoint to --resume); not the cache, a killed run's intermediate, rebuilt when needed
+RESULTS = ("particles.star", "class_averages.mrcs", COMPLETE, "probabilities.npy",
+           "features.npy", "neighbors.npy", CHECKPOINT)
 
 
 def add_arguments(parser):
@@ -55,20 +62,36 @@ def run(cfg):
     seed_everything(cfg.seed)
     if cfg.mask_diameter < 0:
         raise SimcryoError("--mask-diameter must be >= 0 (Å; 0: estimated from the particles)")
+    require_complete(cfg.i)
     pset = load_particles(cfg.i, apix=cfg.apix or None)
     if cfg.mask_diameter and radius_px(cfg.mask_diameter, pset.apix) > 0.45 * pset.box:
         log(f"note: --mask-diameter {cfg.mask_diameter:g} Å is wider than 0.9 x the box "
             f"({0.9 * pset.box * pset.apix:g} Å); the mask is limited to that")
-    out = ensure_output_dir(cfg.o)
+    folder = OutputFolder(cfg.o, RESULTS, inputs=[cfg.i], force=cfg.force,
+                          resume=cfg.resume and os.path.exists(os.path.join(cfg.o, CHECKPOINT)))
+    with folder:
+        try:
+            return _run(cfg, pset, device, folder, t0)
+        except (SimcryoError, OSError):
+            # a failed run (full disk, bad input) frees the cache's space; a resume rebuilds it
+            discard(os.path.join(folder.path, CACHE_NAME))
+            raise
+
+
+def _run(cfg, pset, device, folder, t0):
+    out = folder.path
     runlog = RunLog("classify", config_to_dict(cfg), seed=cfg.seed, n_particles=pset.n,
                     box=pset.box, apix=pset.apix, ctf=pset.ctf is not None)
     clf = Classifier(pset, cfg, out, device, resume=cfg.resume, log=log)
+    clf.load()  # a refused resume leaves the folder as it was
+    folder.begin()
     result = clf.run()
     labels, probs = result["labels"], result["probabilities"]
     runlog.start("averages")
     psi, shift, averages = clf.averages(labels, probs)
     runlog.stop("averages")
-    np.save(os.path.join(out, "probabilities.npy"), probs)
+    with atomic_path(os.path.join(out, "probabilities.npy")) as tmp:
+        np.save(tmp, probs)
     conf = probs[np.arange(pset.n), labels]
     columns = {
         "rlnClassNumber": (labels + 1).tolist(),
@@ -84,6 +107,7 @@ def run(cfg):
     runlog["mask_diameter_A"] = round(2 * float(result["geometry"].radius_px) * pset.apix, 3)
     runlog["pretext_images_per_s"] = round(result["pretext_images_per_s"], 1)
     runlog["class_sizes"] = np.bincount(labels, minlength=cfg.K).tolist()
+    warn_empty_classes(runlog["class_sizes"])
     runlog["scan_head_losses"] = result["scan_head_losses"]
     for name, values in result["curves"].items():
         runlog.data["curves"][name] = values
@@ -98,10 +122,8 @@ def run(cfg):
         log("[classify] vs _simcryoTrueClass: " + " ".join(
             f"{k}={v:.3f}" for k, v in runlog["metrics"].items()))
     runlog.data["timings_s"]["total"] = round(time.time() - t0, 3)
-    runlog.write(os.path.join(out, "run.json"))
-    cache = os.path.join(out, CACHE_NAME)
-    if os.path.exists(cache):
-        os.remove(cache)
+    discard(os.path.join(out, CACHE_NAME))
+    runlog.write(os.path.join(out, COMPLETE))  # last: the completion marker
     log(f"[classify] wrote {out}/particles.star, class_averages.mrcs, run.json "
         f"({time.time() - t0:.1f} s; pretext {result['pretext_images_per_s']:.0f} img/s; "
         f"class sizes {runlog['class_sizes']})")

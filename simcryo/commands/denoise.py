@@ -1,12 +1,14 @@
 """`simcryo denoise train|apply`: particle denoising before clustering.
 
 train: --i particles.star [--volume map.mrc] --o MODEL_DIR
-    MODEL_DIR/model.pt (the generator and what apply needs), checkpoint.pt (full training
-    state, written every epoch; --resume continues from it), run.json (config, data
-    statistics, loss curves, timings).
+    MODEL_DIR/checkpoint.pt (full training state, written every epoch; --resume continues
+    from it), then, when training ends, model.pt (the generator and what apply needs) and
+    run.json (config, data statistics, loss curves, timings), the mark of a finished model:
+    apply refuses a model folder of a simcryo run without it.
 apply: --i particles.star --model MODEL_DIR --o OUT
     OUT/particles.mrcs (denoised images, input order, input pixel size) and OUT/particles.star
-    (every input row and column, _rlnImageName pointing at the new stack), run.json.
+    (every input row and column, _rlnImageName pointing at the new stack), run.json last.
+Files are written atomically; a lock refuses a second run into the same folder.
 """
 import argparse
 import dataclasses
@@ -28,9 +30,9 @@ from simcryo.errors import SimcryoError
 from simcryo.image.volume import resample_volume
 from simcryo.io.mrc import StackWriter, read_volume
 from simcryo.io.particles import load_particles, write_particles
-from simcryo.runtime import (ensure_output_dir, epoch_generator, load_checkpoint, log, Progress,
-                             resolve_device, RunLog, save_checkpoint, seed_everything,
-                             set_threads)
+from simcryo.outputs import COMPLETE, OutputFolder, require_complete
+from simcryo.runtime import (epoch_generator, load_checkpoint, log, Progress, resolve_device,
+                             RunLog, save_checkpoint, seed_everything, set_threads)
 
 TRAIN_HELP = """Train a denoiser on the particles in --i.
 
@@ -77,7 +79,12 @@ def add_arguments(parser):
     train.add_argument("--apix", type=float, default=None,
                        help="pixel size of the particles in Å/px (default: STAR / header)")
     train.add_argument("--resume", action="store_true",
-                       help="continue from MODEL_DIR/checkpoint.pt")
+                       help="continue from MODEL_DIR/checkpoint.pt: the same input (STAR rows, "
+                            "stack sizes and modification times), volume and parameters "
+                            "(else an error names what differs; --epochs may grow, --device "
+                            "and --threads never count)")
+    train.add_argument("--force", action="store_true",
+                       help="replace a model already in MODEL_DIR")
     add_config_arguments(train, DenoiseConfig)
     apply = sub.add_parser("apply", help="denoise particles with a trained model",
                            description=APPLY_HELP, formatter_class=fmt)
@@ -86,6 +93,8 @@ def add_arguments(parser):
     apply.add_argument("--model", required=True, metavar="MODEL_DIR",
                        help="folder written by `simcryo denoise train`")
     apply.add_argument("--o", required=True, metavar="OUT", help="output folder")
+    apply.add_argument("--force", action="store_true",
+                       help="replace the results already in OUT")
     apply.add_argument("--apix", type=float, default=None,
                        help="pixel size of the particles in Å/px (default: STAR / header)")
     skip = [f.name for f in dataclasses.fields(DenoiseConfig) if f.name not in APPLY_FIELDS]
@@ -180,17 +189,59 @@ def _reference_pairs(cfg, args, pset, mask, device):
     return pairs, info
 
 
-def _check_resume(state, mode, cfg):
-    if state.get("mode") != mode:
-        raise SimcryoError(f"checkpoint was trained in mode '{state.get('mode')}', not '{mode}'")
-    if state.get("arch") != arch_of(cfg):
-        raise SimcryoError(f"checkpoint architecture {state.get('arch')} differs from the "
-                           f"requested {arch_of(cfg)}")
+# parameters that never change the model (where and how fast it runs, apply's batch) and
+# the number of epochs, which a resumed training may raise
+RESUME_UNCHECKED = {"device", "threads", "apply_batch", "epochs"}
+TRAIN_RESULTS = ("model.pt", "checkpoint.pt", COMPLETE)
+APPLY_RESULTS = ("particles.mrcs", "particles.star", COMPLETE)
+
+
+def job_identity(cfg, args, pset, mode):
+    """What a resumed training must share with the checkpoint: input, volume, parameters."""
+    params = {k: v for k, v in config_to_dict(cfg).items() if k not in RESUME_UNCHECKED}
+    volume = None
+    if args.volume and mode == "reference":
+        st = os.stat(args.volume)
+        volume = [os.path.abspath(args.volume), int(st.st_size), int(st.st_mtime_ns),
+                  args.volume_apix]
+    return {"input": pset.fingerprint(), "volume": volume, "params": params, "mode": mode,
+            "arch": arch_of(cfg)}
+
+
+def _check_resume(state, job, path):
+    """One line naming what differs between the checkpoint's job and this one."""
+    if "job" not in state:
+        raise SimcryoError(f"{path} is from another simcryo version; rerun without --resume "
+                           "(with --force to replace it)")
+    before, what = state["job"], []
+    if before["input"] != job["input"]:
+        what.append("the input particles (STAR rows, stack sizes or modification times)")
+    if before["volume"] != job["volume"]:
+        what.append("--volume")
+    for key in ("mode", "arch"):
+        if before[key] != job[key]:
+            what.append(f"{key} {before[key]} -> {job[key]}")
+    for k, v in job["params"].items():
+        if before["params"].get(k) != v:
+            what.append(f"{k} {before['params'].get(k)} -> {v}")
+    if what:
+        raise SimcryoError(f"--resume: this is not the training in {path}: "
+                           + "; ".join(what))
 
 
 def train(cfg, args, device):
-    out = ensure_output_dir(args.o)
     pset = load_particles(args.i, apix=args.apix)
+    ckpt_path = os.path.join(args.o, "checkpoint.pt")
+    resume = args.resume and os.path.exists(ckpt_path)
+    if args.resume and not resume:
+        raise SimcryoError(f"--resume: no checkpoint in {args.o}")
+    with OutputFolder(args.o, TRAIN_RESULTS, inputs=[args.i, args.volume], force=args.force,
+                      resume=resume) as folder:
+        _train(cfg, args, device, pset, folder)
+
+
+def _train(cfg, args, device, pset, folder):
+    out = folder.path
     mode = _resolve_mode(cfg, args)
     radius = mask_radius_px(cfg, pset.box, pset.apix)
     mask = background_mask(pset.box, radius, device)
@@ -215,15 +266,15 @@ def train(cfg, args, device):
     extra["phase_flip"] = bool(cfg.phase_flip and pset.ctf is not None)
     runlog["data"] = extra
     ckpt_path = os.path.join(out, "checkpoint.pt")
+    job = job_identity(cfg, args, pset, mode)
     start, history = 0, []
     if args.resume:
-        if not os.path.exists(ckpt_path):
-            raise SimcryoError(f"--resume: no checkpoint in {out}")
         state = load_checkpoint(ckpt_path, device)
-        _check_resume(state, mode, cfg)
+        _check_resume(state, job, ckpt_path)
         trainer.load_state_dict(state["trainer"])
         start, history = state["epoch"], state["history"]
         log(f"resumed after epoch {start}")
+    folder.begin()  # a refused resume leaves the folder as it was
     steps = max(1, cfg.images_per_epoch // cfg.batch_size)
     progress = Progress(f"denoise {mode}", (cfg.epochs - start) * steps)
     runlog.start("train")
@@ -237,15 +288,16 @@ def train(cfg, args, device):
         history.append(stats)
         log(f"epoch {epoch + 1}/{cfg.epochs} " + " ".join(f"{k}={v:.4g}"
                                                          for k, v in stats.items()))
-        record = model_record(trainer.G, cfg, mode, pset.box, pset.apix, extra)
-        save_checkpoint(os.path.join(out, "model.pt"), record)
-        save_checkpoint(ckpt_path, {"epoch": epoch + 1, "history": history, "mode": mode,
-                                    "arch": arch_of(cfg), "trainer": trainer.state_dict()})
+        save_checkpoint(ckpt_path, {"epoch": epoch + 1, "history": history, "job": job,
+                                    "trainer": trainer.state_dict()})
     runlog.stop("train")
     for stats in history:
         for k, v in stats.items():
             runlog.curve(k, v)
-    runlog.write(os.path.join(out, "run.json"))
+    # the model once, when trained (atomically), then run.json: `apply` needs both
+    save_checkpoint(os.path.join(out, "model.pt"),
+                    model_record(trainer.G, cfg, mode, pset.box, pset.apix, extra))
+    runlog.write(os.path.join(out, COMPLETE))
     log(f"model written to {os.path.join(out, 'model.pt')}")
 
 
@@ -263,6 +315,7 @@ def apply(cfg, args, device):
     model_path = os.path.join(args.model, "model.pt")
     if not os.path.isfile(model_path):
         raise SimcryoError(f"no model.pt in {args.model} (run `simcryo denoise train` first)")
+    require_complete(model_path, "model")
     record = load_checkpoint(model_path, device)
     G = load_generator(record, device)
     pset = load_particles(args.i, apix=args.apix)
@@ -274,7 +327,14 @@ def apply(cfg, args, device):
     if flip and pset.ctf is None:
         raise SimcryoError(f"model in {args.model} works on phase-flipped particles, but "
                            f"{args.i} has no CTF columns")
-    out = ensure_output_dir(args.o)
+    with OutputFolder(args.o, APPLY_RESULTS, inputs=[args.i], input_dirs=[args.model],
+                      force=args.force) as folder:
+        folder.begin()
+        _apply(cfg, args, device, pset, record, G, flip, folder.path)
+
+
+def _apply(cfg, args, device, pset, record, G, flip, out):
+    stack_path = os.path.join(out, "particles.mrcs")
     runlog = RunLog("denoise apply", config_to_dict(cfg), input=args.i,
                     model=os.path.abspath(args.model), mode=record["mode"], n_particles=pset.n)
     progress = Progress("denoise apply", pset.n)
@@ -291,6 +351,6 @@ def apply(cfg, args, device):
     write_particles(os.path.join(out, "particles.star"), pset, image_names=names)
     runlog["timings_s"]["apply"] = round(elapsed, 3)
     runlog["images_per_s"] = pset.n / max(elapsed, 1e-9)
-    runlog.write(os.path.join(out, "run.json"))
+    runlog.write(os.path.join(out, COMPLETE))
     log(f"denoised {pset.n} particles in {elapsed:.1f} s ({pset.n / max(elapsed, 1e-9):.0f} "
         f"images/s) -> {out}")

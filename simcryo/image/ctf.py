@@ -57,6 +57,8 @@ class CTFEvaluator:
         self.quartic = -0.5 * math.pi * np.asarray(ctf.cs, np.float64) * 1e7 * lam ** 3
         self.const = np.deg2rad(np.asarray(ctf.phase_shift, np.float64)) + np.arcsin(w)
         self.bfac = -np.asarray(ctf.bfactor, np.float64) / 4.0
+        flipped = getattr(ctf, "flipped", None)
+        self.flipped = None if flipped is None else np.asarray(flipped, bool)
 
     def _column(self, values, idx):
         values = np.broadcast_to(np.asarray(values, np.float64), (self.n,))
@@ -76,6 +78,10 @@ class CTFEvaluator:
         bf = self._column(self.bfac, idx).to(self.dtype)
         if bool((bf != 0).any()):
             out = out * torch.exp(bf[:, None, None] * self.s2)
+        if self.flipped is not None and self.flipped[idx].any():
+            # phase-flipped images carry |CTF|: matched filters and Wiener averages use that
+            flip = torch.as_tensor(self.flipped[idx], device=out.device)
+            out = torch.where(flip[:, None, None], out.abs(), out)
         return out
 
 

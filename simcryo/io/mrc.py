@@ -7,6 +7,8 @@ import mrcfile
 import numpy as np
 
 from simcryo.errors import SimcryoError
+from simcryo.outputs import (allocate, atomic_path, check_free_space, discard, temp_name,
+                             umask)
 
 
 def _open_mmap(path):
@@ -63,7 +65,7 @@ def write_stack(path, images, apix=1.0):
     images = np.ascontiguousarray(images, dtype=np.float32)
     if images.ndim == 2:
         images = images[None]
-    with mrcfile.new(path, overwrite=True) as mrc:
+    with atomic_path(path) as tmp, mrcfile.new(tmp, overwrite=True) as mrc:
         mrc.set_data(images)
         mrc.set_image_stack()
         mrc.voxel_size = float(apix)
@@ -71,36 +73,62 @@ def write_stack(path, images, apix=1.0):
 
 
 def write_volume(path, volume, apix=1.0):
-    with mrcfile.new(path, overwrite=True) as mrc:
+    with atomic_path(path) as tmp, mrcfile.new(tmp, overwrite=True) as mrc:
         mrc.set_data(np.ascontiguousarray(volume, dtype=np.float32))
         mrc.set_volume()
         mrc.voxel_size = float(apix)
 
 
 class StackWriter:
-    """Stream images into a pre-allocated MRC stack: memory stays O(batch)."""
+    """Stream images into a pre-allocated MRC stack: memory stays O(batch). The stack is
+    written under a temporary name with its blocks reserved (a full disk fails at the start,
+    not with SIGBUS on a page write) and moved into place by `close()`; `abort()` (or an
+    exception inside `with`) removes it."""
 
     def __init__(self, path, n, box, apix=1.0):
         self.path = path
-        self._mrc = mrcfile.new_mmap(path, shape=(n, box, box), mrc_mode=2, overwrite=True)
-        self._mrc.set_image_stack()
-        self._mrc.voxel_size = float(apix)
+        self.tmp = temp_name(path)
+        check_free_space(os.path.dirname(os.path.abspath(path)), 4 * n * box * box,
+                         f"the stack {os.path.basename(path)}")
+        try:
+            self._mrc = mrcfile.new_mmap(self.tmp, shape=(n, box, box), mrc_mode=2,
+                                         overwrite=True)
+            allocate(self.tmp, os.path.getsize(self.tmp), f"the stack {os.path.basename(path)}")
+            self._mrc.set_image_stack()
+            self._mrc.voxel_size = float(apix)
+        except BaseException:
+            if getattr(self, "_mrc", None) is not None:
+                self._mrc.close()
+            discard(self.tmp)
+            raise
 
     def write(self, start, images):
         images = np.asarray(images, dtype=np.float32)
         self._mrc.data[start:start + len(images)] = images
 
     def close(self):
+        """Finish the stack and move it into place."""
         if self._mrc is not None:
             self._mrc.update_header_stats()
             self._mrc.close()
             self._mrc = None
+            os.chmod(self.tmp, 0o666 & ~umask())
+            os.replace(self.tmp, self.path)
+
+    def abort(self):
+        if self._mrc is not None:
+            self._mrc.close()
+            self._mrc = None
+        discard(self.tmp)
 
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.close()
+    def __exit__(self, exc_type, *exc):
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
 
 
 class StackCache:

@@ -5,12 +5,13 @@ indices in range, one square box size, pixel size known, CTF columns complete);
 `ParticleSet.images` reads only the requested particles from memory-mapped stacks and checks
 them for NaN/Inf.
 """
+import hashlib
 import os
 from dataclasses import dataclass
 
 import numpy as np
 
-from simcryo.errors import SimcryoError
+from simcryo.errors import SimcryoError, warn
 from simcryo.io.mrc import StackCache, open_stack, read_apix
 from simcryo.io.star import StarBlock, read_star, write_star
 
@@ -31,9 +32,13 @@ class CTFParams:
     amp_contrast: np.ndarray
     phase_shift: np.ndarray
     bfactor: np.ndarray
+    # True where the images are already phase-flipped (_rlnCtfDataArePhaseFlipped 1): they
+    # carry |CTF|, which the CTF images then are (None: none flipped)
+    flipped: np.ndarray = None
 
     def take(self, idx):
-        return CTFParams(**{k: np.asarray(v)[idx] for k, v in self.__dict__.items()})
+        return CTFParams(**{k: None if v is None else np.asarray(v)[idx]
+                            for k, v in self.__dict__.items()})
 
     def __len__(self):
         return len(self.defocus_u)
@@ -54,21 +59,21 @@ def parse_image_name(name):
 
 
 def _resolve_stack(path, star_dir):
-    """RELION writes paths relative to the project folder, which is usually the folder of the
-    STAR or one of its ancestors; try those, then the current folder."""
+    """The stack file of an _rlnImageName path, looked up only where RELION's conventions put
+    it: an absolute path as is; a relative one in the project folder (RELION writes paths
+    relative to it and runs there: the current folder) or beside the STAR (files moved with
+    their stacks; simcryo's own outputs). Never in other folders, where another file of the
+    same name would be read silently. When both candidates exist and are different files the
+    choice would be a guess: an error. Returns None when not found."""
     if os.path.isabs(path):
-        return path if os.path.exists(path) else None
-    d = os.path.abspath(star_dir)
-    while True:
-        cand = os.path.join(d, path)
-        if os.path.exists(cand):
-            return cand
-        parent = os.path.dirname(d)
-        if parent == d:
-            break
-        d = parent
-    cand = os.path.abspath(path)
-    return cand if os.path.exists(cand) else None
+        return path if os.path.isfile(path) else None
+    found = [c for c in (os.path.join(os.path.abspath(star_dir), path), os.path.abspath(path))
+             if os.path.isfile(c)]
+    if len(found) == 2 and not os.path.samefile(*found):
+        raise SimcryoError(f"image stack {path} is ambiguous: it exists beside the STAR "
+                           f"({found[0]}) and in the current folder ({found[1]}); give "
+                           "absolute paths or run from the project folder only")
+    return found[0] if found else None
 
 
 class ParticleSet:
@@ -125,12 +130,30 @@ class ParticleSet:
     def column(self, label, default=None):
         return self.particles.get(label, default)
 
+    def fingerprint(self):
+        """The input's identity, for a resumed run to check it continues the same job: a hash
+        of the STAR rows (every column) and optics, and each stack's size and modification
+        time (a rewritten stack changes them)."""
+        h = hashlib.sha256()
+        for block in (self.particles, self.optics):
+            for label, values in (block.columns.items() if block is not None else ()):
+                h.update(label.encode())
+                h.update("\x1f".join(values).encode())
+        stacks = {}
+        for p in self.stack_paths:
+            st = os.stat(p)
+            stacks[p] = [int(st.st_size), int(st.st_mtime_ns)]
+        return {"n": int(self.n), "rows": h.hexdigest(), "apix": float(self.apix),
+                "stacks": stacks}
+
 
 def _load_bare_stack(path, apix):
     stack = open_stack(path)
     n, ny, nx = stack.shape
     if ny != nx:
         raise SimcryoError(f"{path}: images are not square ({nx} x {ny})")
+    if apix:
+        check_apix(apix, "--apix")
     apix = apix or read_apix(path)
     if apix is None:
         raise SimcryoError(f"{path}: pixel size not set in the MRC header; give --apix")
@@ -212,28 +235,48 @@ def _read_ctf(particles, optics, path):
         voltage=values["rlnVoltage"], cs=values["rlnSphericalAberration"],
         amp_contrast=values["rlnAmplitudeContrast"],
         phase_shift=opt("rlnPhaseShift", 0.0), bfactor=opt("rlnCtfBfactor", 0.0))
+    flipped = _per_particle(particles, optics, "rlnCtfDataArePhaseFlipped", path)
+    if flipped is not None and (flipped > 0.5).any():
+        ctf.flipped = flipped > 0.5
     for k, v in ctf.__dict__.items():
-        if not np.isfinite(v).all():
+        if v is not None and not np.isfinite(v).all():
             raise SimcryoError(f"{path}: CTF parameter {k} has NaN/Inf values")
+    negative = int(((ctf.defocus_u < 0) | (ctf.defocus_v < 0)).sum())
+    if negative:
+        warn(f"{path}: {negative} of {n} particles have a negative defocus; RELION's "
+             "underfocus is positive (Å): check the sign convention of the CTF columns")
     return ctf
 
 
 def _pixel_size(particles, optics, path, apix, header_apix):
+    """The pixel size in Å/px, > 0: a negative one would flip every shift's sign."""
+    value, source = _pixel_size_source(particles, optics, path, apix, header_apix)
+    check_apix(value, f"{path}: {source}")
+    return value
+
+
+def check_apix(value, where):
+    if not (np.isfinite(value) and value > 0):
+        raise SimcryoError(f"{where}: the pixel size must be > 0 Å/px (got {value:g})")
+    return float(value)
+
+
+def _pixel_size_source(particles, optics, path, apix, header_apix):
     if apix:
-        return float(apix)
+        return float(apix), "--apix"
     for label in ("rlnImagePixelSize", "rlnPixelSize"):
         v = _per_particle(particles, optics, label, path)
         if v is not None:
             if np.ptp(v) > 1e-4:
                 raise SimcryoError(f"{path}: mixed pixel sizes ({v.min():.4g}-{v.max():.4g} Å); "
                                    "process each optics group separately")
-            return float(v[0])
+            return float(v[0]), "_" + label
     mag = _per_particle(particles, optics, "rlnMagnification", path)
     det = _per_particle(particles, optics, "rlnDetectorPixelSize", path)
     if mag is not None and det is not None:
-        return float(det[0] * 1e4 / mag[0])
+        return float(det[0] * 1e4 / mag[0]), "_rlnDetectorPixelSize / _rlnMagnification"
     if header_apix:
-        return float(header_apix)
+        return float(header_apix), "MRC header"
     raise SimcryoError(f"{path}: pixel size unknown (no _rlnImagePixelSize, no "
                        "magnification/detector pixel, no MRC header value); give --apix")
 
@@ -254,6 +297,24 @@ def load_particles(path, apix=None, require_ctf=False):
     return pset
 
 
+def image_keys(names, star_path):
+    """(0-based index, stack path) of each _rlnImageName of a STAR, the stack resolved as
+    `load_particles` does (else taken relative to the STAR's folder), so that the same
+    particle has the same key in STAR files written in different folders."""
+    star_dir = os.path.dirname(os.path.abspath(star_path))
+    stacks, keys = {}, []
+    for name in names:
+        idx, rel = parse_image_name(name)
+        if rel not in stacks:
+            try:
+                full = _resolve_stack(rel, star_dir)
+            except SimcryoError:
+                full = None
+            stacks[rel] = os.path.realpath(full or os.path.join(star_dir, rel))
+        keys.append((idx, stacks[rel]))
+    return keys
+
+
 def _load_star(path, apix):
     particles, optics = _find_blocks(read_star(path), path)
     star_dir = os.path.dirname(os.path.abspath(path))
@@ -261,6 +322,7 @@ def _load_star(path, apix):
     stack_paths, stack_index, resolved = [], {}, {}
     stack_ids = np.empty(len(names), np.int32)
     slices = np.empty(len(names), np.int64)
+    bare = {}  # stack id -> first row whose name has no N@ index
     for i, name in enumerate(names):
         idx, rel = parse_image_name(name)
         if rel not in resolved:
@@ -274,6 +336,8 @@ def _load_star(path, apix):
             stack_paths.append(full)
         stack_ids[i] = stack_index[full]
         slices[i] = idx
+        if "@" not in name:
+            bare.setdefault(stack_ids[i], i)
     box, header_apix = None, None
     for sid, sp in enumerate(stack_paths):
         stack = open_stack(sp)
@@ -284,6 +348,10 @@ def _load_star(path, apix):
             raise SimcryoError(f"mixed box sizes: {box} px and {nx} px ({sp}); "
                                "re-extract at one box size")
         box = nx
+        if sid in bare and n > 1:
+            raise SimcryoError(f"{path} row {bare[sid] + 1}: _rlnImageName "
+                               f"'{names[bare[sid]]}' has no N@ image index, but {sp} holds "
+                               f"{n} images")
         used = slices[stack_ids == sid]
         if used.max() >= n:
             raise SimcryoError(f"image index {used.max() + 1} out of range for {sp} "

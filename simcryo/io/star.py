@@ -9,6 +9,7 @@ import shlex
 import numpy as np
 
 from simcryo.errors import SimcryoError
+from simcryo.outputs import atomic_path
 
 
 class StarBlock:
@@ -94,42 +95,51 @@ def read_star(path):
     if not os.path.exists(path):
         raise SimcryoError(f"STAR file not found: {path}")
     blocks = {}
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return _parse(fh, path, blocks)
+    except UnicodeDecodeError:
+        raise SimcryoError(f"{path}: not a STAR file (binary, not text)") from None
+
+
+def _parse(fh, path, blocks):
     name, block, in_loop_header = None, None, False
-    with open(path) as fh:
-        for lineno, raw in enumerate(fh, 1):
-            line = raw.strip()
-            if not line or line.startswith("#"):
-                continue
-            if line.startswith("data_"):
-                name = line[5:]
-                block = StarBlock(loop=False)
-                blocks[name] = block
-                in_loop_header = False
-                continue
-            if block is None:
-                raise SimcryoError(f"{path}:{lineno}: not a STAR file (no data_ block before "
-                                   "content)")
-            if line.startswith("loop_"):
-                block.loop, in_loop_header = True, True
-                continue
-            if line.startswith("_"):
-                parts = line.split(None, 1)
-                label = parts[0][1:]
-                if block.loop and in_loop_header:
-                    block.columns[label] = []
-                else:
-                    value = _split(parts[1])[0] if len(parts) > 1 else ""
-                    block.columns[label] = [value]
-                continue
+    for lineno, raw in enumerate(fh, 1):
+        if "\x00" in raw:
+            raise UnicodeDecodeError("utf-8", b"", 0, 1, "NUL byte")
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("data_"):
+            name = line[5:]
+            block = StarBlock(loop=False)
+            blocks[name] = block
             in_loop_header = False
-            if not block.loop:
-                raise SimcryoError(f"{path}:{lineno}: value outside a loop")
-            values = _split(line)
-            if len(values) != len(block.columns):
-                raise SimcryoError(f"{path}:{lineno}: {len(values)} values for "
-                                   f"{len(block.columns)} columns")
-            for col, v in zip(block.columns.values(), values):
-                col.append(v)
+            continue
+        if block is None:
+            raise SimcryoError(f"{path}:{lineno}: not a STAR file (no data_ block before "
+                               "content)")
+        if line.startswith("loop_"):
+            block.loop, in_loop_header = True, True
+            continue
+        if line.startswith("_"):
+            parts = line.split(None, 1)
+            label = parts[0][1:]
+            if block.loop and in_loop_header:
+                block.columns[label] = []
+            else:
+                value = _split(parts[1])[0] if len(parts) > 1 else ""
+                block.columns[label] = [value]
+            continue
+        in_loop_header = False
+        if not block.loop:
+            raise SimcryoError(f"{path}:{lineno}: value outside a loop")
+        values = _split(line)
+        if len(values) != len(block.columns):
+            raise SimcryoError(f"{path}:{lineno}: {len(values)} values for "
+                               f"{len(block.columns)} columns")
+        for col, v in zip(block.columns.values(), values):
+            col.append(v)
     if not blocks:
         raise SimcryoError(f"{path}: not a STAR file (no data_ block)")
     return blocks
@@ -143,8 +153,7 @@ def _quote(v):
 
 def write_star(path, blocks, version_comment="# version 30001"):
     """Write {name: StarBlock}; loop blocks as tables, others as key/value pairs."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w") as fh:
         fh.write(f"\n{version_comment}\n")
         for name, block in blocks.items():
             fh.write(f"\ndata_{name}\n\n")
@@ -160,4 +169,3 @@ def write_star(path, blocks, version_comment="# version 30001"):
                 for label in labels:
                     fh.write(f"_{label} {_quote(block.columns[label][0])}\n")
             fh.write("\n")
-    os.replace(tmp, path)

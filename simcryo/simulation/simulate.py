@@ -16,6 +16,13 @@ Forward model of one particle i of view class k:
    SNR = var(signal) / var(noise) over the box, and unit noise variance.
    `clean.mrcs` holds posed / sigma_i (CTF-free, same scale), so particle = CTF(clean) + noise.
 
+Realistic picks (simcryo.simulation.realistic: --views uniform/preferred, --junk-fraction,
+--contrast-sigma, --noise coloured): step 1 draws continuous directions instead of class
+centres, junk replaces step 2-3 by its own signal (none, blobs, a shift without wrap-around,
+another map's projection) and step 5 multiplies signal / sigma_i by the image's contrast
+scale (empty picks: noise only). Without these options the output is that of the discrete
+model above, unchanged.
+
 Realistic noise (`RealNoise`): noise cut from the background of real particle images.
 - The real images are Fourier-resampled to the output pixel size; each is scaled by the std of
   its background (pixels outside a circle of `mask_radius` px), so every source image
@@ -38,12 +45,16 @@ import torch
 from simcryo.errors import SimcryoError
 from simcryo.image.ctf import apply_ctf_padded
 from simcryo.image.mask import circular_mask
-from simcryo.image.volume import fourier_resize_volume
+from simcryo.image.volume import fourier_resize_volume, resample_volume
 from simcryo.simulation.projection import (Projector, axis_angle_matrix, euler_to_matrix, matrix_to_euler,
-                                min_angular_separation, angles_to_direction, view_directions)
+                                min_angular_separation, angles_to_direction, view_directions,
+                                direction_to_angles)
+from simcryo.simulation import realistic
+from simcryo.simulation.realistic import JUNK_KINDS, KINDS, VIEW_MODES
 
 TRUTH_LABELS = ("simcryoTrueClass", "simcryoTruePsi", "simcryoTrueOriginXAngst",
-                "simcryoTrueOriginYAngst", "simcryoTrueAngleRot", "simcryoTrueAngleTilt")
+                "simcryoTrueOriginYAngst", "simcryoTrueAngleRot", "simcryoTrueAngleTilt",
+                "simcryoTrueKind", "simcryoTrueContrast")
 PHANTOM_APIX = 3.0
 
 
@@ -58,8 +69,38 @@ class SimulateConfig:
     box: int = field(default=0, metadata={
         "help": "output box in px, even; the map is Fourier-resampled to it (0: the map's own "
                 "size, 64 for the phantom)"})
-    classes: int = field(default=10, metadata={"help": "number of view classes K"})
+    classes: int = field(default=10, metadata={
+        "help": "number of view classes K (continuous --views: the K directions whose nearest "
+                "one is a particle's _simcryoTrueClass)"})
     per_class: int = field(default=100, metadata={"help": "particles per view class M"})
+    views: str = field(default="discrete", metadata={
+        "help": "orientations: discrete (K view classes within --spread of their centres), "
+                "uniform (directions uniform over the sphere) or preferred (a share "
+                "--preferred-fraction near --preferred-views directions, the rest uniform)",
+        "choices": list(VIEW_MODES)})
+    particles: int = field(default=0, metadata={
+        "help": "good particles for continuous --views (0: classes x per-class); junk comes "
+                "on top"})
+    preferred_views: int = field(default=2, metadata={
+        "help": "number of preferred directions for --views preferred"})
+    preferred_fraction: float = field(default=0.5, metadata={
+        "help": "share of good particles near the preferred directions (--views preferred)"})
+    preferred_spread: float = field(default=15.0, metadata={
+        "help": "angular width of each preferred direction (degrees, Fisher distribution)"})
+    junk_fraction: float = field(default=0.0, metadata={
+        "help": "share of all output particles that are junk (0 to < 1); junk has "
+                "_simcryoTrueClass 0 and its kind in _simcryoTrueKind"})
+    junk_kinds: str = field(default="empty,blob,offcentre", metadata={
+        "help": "comma-separated junk kinds, in equal proportions: empty (noise only), blob "
+                "(ice / aggregate blobs), offcentre (particle moved by 25-45 %% of the box, cut "
+                "by its edge), other (particles of --junk-volume)"})
+    junk_volume: str = field(default="", metadata={
+        "help": "map (MRC) whose particles are the 'other' junk kind", "metavar": "MAP.mrc"})
+    junk_volume_apix: float = field(default=0.0, metadata={
+        "help": "pixel size of --junk-volume in Å/px (0: from its header)"})
+    contrast_sigma: float = field(default=0.0, metadata={
+        "help": "per-image signal scale exp(N(0, sigma^2)) after the SNR scaling (ice "
+                "thickness; 0: off), written as _simcryoTrueContrast"})
     min_separation: float = field(default=15.0, metadata={
         "help": "minimum angle between class view directions (degrees)"})
     spread: float = field(default=5.0, metadata={
@@ -84,8 +125,13 @@ class SimulateConfig:
     snr: float = field(default=0.1, metadata={
         "help": "signal-to-noise ratio var(signal)/var(noise) over the box, per particle"})
     noise: str = field(default="white", metadata={
-        "help": "noise model: white (Gaussian) or real (cut from --noise-stack backgrounds)",
-        "choices": ["white", "real"]})
+        "help": "noise model: white (Gaussian), coloured (power 1 + (s_c / s)^alpha: 1/f-like "
+                "below 1 / --noise-corner, flat above) or real (cut from --noise-stack "
+                "backgrounds)", "choices": ["white", "coloured", "real"]})
+    noise_corner: float = field(default=40.0, metadata={
+        "help": "coloured noise: resolution (Å) where the 1/f part equals the flat part"})
+    noise_exponent: float = field(default=1.0, metadata={
+        "help": "coloured noise: exponent alpha of the low-frequency part (1: 1/f)"})
     noise_stack: str = field(default="", metadata={
         "help": "real images (STAR or .mrcs) whose backgrounds give the noise for --noise real",
         "metavar": "FILE"})
@@ -117,7 +163,8 @@ class SimulateConfig:
             raise SimcryoError(f"--snr must be > 0 (got {self.snr})")
         if self.spread < 0 or self.shift_sigma < 0:
             raise SimcryoError("--spread and --shift-sigma must be >= 0")
-        if self.classes > 1 and 2 * self.spread >= self.min_separation:
+        self._validate_realistic()
+        if self.views == "discrete" and self.classes > 1 and 2 * self.spread >= self.min_separation:
             raise SimcryoError(f"--spread {self.spread:g} must be less than half of "
                                f"--min-separation {self.min_separation:g} so classes do not "
                                "overlap")
@@ -131,10 +178,48 @@ class SimulateConfig:
         if self.noise == "real" and not self.noise_stack:
             raise SimcryoError("--noise real needs --noise-stack (a STAR or .mrcs of real "
                                "particles)")
-        if self.noise not in ("white", "real"):
-            raise SimcryoError(f"unknown --noise {self.noise} (white or real)")
+        if self.noise not in ("white", "coloured", "real"):
+            raise SimcryoError(f"unknown --noise {self.noise} (white, coloured or real)")
+        if self.noise == "coloured" and not (self.noise_corner > 0 and self.noise_exponent >= 0):
+            raise SimcryoError("--noise-corner must be > 0 Å and --noise-exponent >= 0")
         if self.batch < 1 or self.noise_images < 1:
             raise SimcryoError("--batch and --noise-images must be >= 1")
+
+
+    def _validate_realistic(self):
+        if self.views not in VIEW_MODES:
+            raise SimcryoError(f"unknown --views {self.views} ({', '.join(VIEW_MODES)})")
+        if self.particles < 0:
+            raise SimcryoError("--particles must be >= 0")
+        if self.views == "preferred" and not (self.preferred_views >= 1 and
+                                              0 <= self.preferred_fraction <= 1 and
+                                              self.preferred_spread > 0):
+            raise SimcryoError("--views preferred needs --preferred-views >= 1, "
+                               "--preferred-fraction in [0, 1] and --preferred-spread > 0")
+        if not 0 <= self.junk_fraction < 1:
+            raise SimcryoError(f"--junk-fraction must be in [0, 1) (got {self.junk_fraction})")
+        bad = [k for k in self.junk_kind_list() if k not in JUNK_KINDS]
+        if bad:
+            raise SimcryoError(f"unknown --junk-kinds {','.join(bad)} "
+                               f"(choose from {','.join(JUNK_KINDS)})")
+        if self.junk_fraction and not self.junk_kind_list():
+            raise SimcryoError("--junk-fraction > 0 needs at least one --junk-kinds")
+        if "other" in self.junk_kind_list() and self.junk_fraction and not self.junk_volume:
+            raise SimcryoError("junk kind 'other' needs --junk-volume MAP.mrc")
+        if self.contrast_sigma < 0 or self.junk_volume_apix < 0:
+            raise SimcryoError("--contrast-sigma and --junk-volume-apix must be >= 0")
+
+    def junk_kind_list(self):
+        return [k.strip() for k in self.junk_kinds.split(",") if k.strip()]
+
+    def n_good(self):
+        if self.views == "discrete":
+            return self.classes * self.per_class
+        return self.particles or self.classes * self.per_class
+
+    def realistic(self):
+        """True when anything beyond the discrete view classes is asked for."""
+        return (self.views != "discrete" or self.junk_fraction > 0 or self.contrast_sigma > 0)
 
 
 # ---------------------------------------------------------------- volume
@@ -162,6 +247,23 @@ def load_volume(cfg):
     return fourier_resize_volume(vol, box), apix * D / box, cfg.volume
 
 
+def load_junk_volume(cfg, box, apix):
+    """--junk-volume resampled to the output pixel size `apix` and cropped / zero-padded to
+    `box` (centred)."""
+    from simcryo.io.mrc import read_volume
+    if not os.path.exists(cfg.junk_volume):
+        raise SimcryoError(f"junk volume not found: {cfg.junk_volume}")
+    vol, header_apix = read_volume(cfg.junk_volume)
+    src_apix = cfg.junk_volume_apix or header_apix
+    if not src_apix:
+        raise SimcryoError(f"{cfg.junk_volume}: pixel size not in the header; give "
+                           "--junk-volume-apix")
+    out = resample_volume(torch.as_tensor(vol), src_apix, apix, box)
+    if float(out.abs().max()) == 0:
+        raise SimcryoError(f"{cfg.junk_volume}: the map is empty in a {box} px box")
+    return out
+
+
 # ---------------------------------------------------------------- poses and CTF
 
 @dataclass
@@ -173,6 +275,11 @@ class Poses:
     tilt: np.ndarray
     psi: np.ndarray          # (n,) in-plane rotation applied by transform_images, degrees
     shift: np.ndarray        # (n, 2) (x, y) px
+    kind: np.ndarray = None      # (n,) index into realistic.KINDS (None: all good)
+    contrast: np.ndarray = None  # (n,) signal scale (None: 1)
+
+    def kinds(self):
+        return np.zeros(len(self.label), np.int64) if self.kind is None else self.kind
 
 
 def class_views(cfg):
@@ -201,6 +308,40 @@ def sample_poses(class_rot, class_tilt, per_class, spread, shift_sigma, rotate, 
     shift = rng.normal(0.0, shift_sigma, (n, 2)) if shift_sigma > 0 else np.zeros((n, 2))
     return Poses(label, rotmats, r.numpy().astype(np.float64), t.numpy().astype(np.float64),
                  psi, shift)
+
+
+def sample_realistic_poses(cfg, class_rot, class_tilt, box, rng):
+    """Poses of good particles (discrete or continuous views, see realistic) and junk,
+    shuffled together; views of empty and blob junk are 0 (they have none)."""
+    kinds = realistic.sample_kinds(cfg.n_good(), cfg.junk_fraction, cfg.junk_kind_list(), rng)
+    n = len(kinds)
+    good = kinds == 0
+    label = np.zeros(n, dtype=np.int64)
+    dirs = np.tile([0.0, 0.0, 1.0], (n, 1))
+    if cfg.views == "discrete":
+        p = sample_poses(class_rot, class_tilt, cfg.per_class, cfg.spread, 0.0, False, rng)
+        label[good] = p.label
+        dirs[good] = angles_to_direction(p.rot, p.tilt)
+    else:
+        dirs[good] = realistic.continuous_directions(
+            int(good.sum()), cfg.views, cfg.preferred_views, cfg.preferred_fraction,
+            cfg.preferred_spread, rng)
+        centres = angles_to_direction(class_rot, class_tilt)
+        label[good] = realistic.nearest_centre(dirs[good], centres, cfg.mirrors_distinct) + 1
+    viewed = good | np.isin(kinds, [KINDS.index("offcentre"), KINDS.index("other")])
+    dirs[viewed & ~good] = realistic.uniform_directions(int((viewed & ~good).sum()), rng)
+    rot, tilt = direction_to_angles(dirs)
+    rot, tilt = np.where(viewed, rot, 0.0), np.where(viewed, tilt, 0.0)
+    rotmats = euler_to_matrix(rot, tilt, np.zeros(n))
+    psi = rng.uniform(0.0, 360.0, n) if cfg.rotate else np.zeros(n)
+    shift = (rng.normal(0.0, cfg.shift_sigma, (n, 2)) if cfg.shift_sigma > 0
+             else np.zeros((n, 2)))
+    off = kinds == KINDS.index("offcentre")
+    shift[off] = realistic.offcentre_shifts(int(off.sum()), box, rng)
+    psi[~viewed] = 0.0
+    shift[~viewed] = 0.0
+    contrast = realistic.contrast_scales(n, cfg.contrast_sigma, rng)
+    return Poses(label, rotmats, rot, tilt, psi, shift, kind=kinds, contrast=contrast)
 
 
 def sample_ctf(n, cfg, rng):
@@ -244,6 +385,20 @@ class WhiteNoise:
 
     def sample(self, n):
         return standardize(torch.randn((n, self.box, self.box), generator=self.generator))
+
+
+class ColouredNoise:
+    """Gaussian noise of the background spectrum realistic.coloured_power (1/f-like below the
+    corner frequency, flat above), standardised per image."""
+
+    def __init__(self, box, apix, corner_A, exponent, generator):
+        self.box, self.generator = box, generator
+        self.amplitude = realistic.coloured_power(box, apix, corner_A, exponent).sqrt()
+
+    def sample(self, n):
+        white = torch.randn((n, self.box, self.box), generator=self.generator)
+        spec = torch.fft.rfft2(white) * self.amplitude
+        return standardize(torch.fft.irfft2(spec, s=(self.box, self.box)))
 
 
 def _sine_window(P, O):
@@ -356,28 +511,54 @@ def real_noise_source(cfg, box, apix, rng):
 
 # ---------------------------------------------------------------- driver
 
-def simulate_batches(volume, apix, poses, ctf, noise_source, snr, batch, device):
+def simulate_batches(volume, apix, poses, ctf, noise_source, snr, batch, device,
+                     junk_volume=None, generator=None):
     """Yield (start, particles, clean) float32 CPU tensor batches in particle order.
 
-    `ctf` is a CTFParams or None; `noise_source.sample(n)` gives standardised noise."""
-    from simcryo.image.geometry import transform_images
+    `ctf` is a CTFParams or None; `noise_source.sample(n)` gives standardised noise. Junk
+    (poses.kind, see simcryo.simulation.realistic) takes its signal from `junk_volume`
+    (kind 'other'), from blobs drawn with `generator` (kind 'blob'), from a shift without
+    wrap-around (kind 'offcentre') or none at all (kind 'empty': noise only)."""
     projector = Projector(volume.to(device))
+    junk_projector = Projector(junk_volume.to(device)) if junk_volume is not None else None
     n = len(poses.label)
+    kinds = poses.kinds()
+    contrast = poses.contrast if poses.contrast is not None else np.ones(n)
     for s in range(0, n, batch):
         sl = slice(s, min(s + batch, n))
-        proj = projector.project(poses.rotmats[sl])
-        psi = torch.as_tensor(poses.psi[sl], dtype=torch.float32, device=device)
-        shift = torch.as_tensor(poses.shift[sl], dtype=torch.float32, device=device)
-        posed = transform_images(proj, psi, shift)
+        posed = _signal(projector, junk_projector, poses, kinds[sl], sl, generator, device)
         signal = apply_ctf_padded(posed, ctf.take(np.arange(n)[sl]), apix) if ctf else posed
         var = signal.reshape(len(signal), -1).var(dim=1, unbiased=False)
-        if (var <= 0).any():
+        empty = torch.as_tensor(kinds[sl] == KINDS.index("empty"), device=device)
+        if ((var <= 0) & ~empty).any():
             raise SimcryoError("a projection is empty (the map is empty or outside the box)")
-        sigma = torch.sqrt(var / snr)
+        scale = torch.as_tensor(contrast[sl], dtype=torch.float32, device=device)
+        scale = torch.where(empty, 0.0, scale / torch.sqrt(var / snr).clamp_min(1e-30))
         noise = noise_source.sample(len(signal)).to(device)
-        particles = signal / sigma[:, None, None] + noise
-        clean = posed / sigma[:, None, None]
+        particles = signal * scale[:, None, None] + noise
+        clean = posed * scale[:, None, None]
         yield s, particles.cpu(), clean.cpu()
+
+
+def _signal(projector, junk_projector, poses, kinds, sl, generator, device):
+    """CTF-free signal of one batch: the posed projection of each particle's kind."""
+    from simcryo.image.geometry import rotate_images, transform_images
+    proj = projector.project(poses.rotmats[sl])
+    other = torch.as_tensor(np.flatnonzero(kinds == KINDS.index("other")))
+    if len(other):
+        proj[other] = junk_projector.project(poses.rotmats[sl][other])
+    psi = torch.as_tensor(poses.psi[sl], dtype=torch.float32, device=device)
+    shift = torch.as_tensor(poses.shift[sl], dtype=torch.float32, device=device)
+    posed = transform_images(proj, psi, shift)
+    off = torch.as_tensor(np.flatnonzero(kinds == KINDS.index("offcentre")))
+    if len(off):  # the box edge cuts the particle instead of wrapping it around
+        posed[off] = realistic.shift_without_wrap(rotate_images(proj[off], -psi[off]),
+                                                  -shift[off])
+    blob = torch.as_tensor(np.flatnonzero(kinds == KINDS.index("blob")))
+    if len(blob):
+        posed[blob] = realistic.blob_images(len(blob), posed.shape[-1], generator, device)
+    posed[torch.as_tensor(np.flatnonzero(kinds == KINDS.index("empty")))] = 0.0
+    return posed
 
 
 def reference_images(volume, class_rot, class_tilt, device):

@@ -277,3 +277,36 @@ def test_candidate_angles_include_the_half_turn_of_the_best_peak():
     best = float(t[curve[0].argmax()])
     assert len(angles) == 3 and abs(angles[0] - best) < 1e-3
     assert abs(angles[2] - (best + 180.0) % 360.0) < 1e-3
+
+
+def test_grid_search_turns_references_as_the_warp_turns_particles():
+    """The global check's grid search turns the references instead of the particles: on
+    particles at exact grid angles it must find those angles and the shifts."""
+    from simcryo.align.rings import References, _best_candidate
+    g = torch.Generator().manual_seed(3)
+    ref = asymmetric_image()[None]
+    grid_psi = torch.arange(-180.0, 180.0, 15.0)
+    psi = grid_psi[torch.randint(0, len(grid_psi), (48,), generator=g)]
+    shift = torch.randn(48, 2, generator=g) * 2
+    parts = transform_images(ref.expand(48, BOX, BOX).contiguous(), psi, shift)
+    params = AlignParams(global_step=15.0, ring_radius=28.0)
+    refs = References(ref, params)
+    start = shift + torch.randn(48, 2, generator=g)   # the search is about a rough centre
+    got_psi, got_shift = _best_candidate(parts, refs, torch.zeros(48, dtype=torch.long), start,
+                                         refs.max_shift())
+    assert np.abs(_angle_diff(got_psi, psi)).max() < 1e-3
+    # half-box correlation: sub-pixel there is about a pixel here
+    assert (got_shift - shift).norm(dim=1).max() < 1.0
+
+
+def test_refinement_round_stays_on_the_chosen_peak():
+    """After the candidate test picks a peak, the refinement reads the ring curve near that
+    peak only, even where another peak (the rejected one) is higher."""
+    from simcryo.align.rings import _local_peak
+    L = 1024
+    t = torch.arange(L, dtype=torch.float32) * 360.0 / L
+    curve = (torch.exp(-((t - 50.3) / 4) ** 2) * 0.6 + torch.exp(-((t - 230.0) / 4) ** 2))[None]
+    got = _local_peak(curve, torch.tensor([47.0]), 10.0)
+    assert abs(float(got) - 50.3) < 0.1
+    got = _local_peak(curve, torch.tensor([-133.0]), 10.0)   # 227 deg, the higher peak
+    assert abs(float(got) - (230.0 - 360.0)) < 0.1

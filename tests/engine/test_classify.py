@@ -124,13 +124,33 @@ def test_resume_gives_the_uninterrupted_result(star, tmp_path, stop, monkeypatch
     assert np.allclose(full["psi"], resumed["psi"]) and np.allclose(full["shift"], resumed["shift"])
 
 
-def test_resume_refuses_changed_parameters(star, tmp_path, monkeypatch):
-    _interrupt_after(monkeypatch, 1)
-    with pytest.raises(Interrupted):
-        run(_cfg(star, tmp_path / "p"))
-    monkeypatch.undo()
-    with pytest.raises(SimcryoError, match="different parameters"):
-        run(_cfg(star, tmp_path / "p", resume=True, lr=0.1))
+def test_resume_with_a_new_K_reuses_the_network_and_equals_a_fresh_run(star, tmp_path,
+                                                                         capsys):
+    """The resume contract (simcryo.classify.checkpoint): a changed parameter recomputes from
+    the first stage it affects; what comes before is reused, not retrained."""
+    run(_cfg(star, tmp_path / "p"))
+    feats = tmp_path / "p" / "features.npy"
+    before = os.stat(feats).st_mtime_ns
+    capsys.readouterr()
+    resumed = run(_cfg(star, tmp_path / "p", resume=True, K=4))
+    out = capsys.readouterr().out
+    assert ("[classify] resume: reusing preprocess, pretext, features; recomputing from scan "
+            "(changed: K 3 -> 4)") in out
+    assert "[pretext]" not in out and os.stat(feats).st_mtime_ns == before
+    fresh = run(_cfg(star, tmp_path / "fresh", K=4))
+    assert resumed["probabilities"].shape == (48, 4)
+    assert np.array_equal(fresh["features"], resumed["features"])
+    assert np.array_equal(fresh["probabilities"], resumed["probabilities"])
+    assert np.array_equal(fresh["averages"], resumed["averages"])
+    a = json.loads((tmp_path / "p" / "run.json").read_text())
+    b = json.loads((tmp_path / "fresh" / "run.json").read_text())
+    assert a["metrics"] == b["metrics"] and a["config"]["K"] == 4
+    assert a["curves"] == b["curves"]
+
+
+def test_resume_without_a_checkpoint_starts_fresh(star, tmp_path, capsys):
+    res = run(_cfg(star, tmp_path / "new", resume=True))
+    assert "no checkpoint.pt" in capsys.readouterr().out and res["labels"].shape == (48,)
 
 
 def test_pretext_loss_decreases_on_an_easy_set(tmp_path):
@@ -242,3 +262,66 @@ def test_refinement_recovers_classes_and_relion_poses():
     # noise limits the cosine to ~0.65 here; the opposite sign convention scores far lower
     assert corr(a_hat, d_hat) > 0.4
     assert corr(a_hat, d_hat) > corr(-a_hat, -d_hat) + 0.2
+
+
+def _four_shapes(n=80, noise=0.3):
+    from simcryo.image.geometry import transform_images
+    rng = np.random.default_rng(2)
+    b = 24
+    yy, xx = np.mgrid[:b, :b] - b // 2
+
+    def blob(y, x, s):
+        return np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / s)
+    shapes = [blob(4, -2, 6) + 0.6 * blob(-3, 4, 3), blob(0, 5, 4) + blob(0, -5, 4),
+              blob(0, 0, 12) + 0.8 * blob(-6, 0, 2), blob(5, 5, 3) + blob(-5, -5, 3) + blob(0, 0, 2)]
+    refs = torch.tensor(np.stack(shapes), dtype=torch.float32)
+    truth = np.arange(n) % 4
+    psi = torch.tensor(rng.uniform(0, 360, n), dtype=torch.float32)
+    shift = torch.tensor(rng.integers(-2, 3, (n, 2)), dtype=torch.float32)
+    x = transform_images(refs[truth], psi, shift)
+    x = x + noise * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+    return x.numpy(), truth, rng
+
+
+def test_pruned_em_step_with_every_class_equals_the_full_search():
+    from simcryo.classify.refine import Refiner
+    x, truth, _ = _four_shapes()
+    r = Refiner(x, 4, 10.0, torch.device("cpu"), n_angles=12, max_shift=3.0)
+    refs = r._particles(np.array([0, 1, 2, 3]))
+    prior = torch.log(torch.full((4,), 0.25))
+    full = r.em_step(refs, prior)
+    r.sigma2 = None
+    every = torch.arange(4).expand(len(x), 4).numpy()[:, ::-1].copy()  # any order of all K
+    pruned = r.em_step(refs, prior, classes=every)
+    for a, b in zip(full[:4], pruned[:4]):
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+    assert abs(full[4] - pruned[4]) < 1e-3 * abs(full[4])
+
+
+def test_pruned_em_scores_own_and_best_ranked_classes_and_still_separates():
+    from simcryo.classify.refine import Refiner
+    x, truth, rng = _four_shapes()
+    start = truth.copy()
+    wrong = rng.choice(len(x), 12, replace=False)
+    start[wrong] = (start[wrong] + 1) % 4
+    # the clustering's ranking: the true class second best where the start is wrong
+    ranking = np.full((len(x), 4), 0.1, dtype=np.float32)
+    ranking[np.arange(len(x)), start] = 0.6
+    ranking[np.arange(len(x)), truth] += 0.2
+    r = Refiner(x, 4, 10.0, torch.device("cpu"), n_angles=36, max_shift=3.0)
+    table = torch.full((len(x), 4), -float("inf"))
+    classes = r.search_classes(table, torch.as_tensor(ranking), torch.as_tensor(start), 2)
+    assert (classes[:, 0].numpy() == start).all()
+    assert (classes[wrong, 1].numpy() == truth[wrong]).all()
+    seeds = r.choose_seeds(start, [np.nonzero(start == c)[0][:8] for c in range(4)])
+    w, _, _, hist = r.run(start, 4, seeds=seeds, align_iterations=2, search_classes=2,
+                          ranking=ranking)
+    # the first EM iteration (after the 2 alignment-only ones) scores every class
+    assert [h["classes_searched"] for h in hist] == [2, 2, 4, 2, 2, 2]
+    full = Refiner(x, 4, 10.0, torch.device("cpu"), n_angles=36, max_shift=3.0).run(
+        start, 4, seeds=seeds, align_iterations=2)[0]
+    acc = (w.argmax(1).numpy() == truth).mean()
+    assert acc >= (full.argmax(1).numpy() == truth).mean() - 0.02
+    assert acc >= 0.9 > (start == truth).mean()
+    # after the last (pruned) iteration a particle's weight lives on 2 classes at most
+    assert ((w > 0).sum(1) <= 2).all()

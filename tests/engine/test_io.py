@@ -141,3 +141,67 @@ def test_missing_and_wrong_files(tmp_path):
     (tmp_path / "bad.star").write_text("hello world\n")
     with pytest.raises(SimcryoError, match="not a STAR"):
         load_particles(str(tmp_path / "bad.star"))
+
+
+def test_stacks_are_looked_up_beside_the_star_and_in_the_project_folder_only(tmp_path,
+                                                                             monkeypatch):
+    star, images = make_set(tmp_path)
+    project = tmp_path / "project"
+    (project / "Extract").mkdir(parents=True)
+    # a RELION path, relative to the project folder (the current folder when RELION runs)
+    os.replace(tmp_path / "stack.mrcs", project / "Extract" / "stack.mrcs")
+    blocks = read_star(star)
+    blocks["particles"].set("rlnImageName", [f"{i + 1}@Extract/stack.mrcs" for i in range(6)])
+    sub = project / "Select" / "job1"
+    sub.mkdir(parents=True)
+    write_star(str(sub / "particles.star"), blocks)
+    monkeypatch.chdir(project)
+    assert np.array_equal(load_particles(str(sub / "particles.star")).images(), images)
+    monkeypatch.chdir(tmp_path)  # not found from elsewhere: ancestors are not searched
+    with pytest.raises(SimcryoError, match="image stack not found: Extract/stack.mrcs"):
+        load_particles(str(sub / "particles.star"))
+    # a different file of that name beside the STAR as well: ambiguous, not a guess
+    monkeypatch.chdir(project)
+    (sub / "Extract").mkdir()
+    write_stack(str(sub / "Extract" / "stack.mrcs"), images + 1, 2.0)
+    with pytest.raises(SimcryoError, match="ambiguous"):
+        load_particles(str(sub / "particles.star"))
+
+
+def test_outputs_are_atomic_and_follow_the_umask(tmp_path):
+    from simcryo.io import StackWriter
+    old = os.umask(0o002)
+    try:
+        write_star(str(tmp_path / "a.star"), {"particles": StarBlock({"rlnImageName": ["x"]})})
+        write_stack(str(tmp_path / "a.mrcs"), np.zeros((2, 4, 4), np.float32))
+        assert os.stat(tmp_path / "a.star").st_mode & 0o777 == 0o664
+        assert os.stat(tmp_path / "a.mrcs").st_mode & 0o777 == 0o664
+    finally:
+        os.umask(old)
+    with pytest.raises(RuntimeError):
+        with StackWriter(str(tmp_path / "b.mrcs"), 3, 4) as w:
+            w.write(0, np.ones((1, 4, 4)))
+            raise RuntimeError("failed mid-stack")
+    assert sorted(os.listdir(tmp_path)) == ["a.mrcs", "a.star"]  # nothing partial
+
+
+def test_phase_flipped_flag_makes_the_ctf_images_its_modulus(tmp_path):
+    """_rlnCtfDataArePhaseFlipped 1: the images carry |CTF|, so every CTF the engine uses
+    for them (matched filter, Wiener average, phase flip) is |CTF|; a second phase flip is
+    then the identity."""
+    from simcryo.image.ctf import ctf_2d, phase_flip
+    import torch
+    path, _ = make_set(tmp_path, box=32)
+    blocks = read_star(path)
+    plain = load_particles(path).ctf
+    blocks["optics"].set("rlnCtfDataArePhaseFlipped", [1])
+    write_star(path, blocks)
+    flipped = load_particles(path)
+    assert flipped.ctf.flipped.all() and plain.flipped is None
+    c_plain = ctf_2d(plain, 32, 2.0, rfft=True)
+    c_flip = ctf_2d(flipped.ctf, 32, 2.0, rfft=True)
+    assert (c_plain < 0).any()
+    assert torch.allclose(c_flip, c_plain.abs())
+    x = torch.as_tensor(flipped.images())
+    assert torch.allclose(phase_flip(x, c_flip), x, atol=1e-5)
+    assert flipped.ctf.take([1, 2]).flipped.tolist() == [True, True]

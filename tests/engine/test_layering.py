@@ -27,14 +27,14 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 ENGINE = REPO / "simcryo"
 
-STAGES = ("align", "classify", "denoise", "simulation", "evaluation")
+STAGES = ("align", "classify", "denoise", "simulation", "evaluation", "selection")
 LAYERS = {
     "cli": "entry", "__main__": "entry",
     "commands": "commands",
     **{name: "stage" for name in STAGES},
     "image": "foundation", "io": "foundation", "models": "foundation",
     "__init__": "foundation", "errors": "foundation", "config": "foundation",
-    "runtime": "foundation",
+    "runtime": "foundation", "outputs": "foundation", "distributed": "foundation",
 }
 
 # Imports that break the rules on purpose: {(importing file, imported target): one-line reason}.
