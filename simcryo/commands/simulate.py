@@ -120,9 +120,12 @@ def run(cfg):
                 if clean_writer is not None:
                     clean_writer.write(start, clean.numpy())
                 progress.update(start + len(particles))
-    finally:
+    except BaseException:
         if clean_writer is not None:
-            clean_writer.close()
+            clean_writer.abort()   # a partial clean.mrcs is never moved into place
+        raise
+    if clean_writer is not None:
+        clean_writer.close()
     runlog.stop("simulate")
     write_star(os.path.join(out, "particles.star"),
                _star_blocks(cfg, poses, ctf, apix, box, "particles.mrcs"))

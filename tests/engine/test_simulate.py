@@ -212,3 +212,23 @@ def test_cli_bad_input_one_line_exit_2(tmp_path, capsys, args, needle, subproc):
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1, err
     assert lines[0].startswith("simcryo simulate: error:") and needle in lines[0]
+
+
+def test_failed_simulation_leaves_no_stack_behind(tmp_path, monkeypatch):
+    """An error mid-simulation leaves neither particles.mrcs nor clean.mrcs (nor their
+    temporaries) in the output folder, and no run.json."""
+    import simcryo.commands.simulate as sim_cmd
+    real = sim_cmd.simulate_batches
+
+    def failing(*args, **kw):
+        for i, batch in enumerate(real(*args, **kw)):
+            if i == 1:
+                raise OSError(28, "No space left on device")
+            yield batch
+    monkeypatch.setattr(sim_cmd, "simulate_batches", failing)
+    out = tmp_path / "sim"
+    with pytest.raises(OSError):
+        run(_cfg(out, save_clean=True))
+    left = sorted(p.name for p in out.iterdir())
+    assert not [n for n in left if n.endswith(".mrcs") and n != "references.mrcs"], left
+    assert "run.json" not in left and "particles.star" not in left
