@@ -236,17 +236,8 @@ def _best_candidate(images, refs, labels, shift, max_shift):
         psi = wrap_angle(-cands[:, j])
         fa = torch.fft.rfft2(warp_to_reference(xs, psi, shift * scale))
         delta, peak = correlation_peak(cross_correlate(fa, ref_spec), max_shift * scale)
-        best.update(peak, psi, _moved(shift, psi, delta / scale, max_shift))
+        best.update(peak, psi, _clamp_norm(shift - rotate_shift(-psi, delta / scale), max_shift))
     return best.psi, best.shift
-
-
-def _moved(shift, psi, delta, max_shift, keep_below=1.0):
-    """The shift after a half-box translation search found `delta` (full-box px, reference
-    frame). Below `keep_below` px the search box is too coarse to improve on the current
-    shift (a full-box estimate from the last pass), which is kept."""
-    moved = _clamp_norm(shift - rotate_shift(-psi, delta), max_shift)
-    small = delta.norm(dim=-1, keepdim=True) < keep_below
-    return torch.where(small, shift, moved)
 
 
 def _best_on_grid(xs, refs, labels, shift, max_shift):
