@@ -36,7 +36,7 @@ import torch
 
 from simcryo.align import centre_of_mass
 from simcryo.image.fourier import lowpass_filter, shell_sums
-from simcryo.image.mask import circular_mask, radius_grid
+from simcryo.image.mask import background_stats, circular_mask, radius_grid
 
 
 @dataclass
@@ -57,7 +57,7 @@ def _lowpassed(averages, fraction):
 def _background_removed(images, radius):
     outside = ~circular_mask(images.shape[-1], radius, images.device)
     if outside.any():
-        return images - images[:, outside].mean(-1)[:, None, None]
+        return images - background_stats(images, outside=outside)[0][:, None, None]
     return images - images.mean((-2, -1), keepdim=True)
 
 
