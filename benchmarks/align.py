@@ -19,7 +19,8 @@ with their true class (`_rlnClassNumber`), runs `simcryo align` on the STAR and 
   bound (bdMed, bdP90, bd>10): the exhaustive search (every 0.5 deg and shift, refined) of 200
   particles against their true projection seen through their CTF. On hand-vol.mrc at SNR 0.1
   even that bound is past 1 deg median, so such a set is held to the bound (BOUND_SLACK).
-- with --ablate, every set again with the rotation-candidate stage off (ABLATION).
+- with --ablate [NAME ...], every set again with a stage switched off (ABLATIONS: the
+  rotation candidates, the final local refinement; default all).
 Then a speed run (a default run on 8,000 particles of 64 px, CTF on: particles/s per iteration
 in the search box, at the full box, and over all iterations), and, with --relion, RELION 2D's
 class averages against ours on the first --relion-sets 5-view sets of each volume (part of the
@@ -74,7 +75,9 @@ BAR_MEDIAN, BAR_P90, BAR_SHIFT, BAR_GT10, BAR_RES_RATIO, BAR_SPEED = (1.0, 3.0, 
 # angle bars is held to the bound instead: within BOUND_SLACK of its median / p90 and at most
 # BOUND_GT10 more particles off by > 10 deg than it has
 BOUND_SLACK, BOUND_GT10, BOUND_PARTICLES = 1.15, 0.01, 200
-ABLATION = {"candidates": 1, "global_step": 0.0}   # the rotation-candidate stage switched off
+# variant name -> (what is switched off, the AlignConfig fields that switch it off)
+ABLATIONS = {"no-cand": ("rotation candidates off", {"candidates": 1, "global_step": 0.0}),
+             "no-refine": ("local refinement off", {"refine_cycles": 0})}
 
 
 def simulate(folder, volume, classes, n, snr, ctf, seed, label_noise=0.0, apix=0.0):
@@ -265,7 +268,9 @@ def speed_run(tmp, threads, n_total=8000):
     """A default `simcryo align` run on n_total particles of 64 px with CTF (a simulated set
     repeated), `threads` batches aligned in parallel. Returns the median particles/s of the
     search-box iterations, of the full-box iterations, the effective rate over all iterations
-    (particles x iterations / their summed time) and the search box."""
+    (particles x iterations / their summed time), the search box and the local refinement's
+    (cycles, seconds, the effective rate with its seconds added), which runs once after the
+    iterations."""
     folder = os.path.join(tmp, "speed")
     star = os.path.join(folder, "classified_0.star")
     if not os.path.exists(star):
@@ -286,7 +291,11 @@ def speed_run(tmp, threads, n_total=8000):
 
     def median_rate(hs):
         return float(np.median([h["particles_per_s"] for h in hs])) if hs else None
-    return median_rate(search), median_rate(full), effective, al.history[0]["search_box"]
+    refine_s = sum(h["seconds"] for h in al.refine_history)
+    passes_s = sum(h["seconds"] for h in al.history)
+    refine = (len(al.refine_history), refine_s, n_total * len(al.history) / (passes_s + refine_s))
+    return (median_rate(search), median_rate(full), effective, al.history[0]["search_box"],
+            refine)
 
 
 def best_match_resolution(averages, references, apix):
@@ -394,9 +403,7 @@ def pose_bars(rows, method):
     at01 = [r for r in main if r["snr"] == 0.1 and r["ctf"]]
     at003 = [r for r in main if r["snr"] == 0.03]
     if at01:
-        fails = [r for r in at01 if not (angle_ok(r) and tail_ok(r)
-                                         and r["sh_med"] <= BAR_SHIFT
-                                         and r["ratio"] <= BAR_RES_RATIO)]
+        fails = [r for r in at01 if not bar01_ok(r)]
         print(f"BAR SNR 0.1 CTF on [{method}]: median <= {BAR_MEDIAN} deg and p90 <= {BAR_P90} "
               f"deg (or within {BOUND_SLACK}x of the information bound), <= "
               f"{100 * BAR_GT10:.0f}% off by > 10 deg, shift <= {BAR_SHIFT} px, resolution <= "
@@ -417,19 +424,31 @@ def pose_bars(rows, method):
               f"{np.median([r['ang_med'] for r in at003]):.2f} deg, worst p90 "
               f"{max(r['ang_p90'] for r in at003):.2f}): {'PASS' if not fails else 'FAIL'}")
         ok &= not fails
-    ablated = [r for r in rows if r["variant"] != "default"]
-    if ablated:
-        for label, sel in (("default", main), ("rotation candidates off", ablated)):
+    variants = dict.fromkeys(r["variant"] for r in rows)
+    if len(variants) > 1:
+        for name in variants:
+            sel = [r for r in rows if r["variant"] == name]
+            label = "default" if name == "default" else ABLATIONS[name][0]
+            at01 = [r for r in sel if r["snr"] == 0.1 and r["ctf"]]
             print(f"ABLATION [{method}] {label}: sets with > 2% off by > 10 deg: "
                   f"{sum(r['gt10'] > 0.02 for r in sel)} of {len(sel)}, mean share off by > 10 "
-                  f"deg {100 * np.mean([r['gt10'] for r in sel]):.1f}%, mean p90 "
-                  f"{np.mean([r['ang_p90'] for r in sel]):.2f} deg")
+                  f"deg {100 * np.mean([r['gt10'] for r in sel]):.1f}%, mean median "
+                  f"{np.mean([r['ang_med'] for r in sel]):.2f} deg, mean p90 "
+                  f"{np.mean([r['ang_p90'] for r in sel]):.2f} deg, mean resolution ratio "
+                  f"{np.mean([r['ratio'] for r in sel]):.3f}; SNR 0.1 CTF sets passing: "
+                  f"{sum(bar01_ok(r) for r in at01)} of {len(at01)}")
     return ok
+
+
+def bar01_ok(r):
+    """Every bar of a set at SNR 0.1 with CTF."""
+    return (angle_ok(r) and tail_ok(r) and r["sh_med"] <= BAR_SHIFT
+            and r["ratio"] <= BAR_RES_RATIO)
 
 
 def fmt(r):
     return (f"{r['volume']:8s} {r['views']:7s} {r['snr']:5g} {'on ' if r['ctf'] else 'off'} "
-            f"{r['seed']:4d} {r['n']:5d} {r['variant']:8s} {r['ang_med']:6.2f} {r['ang_p90']:6.2f} "
+            f"{r['seed']:4d} {r['n']:5d} {r['variant']:9s} {r['ang_med']:6.2f} {r['ang_p90']:6.2f} "
             f"{100 * r['gt10']:5.1f} {100 * r['gt150']:5.1f} {r['bound_med']:5.2f} "
             f"{r['bound_p90']:5.2f} {100 * r['bound_gt10']:5.1f} "
             f"{r['sh_med']:6.2f} {r['sh_p90']:6.2f} {r['res']:7.2f} {r['true_res']:7.2f} "
@@ -470,9 +489,11 @@ def main():
     ap.add_argument("--single500", action="store_true",
                     help="the issue's held-out configuration on our volumes: one view, 500 "
                          "particles, CTF on, SNR 0.1 and 0.03, seeds 1-5, hand at 3 and 2 Å/px")
-    ap.add_argument("--ablate", action="store_true",
-                    help="also run every set with the rotation-candidate stage switched off "
-                         f"({ABLATION})")
+    ap.add_argument("--ablate", nargs="*", default=None, choices=sorted(ABLATIONS),
+                    metavar="NAME",
+                    help="also run every set with a stage switched off, each NAME a variant "
+                         "(default: all): " + "; ".join(f"{k}: {v[0]} {v[1]}"
+                                                       for k, v in ABLATIONS.items()))
     ap.add_argument("--keep", default="", help="keep the data in this folder")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -507,13 +528,14 @@ def main():
         kind = type(getattr(align_cmd.AlignConfig(), key))
         extra[key] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
     variants = {"default": {}}
-    if args.ablate:
-        variants["no-cand"] = ABLATION
+    if args.ablate is not None:
+        for name in args.ablate or ABLATIONS:
+            variants[name] = ABLATIONS[name][1]
     tmp = args.keep or tempfile.mkdtemp(prefix="simcryo_bench_align_")
     os.makedirs(tmp, exist_ok=True)
     print(f"data in {tmp}; {n} particles per set, seeds {seeds}, threads {args.threads}, "
           f"options {extra}")
-    head = ("volume   views     snr ctf seed     n variant  angmed ang90 %>10 %>150 bdMed bdP90 "
+    head = ("volume   views     snr ctf seed     n variant   angmed ang90 %>10 %>150 bdMed bdP90 "
             "bd>10  shmed  sh90   resÅ  "
             "trueÅ  ratio  part/s it  orAng orSh  lnoi labacc moved")
     print(head)
@@ -531,12 +553,18 @@ def main():
     for method in args.methods if rows else []:
         ok &= pose_bars([r for r in rows if r["method"] == method], method)
     if not args.no_speed:
-        search, full, effective, abox = speed_run(tmp, args.threads)
+        search, full, effective, abox, (cycles, refine_s, with_refine) = speed_run(
+            tmp, args.threads)
         in_search = (f"{search:.0f} particles/s per iteration in the {abox} px search box, "
                      if search else "")
         print(f"speed: 8000 particles of 64 px, CTF on, {args.threads} threads, default run: "
               f"{in_search}{full or 0:.0f} at the full box, {effective:.0f} over all "
               "iterations")
+        if cycles:
+            print(f"local refinement (once, after the iterations): {cycles} cycles, "
+                  f"{8000 * cycles / refine_s:.0f} particles/s per cycle, {refine_s:.1f} s; "
+                  f"over all iterations with its time added: {with_refine:.0f} particles/s "
+                  "per iteration")
         passed = effective >= BAR_SPEED
         print(f"BAR speed: {effective:.0f} particles/s per iteration over a default run "
               f"(>= {BAR_SPEED:.0f}): {'PASS' if passed else 'FAIL'} "

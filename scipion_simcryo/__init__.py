@@ -72,16 +72,25 @@ class Plugin(pwem.Plugin):
         return bool(cls.getActivationCmd()) or not same
 
     @classmethod
-    def getProgram(cls, command, useGpu=False):
+    def getProgram(cls, command, useGpu=False, processes=1, setDevices=True):
         """Shell program string for ``runJob``: ``[activation &&] [CUDA_VISIBLE_DEVICES=%(GPU)s]
-        <python> -m simcryo <command>``. With a GPU, Scipion substitutes the protocol's GPU
-        list into CUDA_VISIBLE_DEVICES and the engine is told ``--device cuda:0``."""
+        <python> [-m torch.distributed.run --standalone --nproc_per_node N] -m simcryo
+        <command>``. With a GPU, Scipion substitutes the protocol's GPU list into
+        CUDA_VISIBLE_DEVICES (unless ``setDevices`` is False: under a queue the scheduler's
+        value stands) and the engine is told ``--device cuda:0``; with ``processes`` > 1,
+        torchrun starts that many engine processes and each takes the GPU of its LOCAL_RANK
+        (simcryo.distributed)."""
         python = cls.getEnginePython()
         if cls.getActivationCmd():
             # After activation, `python` is the environment's interpreter.
             python = 'python' if python == sys.executable else python
-        program = '%s -m %s %s' % (python, ENGINE_PACKAGE, command)
-        if useGpu:
+        launcher = '-m %s' % ENGINE_PACKAGE
+        if processes > 1:
+            # torchrun as a module of the engine's python: nothing else to find on PATH
+            launcher = ('-m torch.distributed.run --standalone --nproc_per_node %d %s'
+                        % (processes, launcher))
+        program = '%s %s %s' % (python, launcher, command)
+        if useGpu and setDevices:
             program = 'CUDA_VISIBLE_DEVICES=%(GPU)s ' + program
         activation = cls.getActivationCmd()
         if activation:

@@ -12,6 +12,10 @@ ENGINE_INSTALLED_FLAG = 'simcryo_%s_installed' % ENGINE_VERSION
 TORCH_VERSION = '2.13.0'
 # CUDA builds of torch we know how to pick (highest not above the facility's CUDA wins).
 TORCH_CUDA_BUILDS = [(12, 8), (12, 6), (12, 4), (12, 1), (11, 8)]
+# Engine commands sharded over torchrun's processes, one per GPU: a copy of
+# simcryo.cli.DISTRIBUTED, since the GUI process imports nothing of the engine (a test checks
+# that the two agree).
+DISTRIBUTED_COMMANDS = ('align',)
 
 # ---- Per-particle extras written on Scipion items (first item defines the sqlite schema) ----
 # Truth of simulated data: attribute name = '_' + STAR label, so conversion is 1:1.
@@ -21,8 +25,14 @@ TRUE_ORIGIN_X = '_simcryoTrueOriginXAngst'    # Float, Angstrom
 TRUE_ORIGIN_Y = '_simcryoTrueOriginYAngst'    # Float, Angstrom
 TRUE_ROT = '_simcryoTrueAngleRot'             # Float, degrees (projection direction)
 TRUE_TILT = '_simcryoTrueAngleTilt'           # Float, degrees
-TRUTH_ATTRS = [TRUE_CLASS, TRUE_PSI, TRUE_ORIGIN_X, TRUE_ORIGIN_Y, TRUE_ROT, TRUE_TILT]
+# Realistic simulations (simcryo simulate --junk-fraction, --contrast-sigma) write both on
+# every particle.
+TRUE_KIND = '_simcryoTrueKind'                # String: good, empty, blob, offcentre, other
+TRUE_CONTRAST = '_simcryoTrueContrast'        # Float, the image's signal scale (1: none)
+TRUTH_ATTRS = [TRUE_CLASS, TRUE_PSI, TRUE_ORIGIN_X, TRUE_ORIGIN_Y, TRUE_ROT, TRUE_TILT,
+               TRUE_KIND, TRUE_CONTRAST]
 TRUTH_INT_ATTRS = {TRUE_CLASS}
+TRUTH_STR_ATTRS = {TRUE_KIND}
 
 # Result of classification: probability of the assigned class (engine column
 # _rlnMaxValueProbDistribution), in [0, 1].

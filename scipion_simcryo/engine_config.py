@@ -16,6 +16,7 @@ CONFIGS = {
     'align': (('commands', 'align.py'), 'AlignConfig'),
     'denoise': (('denoise', 'config.py'), 'DenoiseConfig'),
     'simulate': (('simulation', 'simulate.py'), 'SimulateConfig'),
+    'select': (('commands', 'select.py'), 'SelectConfig'),
 }
 
 _cache = {}
@@ -47,19 +48,21 @@ def _joinedHelp(node):
 
 
 def _fieldOf(value):
-    """(default, help) of one dataclass field's right-hand side."""
+    """(default, help, choices) of one dataclass field's right-hand side."""
     if not isinstance(value, ast.Call):
-        return _literal(value), None
+        return _literal(value), None, None
     name = getattr(value.func, 'id', getattr(value.func, 'attr', ''))
     if name == 'mask_diameter_field':      # simcryo.config: always 0.0 (automatic)
-        return 0.0, None
+        return 0.0, None, None
     default = next((_literal(kw.value) for kw in value.keywords if kw.arg == 'default'),
                    _literal(value.args[0]) if value.args else None)
-    return default, _joinedHelp(value)
+    choices = next((_literal(kw.value) for kw in value.keywords if kw.arg == 'choices'), None)
+    return default, _joinedHelp(value), choices
 
 
 def engineFields(command):
-    """{field name: (default, help text or None)} of the config dataclass of `command`."""
+    """{field name: (default, help text or None, choices or None)} of the config dataclass
+    of `command`."""
     if command not in _cache:
         parts, className = CONFIGS[command]
         path = os.path.join(_enginePackageDir(), *parts)
@@ -85,5 +88,13 @@ def engineDefault(command, name):
 
 def engineHelp(command, name):
     """The engine's help text of a field (its first letter capitalised), '' when none."""
-    text = engineFields(command).get(name, (None, None))[1] or ''
+    text = engineFields(command).get(name, (None, None, None))[1] or ''
     return (text[:1].upper() + text[1:]).replace('%%', '%')
+
+
+def engineChoices(command, name):
+    """The fixed choices of the engine's ``--name`` (KeyError when it has none)."""
+    choices = engineFields(command)[name][2]
+    if not choices:
+        raise KeyError('%s: %s has no fixed choices' % (command, name))
+    return tuple(choices)

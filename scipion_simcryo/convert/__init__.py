@@ -9,7 +9,8 @@ other Scipion plugins:
 - `stacks`: whether a set needs copying to MRC, and the stack copies.
 - `star_writer`: Scipion particle / class sets -> the engine's input STAR.
 - `truth`: the truth columns of simulated data (or a reference partition).
-- `engine_results`: the engine's output STAR read back (classes, poses, new particle sets).
+- `engine_results`: the engine's output STAR read back (classes, poses, new particle sets,
+  class scores of `simcryo select`).
 
 The engine imports nothing from here; this package may import the engine's pure-Python
 `simcryo.io` (STAR reader/writer).
@@ -22,8 +23,10 @@ from .star_writer import (OpticsGroups, ParticleStarWriter, acquisitionRow, clas
                           missingAcquisition,
                           classesHave2DAlignment, ctfToRow, iterClassMembers, iterEnabled,
                           writeClassesStar)
-from .truth import setTruthAttributes, truthFromClasses, truthFromParticles, writeTruthStar
-from .engine_results import EngineResult, opticsToAcquisition, readSetOfParticles, rowToCtf
+from .truth import (TRUTH_ATTRS, setTruthAttributes,
+                    truthFromClasses, truthFromParticles, writeTruthStar)
+from .engine_results import (CLASS_SCORE_LABELS, ClassScores, EngineResult, opticsToAcquisition,
+                             readSetOfParticles, rowToCtf)
 
 __all__ = [
     'matrixFromPose', 'poseFromMatrix', 'transformFromPose',
@@ -32,6 +35,8 @@ __all__ = [
     'writeImagesStack',
     'OpticsGroups', 'ParticleStarWriter', 'acquisitionRow', 'missingAcquisition', 'classNumbering', 'classesHave2DAlignment',
     'ctfToRow', 'iterClassMembers', 'iterEnabled', 'writeClassesStar',
-    'setTruthAttributes', 'truthFromClasses', 'truthFromParticles', 'writeTruthStar',
-    'EngineResult', 'opticsToAcquisition', 'readSetOfParticles', 'rowToCtf',
+    'TRUTH_ATTRS', 'setTruthAttributes', 'truthFromClasses',
+    'truthFromParticles', 'writeTruthStar',
+    'CLASS_SCORE_LABELS', 'ClassScores', 'EngineResult', 'opticsToAcquisition',
+    'readSetOfParticles', 'rowToCtf',
 ]

@@ -5,7 +5,7 @@ import numpy as np
 
 import pwem.objects as emobj
 from pwem.constants import ALIGN_NONE
-from pyworkflow.object import Integer
+from pyworkflow.object import Float, Integer
 
 from simcryo.io.star import read_star
 
@@ -125,3 +125,37 @@ def readSetOfParticles(starFile, partSet, apix=None):
         setTruthAttributes(part, row)
         partSet.append(part)
     return partSet
+
+
+# Columns of `simcryo select`'s class_scores.star -> per-class extras of the output classes
+# (attribute '_' + label). The selection flag is not copied: every output class is selected.
+CLASS_SCORE_LABELS = {'simcryoClassScore': Float, 'simcryoClassRank': Integer,
+                      'simcryoContrast': Float, 'simcryoCentring': Float,
+                      'simcryoProfile': Float, 'simcryoSize': Float}
+
+
+class ClassScores:
+    """`simcryo select`'s class_scores.star: one row per class (engine numbering 1..K),
+    best first."""
+
+    def __init__(self, starFile):
+        block = read_star(starFile)['classes']
+        labels = block.labels
+        self.rows = [dict(zip(labels, values))
+                     for values in zip(*[block.columns[l] for l in labels])]
+        self._byNumber = {int(r['rlnClassNumber']): r for r in self.rows}
+
+    def selected(self):
+        """Engine class numbers of the selected classes, best first."""
+        return [int(r['rlnClassNumber']) for r in self.rows if int(r['simcryoSelected'])]
+
+    def row(self, number):
+        return self._byNumber.get(int(number))
+
+    def setExtras(self, item, number):
+        """The score, rank and features of class ``number`` as extras of ``item`` (every
+        item gets the same attributes: the first defines the sqlite schema)."""
+        row = self._byNumber[int(number)]
+        for label, objClass in CLASS_SCORE_LABELS.items():
+            value = float(row[label])
+            setattr(item, '_' + label, objClass(int(value) if objClass is Integer else value))

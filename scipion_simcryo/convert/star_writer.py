@@ -7,6 +7,7 @@ from .. import constants as cts
 from .locations import locationToRelion
 from .poses import poseFromMatrix
 from .stacks import StackCopier
+from .truth import TRUTH_ATTRS
 
 
 ACQUISITION_LABELS = [('rlnVoltage', 'getVoltage', 'voltage (kV)'),
@@ -130,7 +131,7 @@ class ParticleStarWriter:
         stack = StackCopier(self.stackFile) if self.stackFile else None
         for n, part in enumerate(particles, 1):
             if truth is None:
-                truth = [a for a in cts.TRUTH_ATTRS
+                truth = [a for a in TRUTH_ATTRS
                          if self.writeTruth and part.hasAttribute(a)]
                 # Class probability of a previous classification (ours or RELION's) becomes
                 # the engine's averaging weight.

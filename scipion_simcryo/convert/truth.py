@@ -1,12 +1,12 @@
 """Truth columns of simulated data (or a reference partition) <-> Scipion particle extras.
 
 Attribute name = '_' + STAR label (constants.TRUTH_ATTRS), so the conversion is 1:1."""
-from pyworkflow.object import Float, Integer
+from pyworkflow.object import Float, Integer, String
 
 from simcryo.io.star import StarBlock, write_star
 
 from .. import constants as cts
-from .star_writer import classNumbering, iterClassMembers
+from ..constants import TRUTH_ATTRS
 
 
 def truthFromParticles(imgSet):
@@ -15,7 +15,7 @@ def truthFromParticles(imgSet):
     attrs = None
     for part in imgSet.iterItems(orderBy='id'):
         if attrs is None:
-            attrs = [a for a in cts.TRUTH_ATTRS if part.hasAttribute(a)]
+            attrs = [a for a in TRUTH_ATTRS if part.hasAttribute(a)]
         if attrs:
             truth[part.getObjId()] = {a[1:]: part.getAttributeValue(a) for a in attrs}
     return truth
@@ -24,6 +24,7 @@ def truthFromParticles(imgSet):
 def truthFromClasses(classes):
     """{particle id: {STAR label: value}}: another classification used as the reference
     partition (its class number is written as the true class)."""
+    from .star_writer import classNumbering, iterClassMembers   # star_writer imports this
     numbering = classNumbering(classes)
     return {p.getObjId(): {cts.TRUE_CLASS[1:]: p._simcryoClassNumber}
             for p in iterClassMembers(classes, numbering)}
@@ -41,9 +42,15 @@ def writeTruthStar(starFile, names, ids, truth):
 
 def setTruthAttributes(item, row):
     """Truth columns of a STAR row dict -> per-particle extras (every item, same schema)."""
-    for attr in cts.TRUTH_ATTRS:
+    for attr in TRUTH_ATTRS:
         label = attr[1:]
         if label in row:
-            value = float(row[label])
-            obj = Integer(int(round(value))) if attr in cts.TRUTH_INT_ATTRS else Float(value)
-            setattr(item, attr, obj)
+            setattr(item, attr, _truthObject(attr, row[label]))
+
+
+def _truthObject(attr, value):
+    if attr in cts.TRUTH_STR_ATTRS:
+        return String(str(value))
+    if attr in cts.TRUTH_INT_ATTRS:
+        return Integer(int(round(float(value))))
+    return Float(float(value))

@@ -14,7 +14,7 @@ from pwem.protocols import EMProtocol
 from .. import Plugin
 from .. import constants as cts
 from .. import convert
-from ..engine_config import engineDefault, engineHelp
+from ..engine_config import engineChoices, engineDefault, engineHelp
 
 
 class ProtSimcryoBase(EMProtocol):
@@ -103,6 +103,18 @@ class ProtSimcryoBase(EMProtocol):
         self._engineParamFields = getattr(self, '_engineParamFields', [])
         self._engineParamFields.append((name, field))
 
+    def _addEngineChoiceParam(self, form, name, field, label, help='', **kwargs):
+        """An EnumParam for an engine flag with fixed choices: the choices and the default
+        come from the engine's config dataclass; the engine gets the chosen name."""
+        command = self._engineCommand.split()[0]
+        choices = list(engineChoices(command, field))
+        self._engineChoices = getattr(self, '_engineChoices', {})
+        self._engineChoices[name] = choices
+        self._addEngineParam(form, name, params.EnumParam, field, label, help=help,
+                             choices=choices, display=params.EnumParam.DISPLAY_HLIST,
+                             **kwargs)
+        form.getParam(name).default.set(choices.index(engineDefault(command, field)))
+
     def _engineParamArgs(self, skip=()):
         """``--flag value`` (``--flag``/``--no-flag`` for booleans) of every engine
         parameter of the form, always explicit, so run.json and the form agree."""
@@ -112,6 +124,8 @@ class ProtSimcryoBase(EMProtocol):
                 continue
             flag = '--' + field.replace('_', '-')
             value = getattr(self, name).get()
+            if name in getattr(self, '_engineChoices', {}):
+                value = self._engineChoices[name][value]
             if isinstance(value, bool):
                 args.append(flag if value else '--no-' + flag[2:])
             else:
@@ -130,8 +144,13 @@ class ProtSimcryoBase(EMProtocol):
                                 'machine that runs the job). No: CPU only (slower; fine '
                                 'for a few thousand small particles).')
             form.addHidden(params.GPU_LIST, params.StringParam, default='0',
-                           label='GPU ID',
-                           help='GPU to use (the engine uses one GPU; the first of the list).')
+                           label='GPU IDs',
+                           help='GPUs to use, e.g. "0" or "0 1 2 3". Protocols that use '
+                                'them all, one engine process per GPU (torchrun), the '
+                                'particles shared among them: %s. The other protocols use '
+                                'the first GPU only. Through a queue the job asks for as '
+                                'many GPUs as the protocol uses and runs on the GPUs the '
+                                'scheduler gives it.' % _distributedLabels())
         if self._hasSeed:
             form.addParam('seed', params.IntParam, default=0, expertLevel=LEVEL_ADVANCED,
                           label='Random seed',
@@ -142,7 +161,16 @@ class ProtSimcryoBase(EMProtocol):
                       help='Appended verbatim to the engine command, e.g. "--epochs 5". '
                            'See `python -m simcryo %s --help` for every option.'
                            % (self._engineCommand or '<command>'))
-        form.addParallelSection(threads=self._defaultThreads, mpi=0)
+        form.addParallelSection(threads=self._defaultThreads, mpi=0,
+                                binThreadsHelp=self._threadsHelp())
+
+    def _threadsHelp(self):
+        text = ('CPU threads of the engine (--threads), also the cores a queue job asks '
+                'for.')
+        if self._isDistributed():
+            text += (' With several GPUs they are shared among the engine processes: each '
+                     'of the N processes gets threads / N (at least 1).')
+        return text
 
     def _defineMaskDiameterParam(self, form, use, auto, name='maskDiameterA',
                                  label='Mask diameter (Å)', **kwargs):
@@ -206,24 +234,47 @@ class ProtSimcryoBase(EMProtocol):
         return ['Mask used: %s.' % text] if text else []
 
     # ------------------------------------------------------------------ engine
-    def _getVolumeFile(self, vol):
-        """Path of `vol` as an MRC map the engine can read (converted if needed)."""
+    def _getVolumeFile(self, vol, name='volume.mrc'):
+        """Path of `vol` as an MRC map the engine can read: its own file, or a copy converted
+        to extra/input/`name` (one name per volume a protocol passes)."""
         fn = convert.stripFormatSuffix(vol.getFileName())
         if os.path.splitext(fn)[1].lower() in ('.mrc', '.map'):
             return os.path.abspath(fn)
         from pwem.emlib.image import ImageHandler
-        out = os.path.abspath(self._getExtraPath('input', 'volume.mrc'))
+        out = os.path.abspath(self._getExtraPath('input', name))
+        os.makedirs(os.path.dirname(out), exist_ok=True)
         ImageHandler().convert(vol, out)
         return out
 
     def _useGpu(self):
         return self._usesGpu and self.usesGpu() and bool(self.getGpuList())
 
+    @classmethod
+    def _isDistributed(cls, command=None):
+        """True when the engine shards `command` over torchrun's processes (one per GPU)."""
+        command = command or cls._engineCommand or ''
+        return command.split()[0] in cts.DISTRIBUTED_COMMANDS if command else False
+
+    def _engineGpus(self, command=None):
+        """GPU ids the engine command uses: the whole list for a distributed command, the
+        first GPU for the others, none on CPU."""
+        if not self._useGpu():
+            return []
+        gpus = self.getGpuList()
+        return gpus if self._isDistributed(command) else gpus[:1]
+
+    def _engineProcesses(self, command=None):
+        """Engine processes torchrun starts: one per GPU of a distributed command, else 1."""
+        return max(1, len(self._engineGpus(command)))
+
     def _getComputeArgs(self):
-        args = ['--threads', max(1, self.numberOfThreads.get() or 1)]
+        # the protocol's threads are the job's cores: shared among the engine processes
+        threads = max(1, self.numberOfThreads.get() or 1) // self._engineProcesses()
+        args = ['--threads', max(1, threads)]
         if self._hasSeed:
             args += ['--seed', self.seed.get()]
         if self._usesGpu:
+            # under torchrun each process takes cuda:LOCAL_RANK (simcryo.distributed)
             args += ['--device', 'cuda:0' if self._useGpu() else 'cpu']
         return args
 
@@ -238,8 +289,15 @@ class ProtSimcryoBase(EMProtocol):
 
     def runEngine(self, argsText, command=None):
         command = command or self._engineCommand
-        self.runJob(Plugin.getProgram(command, useGpu=self._useGpu()), argsText,
-                    env=Plugin.getEnviron(), numberOfMpi=1)
+        processes = self._engineProcesses(command)
+        if processes > 1:
+            self.info('%s runs as %d processes (torchrun), one per GPU of the list %s.'
+                      % (command, processes, ' '.join(map(str, self._engineGpus(command)))))
+        # Under a queue the scheduler sets CUDA_VISIBLE_DEVICES to the job's GPUs (Scipion's
+        # renumbered list 0..n-1 would name other GPUs on a node without device cgroups).
+        program = Plugin.getProgram(command, useGpu=self._useGpu(), processes=processes,
+                                    setDevices=not self.useQueue())
+        self.runJob(program, argsText, env=Plugin.getEnviron(), numberOfMpi=1)
 
     def convertInputStep(self, inputIds):
         """Write the engine's input (``_convertInput``); when it differs from the one a
@@ -302,6 +360,72 @@ class ProtSimcryoBase(EMProtocol):
         link, label = tag[:-2].split('][', 1)
         return '%s][%s]]' % (link, label.replace('_', '-'))
 
+    # ------------------------------------------------------------------ GPUs, processes, queue
+    # Every simcryo protocol, whatever its own _validate/_warnings/_summary/_methods: these
+    # wrap Scipion's public entry points.
+    def validate(self):
+        return super().validate() + self._validateGpus()
+
+    def warnings(self):
+        return super().warnings() + self._gpuWarnings()
+
+    def summary(self):
+        lines = super().summary()
+        placement = self._enginePlacement()
+        return lines + (['Engine: %s.' % placement] if placement else [])
+
+    def getParsedMethods(self):
+        methods = super().getParsedMethods()
+        placement = self._enginePlacement()
+        if methods and placement and 'torchrun' in placement:
+            methods.append('The engine ran as %s, the particles shared among them.'
+                           % placement.replace('processes', 'PyTorch processes'))
+        return methods
+
+    def getSubmitDict(self):
+        """Scipion's queue variables, GPU_COUNT being the GPUs the engine uses (0 on CPU, 1
+        for a one-process command whatever the list), so that a template's
+        ``--gres=gpu:%(GPU_COUNT)s`` asks for what runs; a GPU_COUNT queue parameter (the
+        queue dialog) wins."""
+        d = super().getSubmitDict()
+        if 'GPU_COUNT' not in self.getQueueParams()[1]:
+            d['GPU_COUNT'] = len(self._engineGpus())
+        return d
+
+    def _validateGpus(self):
+        gpus = self._engineGpus()
+        if len(set(gpus)) < len(gpus):
+            return ['GPU IDs: %s lists a GPU twice; the engine runs one process per GPU, list '
+                    'each GPU once.' % ' '.join(map(str, gpus))]
+        return []
+
+    def _gpuWarnings(self):
+        warnings = []
+        gpus = self._useGpu() and self.getGpuList() or []
+        if len(gpus) > 1 and not self._isDistributed():
+            warnings.append('GPU IDs: this protocol uses one GPU, the first of the list (%s); '
+                            'several GPUs are used by: %s.' % (gpus[0], _distributedLabels()))
+        asked = self.getQueueParams()[1].get('GPU_COUNT') if self.useQueue() else None
+        if asked is not None and str(asked).isdigit() and \
+                int(asked) < len(self._engineGpus()):
+            warnings.append('The queue parameter GPU_COUNT (%s) is below the %d engine '
+                            'processes (one per GPU of the list): the job would not have a '
+                            'GPU for each.' % (asked, len(self._engineGpus())))
+        return warnings
+
+    def _enginePlacement(self):
+        """'4 processes (torchrun), one GPU each', 'one process on the CPU', ... from the
+        run.json of a command that records its world size (else None)."""
+        runLog = self._readRunLog()
+        world = runLog.get('world_size')
+        if not isinstance(world, int):
+            return None
+        gpu = str((runLog.get('config') or {}).get('device', '')).startswith('cuda')
+        if world > 1:
+            return '%d processes (torchrun), %s' % (world, 'one GPU each' if gpu
+                                                     else 'on the CPU')
+        return 'one process on %s' % ('a GPU' if gpu else 'the CPU')
+
     def _citations(self):
         """Only the methods a run really used (subclasses); the package reference is
         SimCryoCluster."""
@@ -309,6 +433,18 @@ class ProtSimcryoBase(EMProtocol):
 
     def _methodsIntro(self):
         return 'simcryo engine (scipion-em-simcryo %s)' % cts.ENGINE_VERSION
+
+
+def _distributedLabels():
+    """'align and average classes': the protocols whose engine command runs one process
+    per GPU (every protocol module is imported with the package)."""
+    labels, todo = [], list(ProtSimcryoBase.__subclasses__())
+    while todo:
+        cls = todo.pop(0)
+        todo += cls.__subclasses__()
+        if not cls.isBase() and cls._isDistributed():
+            labels.append(cls._label)
+    return ', '.join(sorted(set(labels))) or 'none'
 
 
 def _fileDigest(path):

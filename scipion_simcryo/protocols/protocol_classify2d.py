@@ -21,19 +21,25 @@ class Classify2DOutputs(Enum):
 
 
 class ProtSimcryoClassify2D(ProtSimcryoBase, ProtClassify2D):
-    """Unsupervised 2D classification by contrastive learning (SimCryoCluster).
+    """Unsupervised 2D classification by contrastive learning (after SimCryoCluster).
 
     1. Preprocessing: background normalisation outside a circular mask, optional CTF phase
        flip and histogram equalisation, downsampling to a working box.
-    2. Features: a ResNet-18 encoder trained with a SimCLR contrastive loss on augmented views
-       of each particle (full-circle in-plane rotations, shifts, crops, contrast and noise
-       jitter), so that two views of one particle map close together.
-    3. Neighbours: the k most similar particles of each particle in feature space.
-    4. Clustering: SCAN heads (neighbour consistency + entropy), then self-labelling on the
+    2. Features (default "invariant" encoder): each particle is centred on its density
+       centroid and sampled on rings; the angular Fourier spectra of the rings are
+       rotation invariant. Every particle is compared with every other (above a size
+       limit: with candidates picked by the invariants) after the best in-plane rotation,
+       which gives its rotational neighbours. An MLP on the invariants is trained
+       contrastively (SimCLR's loss) with a particle and one of its rotational neighbours
+       as the positive pair. The "resnet" encoder is the paper's: a ResNet-18 trained with
+       SimCLR on augmented images, neighbours in its feature space.
+    3. Clustering: SCAN heads (neighbour consistency + entropy), then self-labelling on the
        confident particles.
-    5. EM refinement: the clusters seed a multi-reference refinement of every particle's
+    4. EM refinement: the clusters seed a multi-reference refinement of every particle's
        class, in-plane rotation and shift against the class averages (expectation-
        maximisation under a Gaussian noise model); its posteriors are the final classes.
+       run.json's "classes_from" says which stage gave them; with simulated truth its
+       metrics give the neighbour purity and the accuracy before and after the EM.
 
     Output: a SetOfClasses2D whose representatives are the class averages (aligned inside each
     class), every particle with its class, its in-plane alignment (2D Transform) and the
@@ -88,36 +94,49 @@ class ProtSimcryoClassify2D(ProtSimcryoBase, ProtClassify2D):
             help='The low frequencies carry the view information: the images are cropped '
                  'around the mask and Fourier-downsampled to at most this box before any '
                  'learning. Even number.')
-        self._addEngineParam(
-            form, 'pretextBox', params.IntParam, 'pretext_box', 'Network input box (px)',
-            expertLevel=LEVEL_ADVANCED)
 
         form.addSection(label='Features')
+        self._addEngineChoiceParam(form, 'encoder', 'encoder', 'Encoder')
         self._addEngineParam(form, 'pretextEpochs', params.IntParam, 'pretext_epochs',
                              'Contrastive epochs', validators=[params.GE(0)],
-                             help='Epochs of SimCLR training of the ResNet-18 encoder, the '
-                                  'most expensive stage.')
+                             help='0 leaves the encoder untrained (an ablation).')
         self._addEngineParam(form, 'batchSize', params.IntParam, 'batch_size',
                              'Batch size (pairs)', expertLevel=LEVEL_ADVANCED,
                              validators=[params.GE(1)])
+        self._addEngineParam(form, 'invariantAngular', params.IntParam, 'invariant_angular',
+                             'Angular frequencies per ring', expertLevel=LEVEL_ADVANCED,
+                             validators=[params.GE(1)], condition='encoder == 0')
+        self._addEngineParam(form, 'invariantExactLimit', params.IntParam,
+                             'invariant_exact_limit', 'All pairs up to (particles)',
+                             expertLevel=LEVEL_ADVANCED, validators=[params.GE(0)],
+                             condition='encoder == 0')
+        self._addEngineParam(form, 'invariantCandidates', params.IntParam,
+                             'invariant_candidates', 'Candidates per particle',
+                             expertLevel=LEVEL_ADVANCED, validators=[params.GE(1)],
+                             condition='encoder == 0')
+        self._addEngineParam(form, 'pretextBox', params.IntParam, 'pretext_box',
+                             'Network input box (px)', expertLevel=LEVEL_ADVANCED,
+                             condition='encoder == 1')
         self._addEngineParam(form, 'networkWidth', params.IntParam, 'width',
                              'ResNet-18 base width', expertLevel=LEVEL_ADVANCED,
-                             validators=[params.GE(1)],
+                             validators=[params.GE(1)], condition='encoder == 1',
                              help='On a GPU, 64 (the paper\'s) learns finer features.')
         self._addEngineParam(form, 'allowMirrors', params.BooleanParam, 'mirror',
                              'Merge mirror views?', expertLevel=LEVEL_ADVANCED,
+                             condition='encoder == 1',
                              help='Yes: horizontal flips join the augmentations, so a view '
                                   'and its mirror fall in the same class. No: mirrors are '
                                   'different views.')
         self._addEngineParam(form, 'ttaRotations', params.IntParam, 'tta_rotations',
                              'Rotations averaged per feature', expertLevel=LEVEL_ADVANCED,
-                             validators=[params.GE(1)])
+                             validators=[params.GE(1)], condition='encoder == 1')
 
         form.addSection(label='Clustering')
         self._addEngineParam(form, 'numberOfNeighbours', params.IntParam, 'knn',
                              'Neighbours per particle (k)', validators=[params.GE(1)],
-                             help='Mined in the contrastive feature space; SCAN pulls each '
-                                  'particle towards the class of its neighbours.')
+                             help='SCAN pulls each particle towards the class of its '
+                                  'neighbours: the rotational neighbours with the invariant '
+                                  'encoder, the nearest in feature space with the ResNet.')
         self._addEngineParam(form, 'scanEpochs', params.IntParam, 'scan_epochs',
                              'SCAN epochs', expertLevel=LEVEL_ADVANCED,
                              validators=[params.GE(1)])
@@ -144,6 +163,8 @@ class ProtSimcryoClassify2D(ProtSimcryoBase, ProtClassify2D):
                            'those weights. The class probability stored on every output '
                            'particle (%s) is its posterior of the chosen class.'
                            % cts.CLASS_PROB)
+        self._addEngineChoiceParam(form, 'refineInit', 'refine_init', 'Start from',
+                                   expertLevel=LEVEL_ADVANCED)
         self._addEngineParam(form, 'refineIterations', params.IntParam, 'refine_iterations',
                              'EM iterations', validators=[params.GE(0)],
                              help='0 disables the stage: the clustering labels are final and '
@@ -151,6 +172,11 @@ class ProtSimcryoClassify2D(ProtSimcryoBase, ProtClassify2D):
         self._addEngineParam(form, 'refineAlignIterations', params.IntParam,
                              'refine_align_iterations', 'Alignment-only iterations',
                              expertLevel=LEVEL_ADVANCED, validators=[params.GE(0)])
+        self._addEngineParam(form, 'refineSearchClasses', params.IntParam,
+                             'refine_search_classes', 'Classes searched per particle (M)',
+                             expertLevel=LEVEL_ADVANCED, validators=[params.GE(0)],
+                             help='What keeps K = 50-200 affordable: the cost of the EM '
+                                  'grows with M, not K.')
         self._addEngineParam(form, 'refineAngles', params.IntParam, 'refine_angles',
                              'In-plane angles searched', expertLevel=LEVEL_ADVANCED,
                              validators=[params.GE(4)],
@@ -268,16 +294,26 @@ class ProtSimcryoClassify2D(ProtSimcryoBase, ProtClassify2D):
                   'classes and poses' % self.refineIterations.get()
                   if self.refineIterations.get() > 0 else '')
         return ['%s were classified into %d classes by contrastive learning (SimCLR '
-                '[Chen2020SimCLR] with a ResNet-18 encoder [He2016ResNet]) followed by SCAN '
-                'clustering and self-labelling [VanGansbeke2020SCAN], as in SimCryoCluster '
-                '[Simcryocluster]%s, with the %s%s.'
+                '[Chen2020SimCLR] with %s) followed by SCAN clustering and self-labelling '
+                '[VanGansbeke2020SCAN], after SimCryoCluster [Simcryocluster]%s, with the '
+                '%s%s.'
                 % (self.getObjectTag('inputParticles'), self.outputClasses.getSize(),
-                   refine, self._methodsIntro(),
+                   self._encoderText(), refine, self._methodsIntro(),
                    '; the images were normalised outside a circular mask of %s' % mask
                    if mask else '')]
 
+    def _usesResnet(self):
+        return self._engineChoices['encoder'][self.encoder.get()] == 'resnet'
+
+    def _encoderText(self):
+        if self._usesResnet():
+            return 'a ResNet-18 encoder [He2016ResNet] on augmented images'
+        return ('an MLP encoder on rotation-invariant ring spectra of the centred particles, '
+                'each particle paired with its nearest neighbour after in-plane rotation')
+
     def _citations(self):
-        return ['Simcryocluster', 'Chen2020SimCLR', 'VanGansbeke2020SCAN', 'He2016ResNet']
+        cites = ['Simcryocluster', 'Chen2020SimCLR', 'VanGansbeke2020SCAN']
+        return cites + (['He2016ResNet'] if self._usesResnet() else [])
 
 
 # ---------------------------------------------------------------------- shared with align

@@ -8,10 +8,23 @@ from pwem.constants import ALIGN_NONE
 
 from .. import constants as cts
 from .. import convert
+from ..engine_config import engineDefault, engineHelp
 from .protocol_base import ProtSimcryoBase
 
 PHANTOM = 0
 VOLUME = 1
+
+
+# Orientations of `simcryo simulate --views` (the engine's VIEW_MODES, same order).
+VIEW_MODES = ['discrete', 'uniform', 'preferred']
+VIEWS_DISCRETE, VIEWS_UNIFORM, VIEWS_PREFERRED = range(3)
+# Junk kinds of --junk-kinds (the engine's JUNK_KINDS).
+JUNK_KINDS = ['empty', 'blob', 'offcentre', 'other']
+# Noise models: appended to constants.NOISE_CHOICES so that the stored values of white (0)
+# and real (1) keep their meaning in existing projects.
+NOISE_COLOURED = 2
+NOISE_CHOICES = cts.NOISE_CHOICES + ['coloured (1/f-like low frequencies)']
+NOISE_MODELS = {cts.NOISE_WHITE: 'white', cts.NOISE_REAL: 'real', NOISE_COLOURED: 'coloured'}
 
 
 class SimulateOutputs(Enum):
@@ -20,19 +33,27 @@ class SimulateOutputs(Enum):
 
 
 class ProtSimcryoSimulate(ProtSimcryoBase):
-    """Simulate labelled particle images with known truth, to test 2D classifiers.
+    """Simulate labelled particle images with known truth, to test 2D classifiers and class
+    selection.
 
-    K projection directions (view classes, well separated, each with an angular spread) of a
-    volume (or of the built-in asymmetric phantom) are projected; every particle gets a uniform
-    in-plane rotation, a Gaussian shift, its own CTF (defocus range, astigmatism) and noise:
-    white noise at a target SNR (variance of signal / variance of noise over the box) or real
-    noise cut from the background of a given particle set.
+    Orientations: K view classes (projection directions spread over the sphere, each with an
+    angular spread), or, as a facility's picks look, directions uniform over the sphere or
+    concentrated around a few preferred views (then a particle's true class is the nearest
+    of the K directions). The volume (or the built-in asymmetric phantom) is projected; every
+    particle gets a uniform in-plane rotation, a Gaussian shift, its own CTF (defocus range,
+    astigmatism), an optional per-image contrast scale (ice thickness) and noise: white noise
+    at a target SNR (variance of signal / variance of noise over the box), coloured (1/f-like)
+    noise, or real noise cut from the background of a given particle set. A share of the
+    picks can be junk: empty boxes, ice/aggregate blobs, off-centre particles cut by the box
+    edge, or particles of another volume.
 
     Output: a SetOfParticles with CTF whose items carry the truth as extra attributes
-    (_simcryoTrueClass 1..K, _simcryoTruePsi, _simcryoTrueOriginX/YAngst,
-    _simcryoTrueAngleRot/Tilt), ready for any 2D classifier (this plugin, RELION, CL2D) and for
-    "simcryo - evaluate 2D classification"; and a SetOfAverages with one clean projection per
-    class (class k = item k), the truth for class averages.
+    (_simcryoTrueClass 1..K, 0 for junk; _simcryoTrueKind good/empty/blob/offcentre/other;
+    _simcryoTruePsi, _simcryoTrueOriginX/YAngst, _simcryoTrueAngleRot/Tilt (the view
+    direction), _simcryoTrueContrast), ready for any 2D classifier (this plugin, RELION, CL2D),
+    "simcryo - rank and select 2D classes" and "simcryo - evaluate 2D classification"; and a
+    SetOfAverages with one clean projection per class direction (class k = item k), the truth
+    for class averages.
     """
     _label = 'simulate particles'
     _possibleOutputs = SimulateOutputs
@@ -41,6 +62,13 @@ class ProtSimcryoSimulate(ProtSimcryoBase):
 
     # ------------------------------------------------------------------ form
     def _defineParams(self, form):
+        self._defineInputParams(form)
+        self._defineViewParams(form)
+        self._defineJunkParams(form)
+        self._defineNoiseCtfParams(form)
+        self._defineComputeParams(form)
+
+    def _defineInputParams(self, form):
         form.addSection(label='Input')
         form.addParam('volumeSource', params.EnumParam, default=PHANTOM,
                       choices=['built-in phantom', 'input volume'],
@@ -51,43 +79,98 @@ class ProtSimcryoSimulate(ProtSimcryoBase):
         form.addParam('inputVolume', params.PointerParam, pointerClass='Volume',
                       allowsNull=True, condition='volumeSource == %d' % VOLUME,
                       label='Volume', important=True)
-        form.addParam('boxSize', params.IntParam, default=0, label='Box size (px)',
-                      validators=[params.GE(0)],
-                      help='Box of the particles (even); the map is Fourier-resampled to it. '
-                           '0: the volume\'s own box (64 px for the phantom).')
+        self._addEngineParam(form, 'boxSize', params.IntParam, 'box', 'Box size (px)',
+                             validators=[params.GE(0)])
         form.addParam('samplingRate', params.FloatParam, default=3.0,
                       condition='volumeSource == %d' % PHANTOM,
                       label='Phantom pixel size (Å/px)', validators=[params.Positive],
                       help='Pixel size of the phantom at its 64 px box. An input volume '
                            'keeps its own pixel size.')
 
+    def _defineViewParams(self, form):
         form.addSection(label='Views')
-        form.addParam('numberOfClasses', params.IntParam, default=10,
-                      label='Number of view classes (K)', validators=[params.GE(2)],
-                      help='Projection directions, spread over the sphere as far apart '
-                           'as possible.')
-        form.addParam('particlesPerClass', params.IntParam, default=100,
-                      label='Particles per class', validators=[params.GE(1)])
-        form.addParam('angularSpread', params.FloatParam, default=5.0,
-                      label='Angular spread (deg)', expertLevel=LEVEL_ADVANCED,
-                      help='Each particle\'s projection direction lies within this angle of '
-                           'its class direction.')
-        form.addParam('minSeparation', params.FloatParam, default=15.0,
-                      label='Minimum class separation (deg)', expertLevel=LEVEL_ADVANCED,
-                      help='Minimum angle between two class directions.')
-        form.addParam('shiftSigma', params.FloatParam, default=2.0,
-                      label='Shift sigma (px)', expertLevel=LEVEL_ADVANCED,
-                      help='Standard deviation of the Gaussian in-plane shifts.')
+        form.addParam('views', params.EnumParam, choices=VIEW_MODES,
+                      default=VIEW_MODES.index(engineDefault('simulate', 'views')),
+                      display=params.EnumParam.DISPLAY_HLIST, label='Orientations',
+                      help=engineHelp('simulate', 'views') + '.\nDiscrete: clean test data '
+                           'with K separable views. Uniform / preferred: continuous '
+                           'orientations as in real picks; the true class of a particle is '
+                           'the nearest of the K class directions.\nEngine flag: --views.')
+        self._addEngineParam(form, 'numberOfClasses', params.IntParam, 'classes',
+                             'Number of view classes (K)', validators=[params.GE(2)],
+                             help='Projection directions, spread over the sphere as far '
+                                  'apart as possible (--min-separation).')
+        self._addEngineParam(form, 'particlesPerClass', params.IntParam, 'per_class',
+                             'Particles per class', validators=[params.GE(1)],
+                             help='Uniform / preferred views: K x this is the number of good '
+                                  'particles unless "Good particles" is set.')
+        self._addEngineParam(form, 'numberOfParticles', params.IntParam, 'particles',
+                             'Good particles', validators=[params.GE(0)],
+                             condition='views != %d' % VIEWS_DISCRETE)
+        self._addEngineParam(form, 'preferredViews', params.IntParam, 'preferred_views',
+                             'Preferred directions', validators=[params.GE(1)],
+                             condition='views == %d' % VIEWS_PREFERRED)
+        self._addEngineParam(form, 'preferredFraction', params.FloatParam,
+                             'preferred_fraction', 'Share near the preferred directions',
+                             validators=[params.Range(0.0, 1.0)],
+                             condition='views == %d' % VIEWS_PREFERRED,
+                             help='Fraction (0-1) of the good particles; the rest are '
+                                  'uniform over the sphere.')
+        self._addEngineParam(form, 'preferredSpread', params.FloatParam, 'preferred_spread',
+                             'Preferred-view width (deg)', validators=[params.Positive],
+                             condition='views == %d' % VIEWS_PREFERRED)
+        self._addEngineParam(form, 'angularSpread', params.FloatParam, 'spread',
+                             'Angular spread (deg)', expertLevel=LEVEL_ADVANCED,
+                             validators=[params.GE(0)],
+                             condition='views == %d' % VIEWS_DISCRETE,
+                             help='Must stay below half of the minimum class separation.')
+        self._addEngineParam(form, 'minSeparation', params.FloatParam, 'min_separation',
+                             'Minimum class separation (deg)', expertLevel=LEVEL_ADVANCED)
+        self._addEngineParam(form, 'shiftSigma', params.FloatParam, 'shift_sigma',
+                             'Shift sigma (px)', expertLevel=LEVEL_ADVANCED,
+                             validators=[params.GE(0)])
 
+    def _defineJunkParams(self, form):
+        form.addSection(label='Junk and contrast')
+        self._addEngineParam(form, 'junkFraction', params.FloatParam, 'junk_fraction',
+                             'Junk fraction', validators=[params.Range(0.0, 0.99)],
+                             help='Fraction (0-0.99) of all output particles. Junk comes on '
+                                  'top of the good particles: N = good / (1 - fraction).')
+        self._addEngineParam(form, 'junkKinds', params.StringParam, 'junk_kinds',
+                             'Junk kinds', condition='junkFraction > 0',
+                             help='Any of: %s. "other" needs the volume below.'
+                                  % ', '.join(JUNK_KINDS))
+        form.addParam('junkVolume', params.PointerParam, pointerClass='Volume',
+                      allowsNull=True, condition='junkFraction > 0',
+                      label='Volume of the "other" junk',
+                      help='Its projections are the junk kind "other" (e.g. a contaminant '
+                           'or a dissociated subunit), resampled to the pixel size and box '
+                           'of the particles. Engine flags: --junk-volume, '
+                           '--junk-volume-apix (its pixel size in Å/px).')
+        self._addEngineParam(form, 'contrastSigma', params.FloatParam, 'contrast_sigma',
+                             'Contrast spread (sigma)', validators=[params.GE(0)],
+                             help='Dimensionless: sigma of the log of the per-image signal '
+                                  'scale; 0.3 gives scales of about 0.74-1.35 (one sigma).')
+
+    def _defineNoiseCtfParams(self, form):
         form.addSection(label='Noise and CTF')
         form.addParam('noiseMode', params.EnumParam, default=cts.NOISE_WHITE,
-                      choices=cts.NOISE_CHOICES, label='Noise',
+                      choices=NOISE_CHOICES, label='Noise',
                       help='White: Gaussian noise at the target SNR. Real: noise blocks cut '
                            'from the background (outside a circular mask) of real particles, '
-                           'scaled to the target SNR, as the SimCryoCluster paper does.')
-        form.addParam('snr', params.FloatParam, default=0.1, label='SNR',
-                      validators=[params.Positive],
-                      help='var(signal) / var(noise) over the box.')
+                           'scaled to the target SNR, as the SimCryoCluster paper does. '
+                           'Coloured: Gaussian noise whose power is 1 + (s_c / s)^alpha at '
+                           'spatial frequency s: 1/f-like below 1 / corner, flat above, as '
+                           'ice and detector noise look.\nEngine flag: --noise.')
+        self._addEngineParam(form, 'snr', params.FloatParam, 'snr', 'SNR',
+                             validators=[params.Positive])
+        self._addEngineParam(form, 'noiseCorner', params.FloatParam, 'noise_corner',
+                             'Noise corner resolution (Å)', validators=[params.Positive],
+                             condition='noiseMode == %d' % NOISE_COLOURED)
+        self._addEngineParam(form, 'noiseExponent', params.FloatParam, 'noise_exponent',
+                             'Noise exponent (alpha)', validators=[params.GE(0)],
+                             condition='noiseMode == %d' % NOISE_COLOURED,
+                             expertLevel=LEVEL_ADVANCED)
         form.addParam('noiseParticles', params.PointerParam, pointerClass='SetOfParticles',
                       allowsNull=True, condition='noiseMode == %d' % cts.NOISE_REAL,
                       label='Particles to take noise from')
@@ -96,23 +179,31 @@ class ProtSimcryoSimulate(ProtSimcryoBase):
             condition='noiseMode == %d' % cts.NOISE_REAL,
             use='the particles to take noise from: noise is cut outside it',
             auto='0.8 x their box')
-        form.addParam('applyCtf', params.BooleanParam, default=True, label='Apply CTF?')
+        self._addEngineParam(form, 'applyCtf', params.BooleanParam, 'ctf', 'Apply CTF?')
+        # Scipion keeps defocus in Å; the engine's simulate flags take µm.
         line = form.addLine('Defocus range (Å)', condition='applyCtf',
-                            help='Defocus of each particle drawn uniformly in this range.')
-        line.addParam('defocusMin', params.FloatParam, default=10000., label='min')
-        line.addParam('defocusMax', params.FloatParam, default=25000., label='max')
-        form.addParam('astigmatism', params.FloatParam, default=500., condition='applyCtf',
+                            help='Mean defocus of each particle drawn uniformly in this range '
+                                 '(Å). Engine flags: --defocus-min, --defocus-max (µm).')
+        line.addParam('defocusMin', params.FloatParam, label='min',
+                      default=round(engineDefault('simulate', 'defocus_min') * 1e4, 3))
+        line.addParam('defocusMax', params.FloatParam, label='max',
+                      default=round(engineDefault('simulate', 'defocus_max') * 1e4, 3))
+        form.addParam('astigmatism', params.FloatParam, condition='applyCtf',
+                      default=round(engineDefault('simulate', 'astigmatism') * 1e4, 3),
                       expertLevel=LEVEL_ADVANCED, label='Astigmatism (Å)',
-                      help='Maximum |defocusU - defocusV|.')
-        form.addParam('voltage', params.FloatParam, default=300., condition='applyCtf',
-                      expertLevel=LEVEL_ADVANCED, label='Voltage (kV)')
-        form.addParam('sphericalAberration', params.FloatParam, default=2.7,
-                      condition='applyCtf', expertLevel=LEVEL_ADVANCED,
-                      label='Spherical aberration (mm)')
-        form.addParam('amplitudeContrast', params.FloatParam, default=0.1,
-                      condition='applyCtf', expertLevel=LEVEL_ADVANCED,
-                      label='Amplitude contrast')
-        self._defineComputeParams(form)
+                      help='Maximum |defocusU - defocusV| (Å), uniform in [0, max]. Engine '
+                           'flag: --astigmatism (µm).')
+        self._addEngineParam(form, 'voltage', params.FloatParam, 'voltage', 'Voltage (kV)',
+                             condition='applyCtf', expertLevel=LEVEL_ADVANCED)
+        self._addEngineParam(form, 'sphericalAberration', params.FloatParam, 'cs',
+                             'Spherical aberration (mm)', condition='applyCtf',
+                             expertLevel=LEVEL_ADVANCED)
+        self._addEngineParam(form, 'amplitudeContrast', params.FloatParam, 'amp_contrast',
+                             'Amplitude contrast', condition='applyCtf',
+                             expertLevel=LEVEL_ADVANCED)
+        self._addEngineParam(form, 'bfactor', params.FloatParam, 'bfactor',
+                             'CTF B-factor (Å^2)', condition='applyCtf',
+                             expertLevel=LEVEL_ADVANCED)
 
     # ------------------------------------------------------------------ steps
     def _convertInput(self):
@@ -125,37 +216,37 @@ class ProtSimcryoSimulate(ProtSimcryoBase):
 
     def _getEngineArgs(self):
         args = ['--o', os.path.abspath(self._getFileName('output_dir')),
-                '--classes', self.numberOfClasses.get(),
-                '--per-class', self.particlesPerClass.get(),
-                '--spread', self.angularSpread.get(),
-                '--min-separation', self.minSeparation.get(),
-                '--shift-sigma', self.shiftSigma.get(),
-                '--snr', self.snr.get()]
-        if self.boxSize.get():
-            args += ['--box', self.boxSize.get()]
+                '--views', VIEW_MODES[self.views.get()],
+                '--noise', NOISE_MODELS[self.noiseMode.get()]]
+        args += self._engineParamArgs()
         if self.volumeSource == VOLUME:
             args += ['--volume', self._getVolumeFile(self.inputVolume.get()),
                      '--apix', self.inputVolume.get().getSamplingRate()]
         else:
             args += ['--apix', self.samplingRate.get()]
+        if self._usesJunkVolume():
+            vol = self.junkVolume.get()
+            # its own name: a non-MRC projected volume takes input/volume.mrc
+            args += ['--junk-volume', self._getVolumeFile(vol, 'junk_volume.mrc'),
+                     '--junk-volume-apix', vol.getSamplingRate()]
         if self.noiseMode == cts.NOISE_REAL:
-            args += ['--noise', 'real',
-                     '--noise-stack', os.path.abspath(self._getFileName('input_star'))]
+            args += ['--noise-stack', os.path.abspath(self._getFileName('input_star'))]
             diameter = self.noiseMaskDiameterA.get()
             if diameter > 0:
                 # The simulation's own parameter: a radius in px of the noise images.
                 apix = self.noiseParticles.get().getSamplingRate()
                 args += ['--noise-mask-radius', round(diameter / 2.0 / apix, 3)]
         if self.applyCtf:
-            # Scipion keeps defocus in Å, the engine's simulate flags take µm.
-            args += ['--ctf', '--defocus-min', self.defocusMin.get() / 1e4,
+            args += ['--defocus-min', self.defocusMin.get() / 1e4,
                      '--defocus-max', self.defocusMax.get() / 1e4,
-                     '--astigmatism', self.astigmatism.get() / 1e4,
-                     '--voltage', self.voltage.get(), '--cs', self.sphericalAberration.get(),
-                     '--amp-contrast', self.amplitudeContrast.get()]
-        else:
-            args += ['--no-ctf']
+                     '--astigmatism', self.astigmatism.get() / 1e4]
         return self._formatArgs(args + self._getComputeArgs())
+
+    def _junkKinds(self):
+        return [k.strip() for k in (self.junkKinds.get() or '').split(',') if k.strip()]
+
+    def _usesJunkVolume(self):
+        return self.junkFraction.get() > 0 and 'other' in self._junkKinds()
 
     def createOutputStep(self):
         parts = self._createSetOfParticles()
@@ -199,30 +290,85 @@ class ProtSimcryoSimulate(ProtSimcryoBase):
         if self.applyCtf and self.defocusMin.get() > self.defocusMax.get():
             errors.append('Defocus min (%s Å) is above defocus max (%s Å).'
                           % (self.defocusMin.get(), self.defocusMax.get()))
-        return errors
+        if self.views == VIEWS_DISCRETE and \
+                2 * self.angularSpread.get() >= self.minSeparation.get():
+            errors.append('Angular spread %g deg must be less than half of the minimum class '
+                          'separation (%g deg), or the view classes overlap.'
+                          % (self.angularSpread.get(), self.minSeparation.get()))
+        return errors + self._validateJunk()
+
+    def _validateJunk(self):
+        kinds = self._junkKinds()
+        unknown = [k for k in kinds if k not in JUNK_KINDS]
+        if unknown:   # the engine refuses them even without junk
+            return ['Unknown junk kind %s: choose from %s (comma-separated).'
+                    % (', '.join(unknown), ', '.join(JUNK_KINDS))]
+        if not self.junkFraction.get() > 0:
+            return []
+        if not kinds:
+            return ['A junk fraction above 0 needs at least one junk kind.']
+        if 'other' in kinds and self.junkVolume.get() is None:
+            return ['Junk kind "other" needs the volume of the "other" junk.']
+        return []
+
+    def _warnings(self):
+        if self.junkVolume.get() is not None and not self._usesJunkVolume():
+            return ['The "other" junk volume is not used: junk kinds do not include "other" '
+                    'or the junk fraction is 0.']
+        return []
+
+    def _viewsText(self):
+        mode = VIEW_MODES[self.views.get()]
+        if mode == 'discrete':
+            return '%d view classes x %d particles' % (self.numberOfClasses.get(),
+                                                        self.particlesPerClass.get())
+        good = self.numberOfParticles.get() or \
+            self.numberOfClasses.get() * self.particlesPerClass.get()
+        if mode == 'preferred':
+            mode = ('preferred views (%d directions holding %g of them)'
+                    % (self.preferredViews.get(), self.preferredFraction.get()))
+        return '%d particles with %s orientations (true class: nearest of %d directions)' \
+            % (good, mode, self.numberOfClasses.get())
+
+    def _realismText(self):
+        """Junk, contrast and noise of the run, from the form (what the engine was given)."""
+        parts = []
+        if self.junkFraction.get() > 0:
+            parts.append('%g junk (%s)' % (self.junkFraction.get(), ', '.join(self._junkKinds())))
+        if self.contrastSigma.get() > 0:
+            parts.append('per-image contrast scale exp(N(0, %g^2))' % self.contrastSigma.get())
+        noise = NOISE_MODELS[self.noiseMode.get()]
+        if noise == 'coloured':
+            noise += ' (corner %g Å, exponent %g)' % (self.noiseCorner.get(),
+                                                     self.noiseExponent.get())
+        parts.append('%s noise' % noise)
+        return ', '.join(parts)
 
     def _summary(self):
         summary = []
         source = ('built-in phantom' if self.volumeSource == PHANTOM
                   else self.getObjectTag('inputVolume'))
-        summary.append('Projected %s into %d view classes x %d particles, SNR %g (%s noise), '
-                       'CTF %s.' % (source, self.numberOfClasses.get(),
-                                    self.particlesPerClass.get(), self.snr.get(),
-                                    'real' if self.noiseMode == cts.NOISE_REAL else 'white',
-                                    'on' if self.applyCtf else 'off'))
+        summary.append('Projected %s: %s, SNR %g, %s, CTF %s.'
+                       % (source, self._viewsText(), self.snr.get(), self._realismText(),
+                          'on' if self.applyCtf else 'off'))
         if self.hasAttribute('outputParticles'):
             parts = self.outputParticles
             summary.append('Output: %d particles of %d px at %.3f Å/px, true labels in '
-                           '_simcryoTrueClass.' % (parts.getSize(), parts.getXDim() or 0,
-                                                   parts.getSamplingRate()))
+                           '%s, kinds in %s.' % (parts.getSize(), parts.getXDim() or 0,
+                                                 parts.getSamplingRate(), cts.TRUE_CLASS,
+                                                 cts.TRUE_KIND))
+            kinds = self._readRunLog().get('kinds') or {}
+            if sum(v for k, v in kinds.items() if k != 'good'):
+                summary.append('Particles per kind: %s.' % ', '.join(
+                    '%s %d' % (k, v) for k, v in kinds.items() if v))
         return summary
 
     def _methods(self):
         if not self.hasAttribute('outputParticles'):
             return []
-        return ['We simulated %d particle images (%d view classes) from %s with the %s, at '
-                'SNR %g%s.' % (self.outputParticles.getSize(), self.numberOfClasses.get(),
-                                'a built-in phantom' if self.volumeSource == PHANTOM
-                                else 'volume %s' % self.getObjectTag('inputVolume'),
-                                self._methodsIntro(), self.snr.get(),
-                                ' with CTF' if self.applyCtf else '')]
+        return ['We simulated %d particle images (%s) from %s with the %s, at SNR %g with '
+                '%s%s.' % (self.outputParticles.getSize(), self._viewsText(),
+                           'a built-in phantom' if self.volumeSource == PHANTOM
+                           else 'volume %s' % self.getObjectTag('inputVolume'),
+                           self._methodsIntro(), self.snr.get(), self._realismText(),
+                           ' and CTF' if self.applyCtf else '')]

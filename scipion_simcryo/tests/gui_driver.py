@@ -5,11 +5,12 @@ environment (pyworkflow reads it at import):
     python -m scipion_simcryo.tests.gui_driver drive PROJECT SHOTS_DIR     (needs DISPLAY)
 
 `build` makes a small project with one run of every simcryo protocol (the protocol tests'
-tiny data and fast engine settings). `drive` opens, in the real Tk GUI on the display, each
-run's form and each item of its viewer; every exception, Tk callback error, error/warning
-dialog or message view is recorded; a screenshot (`import -window root`) is saved after each
-window; pwem's Qt metadata viewer windows (the data viewer without Xmipp) are checked to
-start and stay up. It prints one JSON line ``RESULT {...}`` and exits 1 when anything failed.
+tiny data and fast engine settings; a second simulation with junk and its class selection).
+`drive` opens, in the real Tk GUI on the display, each run's form (every section tab) and
+each item of its viewer; every exception, Tk callback error, error/warning dialog or message
+view is recorded; a screenshot (`import -window root`) is saved after each window and tab;
+pwem's Qt metadata viewer windows (the data viewer without Xmipp) are checked to start and
+stay up. It prints one JSON line ``RESULT {...}`` and exits 1 when anything failed.
 """
 import json
 import os
@@ -19,7 +20,7 @@ import time
 import traceback
 
 PROTOCOL_ORDER = ['ProtSimcryoSimulate', 'ProtSimcryoDenoise', 'ProtSimcryoClassify2D',
-                  'ProtSimcryoAlignAverage', 'ProtSimcryoEvaluate']
+                  'ProtSimcryoSelectClasses', 'ProtSimcryoAlignAverage', 'ProtSimcryoEvaluate']
 
 
 # ----------------------------------------------------------------------------- build
@@ -27,7 +28,7 @@ def build(projectName):
     from pyworkflow.project import Manager
     from scipion_simcryo.protocols import (ProtSimcryoSimulate, ProtSimcryoDenoise,
                                            ProtSimcryoClassify2D, ProtSimcryoAlignAverage,
-                                           ProtSimcryoEvaluate)
+                                           ProtSimcryoEvaluate, ProtSimcryoSelectClasses)
     from scipion_simcryo.tests.common import fastArgs, K, PER_CLASS, BOX
     manager = Manager()
     if manager.hasProject(projectName):
@@ -50,11 +51,25 @@ def build(projectName):
         extraParams=fastArgs('denoise'), **cpu)
     cls2d = run(ProtSimcryoClassify2D, 'classify', inputParticles=sim.outputParticles,
                 numberOfClasses=K, extraParams=fastArgs('classify'), **cpu)
+    run(ProtSimcryoSelectClasses, 'select', inputClasses=cls2d.outputClasses,
+        numberOfThreads=1)
     ali = run(ProtSimcryoAlignAverage, 'align', inputClasses=cls2d.outputClasses,
               extraParams=fastArgs('align'), **cpu)
     for label, prot in [('evaluate classify', cls2d), ('evaluate align', ali)]:
         run(ProtSimcryoEvaluate, label, inputClasses=prot.outputClasses,
             trueReferences=sim.outputReferences)
+    # Junk picks, grouped by their true kind, so that the selection viewer shows rejected
+    # classes next to kept ones.
+    from scipion_simcryo.tests.common import addClassesOutput
+    from scipion_simcryo.tests.test_protocols_select import truthClassOf, writeClassMeans
+    junk = run(ProtSimcryoSimulate, 'simulate junk', numberOfClasses=K,
+               particlesPerClass=PER_CLASS, boxSize=BOX, snr=0.5, junkFraction=0.25,
+               junkKinds='empty,blob,offcentre', contrastSigma=0.2, seed=1, numberOfThreads=2)
+    means = writeClassMeans(junk.outputParticles, truthClassOf,
+                            os.path.abspath(junk._getExtraPath('truth_means.mrcs')))
+    classes = addClassesOutput(junk, junk.outputParticles, truthClassOf, 'truthClasses',
+                               representatives=means)
+    run(ProtSimcryoSelectClasses, 'select junk', inputClasses=classes, numberOfThreads=1)
     print('PROJECT %s' % project.getPath())
 
 
@@ -198,6 +213,7 @@ def drive(projectName, shots):
             form.root.deiconify()
             _pump(root, 1.0)
             rec.screenshot('form ' + name)
+            _screenshotSections(form, name, root, rec)
             opened.append('form ' + name)
             form.root.destroy()
         except Exception:
@@ -210,6 +226,15 @@ def drive(projectName, shots):
     print('RESULT ' + json.dumps({'errors': rec.errors, 'messages': rec.messages,
                                   'opened': opened, 'screenshots': rec.pictures}), flush=True)
     return 1 if rec.errors else 0
+
+
+def _screenshotSections(form, name, root, rec):
+    """Every further tab of the form (the first is already shown), so that each section's
+    parameters are seen."""
+    for frame in getattr(form, '_sections', [])[1:]:
+        frame.master.select(frame)
+        _pump(root, 0.5)
+        rec.screenshot('form %s %s' % (name, frame.section.getLabel()))
 
 
 def _driveViewer(viewerClass, prot, project, root, rec, opened):

@@ -46,7 +46,7 @@ def _headlessEnv(root):
 @unittest.skipIf(MISSING, 'GUI test needs %s (apt-get install xvfb imagemagick; .ci/run does)'
                  % ' and '.join(MISSING))
 @unittest.skipIf(not all(engineHas(c) for c in ('simulate', 'classify', 'align', 'evaluate',
-                                               'denoise')),
+                                               'denoise', 'select')),
                  'GUI test needs every engine command')
 class TestGui(BaseTest):
     """Forms and viewers of every simcryo protocol in the real Tk GUI."""
@@ -113,10 +113,16 @@ class TestGui(BaseTest):
         self.assertEqual(result['errors'], [], '\n'.join(result['errors']))
         self.assertEqual(result['messages'], [])
         opened = result['opened']
-        # 5 protocol runs + 1 more evaluation; every viewer item of each
-        self.assertEqual(len([o for o in opened if o.startswith('form ')]), 6)
+        # 6 protocol runs + 1 more evaluation + a junk simulation and its selection; every
+        # viewer item of each
+        self.assertEqual(len([o for o in opened if o.startswith('form ')]), 9)
+        for run in ('select', 'simulate junk', 'select junk'):
+            self.assertIn('form ' + run, opened)
         for item in ('Class gallery', 'Classes in the Scipion viewer', 'Confusion matrix',
-                     'FRC curves', 'True projection of each view class', 'Training curves'):
+                     'FRC curves', 'True projection of each view class', 'Training curves',
+                     'Every class ranked by score', 'Class scores against the threshold',
+                     'Score and features of every class', 'Selected classes in the Scipion',
+                     'A few particles of each kind'):
             self.assertTrue(any(item in o for o in opened), (item, opened))
         self.assertGreater(len(result['screenshots']), len(opened) - 1)
         self.assertEqual(out.returncode, 0, out.stderr[-3000:])

@@ -15,7 +15,7 @@ from scipion_simcryo import Plugin, constants as cts
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PROTOCOLS = ['ProtSimcryoSimulate', 'ProtSimcryoEvaluate', 'ProtSimcryoDenoise',
-             'ProtSimcryoClassify2D', 'ProtSimcryoAlignAverage']
+             'ProtSimcryoClassify2D', 'ProtSimcryoAlignAverage', 'ProtSimcryoSelectClasses']
 
 
 class _FakeEnv:
@@ -40,7 +40,7 @@ class TestPlugin(SimcryoUnitTest):
         assert protocols['ProtSimcryoBase'].isBase()
         viewers = Domain.getViewers()
         assert {'SimcryoClassesViewer', 'SimcryoEvaluateViewer', 'SimcryoSimulateViewer',
-                'SimcryoDenoiseViewer'} <= set(viewers)
+                'SimcryoDenoiseViewer', 'SimcryoSelectViewer'} <= set(viewers)
         from pyworkflow.constants import BETA
         for name in PROTOCOLS:   # not production-proven yet
             assert protocols[name]._devStatus == BETA, name
@@ -66,6 +66,11 @@ class TestPlugin(SimcryoUnitTest):
             assert len(places[name]) == 1, (name, places[name])
         assert places['ProtSimcryoClassify2D'][0][:2] == ('2D', 'Classify')
         assert places['ProtSimcryoEvaluate'][0][:2] == ('2D', 'Classify')
+        assert places['ProtSimcryoSelectClasses'][0][:2] == ('2D', 'Classify')
+        # the selection right after the classifier whose classes it ranks
+        classify = [value for value, path in find(tree) if path[:2] == ('2D', 'Classify')]
+        assert classify.index('ProtSimcryoSelectClasses') == \
+            classify.index('ProtSimcryoClassify2D') + 1
         assert places['ProtSimcryoAlignAverage'][0][:2] == ('2D', 'Align')
         assert places['ProtSimcryoDenoise'][0][:2] == ('Particles', 'Filter')
         assert places['ProtSimcryoSimulate'][0][0] == 'Imports'

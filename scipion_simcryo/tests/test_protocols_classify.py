@@ -259,8 +259,12 @@ class TestSimcryoForms(SimcryoTestBase):
             defaults = {f.name: f.default for f in dataclasses.fields(config)}
             prot = self.newProtocol(protClass)
             self.assertGreater(len(prot._engineParamFields), 2, protClass)
+            choices = getattr(prot, '_engineChoices', {})
             for name, field in prot._engineParamFields:
-                self.assertEqual(getattr(prot, name).get(), defaults[field],
+                value = getattr(prot, name).get()
+                if name in choices:  # an EnumParam holds the index of the engine's choice
+                    value = choices[name][value]
+                self.assertEqual(value, defaults[field],
                                  '%s.%s vs --%s' % (protClass.__name__, name, field))
                 param = prot.getParam(name)
                 self.assertIn('--%s' % field.replace('_', '-'), param.help.get())

@@ -1,5 +1,6 @@
 """ProtSimcryoSimulate and ProtSimcryoEvaluate in a headless project."""
 import json
+import os
 
 import mrcfile
 import numpy as np
@@ -9,8 +10,9 @@ from pwem.constants import ALIGN_NONE
 
 from scipion_simcryo import constants as cts
 from scipion_simcryo.protocols import ProtSimcryoEvaluate, ProtSimcryoSimulate
-from scipion_simcryo.tests.common import (SimcryoTestBase, addClassesOutput, engineHas, K,
-                                          PER_CLASS, BOX, N)
+from scipion_simcryo.protocols import protocol_simulate as simulate
+from scipion_simcryo.tests.common import (SimcryoTestBase, SimcryoUnitTest, addClassesOutput,
+                                          engineHas, writeStack, K, PER_CLASS, BOX, N)
 
 pytestmark = pytest.mark.skipif(not engineHas('simulate'),
                                 reason='engine command `simcryo simulate` not available')
@@ -74,6 +76,115 @@ class TestSimcryoSimulateEvaluate(SimcryoTestBase):
                           permissive=True) as m:
             self.assertTrue(np.isfinite(m.data).all())
             self.assertGreater(float(m.data.std()), 0)
+
+    def test_simulate_realistic_truth_and_junk_fraction(self):
+        """Uniform views, junk, per-image contrast and coloured noise: the truth columns
+        reach every particle, and the junk share is the one asked for."""
+        good, fraction = K * 40, 0.25
+        prot = self.runSimulate(views=simulate.VIEWS_UNIFORM, particlesPerClass=40,
+                                junkFraction=fraction, contrastSigma=0.3,
+                                noiseMode=simulate.NOISE_COLOURED)
+        args = prot._getEngineArgs()
+        for flag in ('--views uniform', '--noise coloured', '--junk-fraction 0.25',
+                     '--junk-kinds empty,blob,offcentre', '--contrast-sigma 0.3',
+                     '--noise-corner 40.0'):
+            self.assertIn(flag, args)
+        parts = prot.outputParticles
+        kinds, classes, contrasts = [], [], []
+        for p in parts:
+            for attr in cts.TRUTH_ATTRS:
+                self.assertTrue(p.hasAttribute(attr), attr)
+            kinds.append(p.getAttributeValue(cts.TRUE_KIND))
+            classes.append(p.getAttributeValue(cts.TRUE_CLASS))
+            contrasts.append(p.getAttributeValue(cts.TRUE_CONTRAST))
+        kinds, classes = np.array(kinds), np.array(classes)
+        self.assertEqual((kinds == 'good').sum(), good)
+        self.assertAlmostEqual((kinds != 'good').mean(), fraction, delta=0.02)
+        self.assertEqual(set(kinds[kinds != 'good']), {'empty', 'blob', 'offcentre'})
+        self.assertTrue((classes[kinds != 'good'] == 0).all())
+        self.assertEqual(set(classes[kinds == 'good']), set(range(1, K + 1)))
+        self.assertTrue(all(c > 0 for c in contrasts))
+        self.assertGreater(float(np.std(contrasts)), 0.1)
+        runLog = prot._readRunLog()
+        self.assertEqual(runLog['views'], 'uniform')
+        self.assertEqual(runLog['noise']['model'], 'coloured')
+        self.assertEqual(sum(runLog['kinds'].values()), parts.getSize())
+        summary = '\n'.join(prot.summary())
+        self.assertIn('uniform orientations', summary)
+        self.assertIn('0.25 junk (empty, blob, offcentre)', summary)
+        self.assertIn('Particles per kind: good %d' % good, summary)
+        self.assertIn('coloured (corner 40 Å, exponent 1) noise', ' '.join(prot.methods()))
+        # the viewer shows a few particles of each kind, each panel named by its kind
+        from scipion_simcryo.viewers import SimcryoSimulateViewer
+        from scipion_simcryo.viewers.viewers import EXAMPLES_PER_KIND
+        viewer = SimcryoSimulateViewer(project=self.proj, protocol=prot)
+        viewer.setProtocol(prot)
+        gallery, = viewer._getVisualizeDict()['displayKinds']()
+        titles = [ax.get_title().split('\n')[0] for ax in gallery.getFigure().axes
+                  if ax.images]
+        self.assertEqual(titles, [k for k in ('good', 'empty', 'blob', 'offcentre')
+                                  for _ in range(EXAMPLES_PER_KIND)])
+        if engineHas('evaluate'):   # the kinds reach the evaluation: junk cleaning figures
+            classes = addClassesOutput(prot, parts,
+                                       lambda p: p.getAttributeValue(cts.TRUE_CLASS) + 1,
+                                       'truthClasses')
+            ev = self._evaluate(classes)
+            self.assertIn('cleaning', ev.getReport())
+
+    def test_simulate_other_junk_from_a_volume(self):
+        """Junk kind "other": projections of another Scipion volume (its pixel size passed)."""
+        volFn = os.path.abspath(self.sim._getExtraPath('output', 'volume.mrc'))
+        apix = self.sim.outputParticles.getSamplingRate()
+        vol = self.importVolume(volFn, apix).outputVolume
+        prot = self.runSimulate(particlesPerClass=8, junkFraction=0.2, junkKinds='other',
+                                junkVolume=vol)
+        args = prot._getEngineArgs()
+        self.assertIn('--junk-volume-apix %s' % apix, args)
+        self.assertIn('--junk-volume ', args)
+        kinds = [p.getAttributeValue(cts.TRUE_KIND) for p in prot.outputParticles]
+        self.assertEqual(kinds.count('other'), prot._readRunLog()['kinds']['other'])
+        self.assertEqual(kinds.count('other'), round(0.2 * K * 8 / 0.8))
+
+    def test_non_mrc_volumes_get_one_copy_each(self):
+        """A projected and an "other" junk volume in a non-MRC format are converted to two
+        MRC files, each holding its own map."""
+        from pwem.emlib.image import ImageHandler
+        phantom = mrcfile.read(self.sim._getExtraPath('output', 'volume.mrc'))
+        apix = self.sim.outputParticles.getSamplingRate()
+        maps = {'projected': phantom, 'junk': -phantom[::-1]}
+        volumes = {}
+        for name, data in maps.items():
+            mrcFn = os.path.abspath(self.proj.getTmpPath('%s.mrc' % name))
+            writeStack(mrcFn, data, apix)
+            spiderFn = mrcFn.replace('.mrc', '.spi')
+            ImageHandler().convert(mrcFn, spiderFn)
+            volumes[name] = self.importVolume(spiderFn, apix).outputVolume
+        prot = self.newProtocol(ProtSimcryoSimulate, volumeSource=simulate.VOLUME,
+                                inputVolume=volumes['projected'], junkFraction=0.2,
+                                junkKinds='other', junkVolume=volumes['junk'])
+        self.proj.saveProtocol(prot)
+        args = prot._getEngineArgs().split()
+        files = {'projected': args[args.index('--volume') + 1],
+                 'junk': args[args.index('--junk-volume') + 1]}
+        self.assertNotEqual(files['projected'], files['junk'])
+        for name, fn in files.items():
+            self.assertTrue(fn.endswith('.mrc'), fn)
+            np.testing.assert_allclose(mrcfile.read(fn), maps[name], atol=1e-5,
+                                       err_msg=name)
+
+    def test_simulate_realistic_validation(self):
+        prot = self.newProtocol(ProtSimcryoSimulate, junkFraction=0.2, junkKinds='empty,ice')
+        self.assertTrue(any('Unknown junk kind ice' in e for e in prot.validate()))
+        prot = self.newProtocol(ProtSimcryoSimulate, junkFraction=0.2, junkKinds='other')
+        self.assertTrue(any('needs the volume' in e for e in prot.validate()))
+        prot = self.newProtocol(ProtSimcryoSimulate, junkFraction=0.2, junkKinds=' ')
+        self.assertTrue(any('at least one junk kind' in e for e in prot.validate()))
+        prot = self.newProtocol(ProtSimcryoSimulate, angularSpread=8.0, minSeparation=15.0)
+        self.assertTrue(any('half of the minimum class separation' in e
+                            for e in prot.validate()))
+        prot = self.newProtocol(ProtSimcryoSimulate, views=simulate.VIEWS_UNIFORM,
+                                angularSpread=8.0, minSeparation=15.0, junkFraction=0.2)
+        self.assertEqual(prot.validate(), [])
 
     def test_simulate_validation(self):
         prot = self.newProtocol(ProtSimcryoSimulate, volumeSource=1)
@@ -185,3 +296,22 @@ class TestSimcryoSimulateEvaluate(SimcryoTestBase):
         panels = [ax for ax in refs.getFigure().axes if ax.images]
         self.assertEqual(len(panels), K)
         self.assertEqual(panels[0].get_title(), 'view 1\n%d particles' % PER_CLASS)
+
+
+class TestSimulateFormMatchesEngine(SimcryoUnitTest):
+    """The choices and unit-converted defaults the form spells out itself."""
+
+    def test_choices_and_defaults(self):
+        from simcryo.simulation import realistic
+        from simcryo.simulation.simulate import SimulateConfig
+        self.assertEqual(simulate.VIEW_MODES, list(realistic.VIEW_MODES))
+        self.assertEqual(simulate.JUNK_KINDS, list(realistic.JUNK_KINDS))
+        prot = ProtSimcryoSimulate()
+        engine = SimulateConfig()
+        self.assertEqual(simulate.VIEW_MODES[prot.views.get()], engine.views)
+        self.assertEqual(simulate.NOISE_MODELS[prot.noiseMode.get()], engine.noise)
+        for name, field in [('defocusMin', 'defocus_min'), ('defocusMax', 'defocus_max'),
+                            ('astigmatism', 'astigmatism')]:   # Å in the form, µm engine
+            self.assertAlmostEqual(getattr(prot, name).get(), getattr(engine, field) * 1e4)
+        for name, field in prot._engineParamFields:
+            self.assertEqual(getattr(prot, name).get(), getattr(engine, field), name)

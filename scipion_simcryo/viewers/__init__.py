@@ -1,5 +1,5 @@
 from .viewers import (SimcryoClassesViewer, SimcryoDenoiseViewer, SimcryoEvaluateViewer,
-                      SimcryoSimulateViewer, MetricsTableView)
+                      SimcryoSelectViewer, SimcryoSimulateViewer, MetricsTableView)
 
 __all__ = ['SimcryoClassesViewer', 'SimcryoDenoiseViewer', 'SimcryoEvaluateViewer',
-           'SimcryoSimulateViewer', 'MetricsTableView']
+           'SimcryoSelectViewer', 'SimcryoSimulateViewer', 'MetricsTableView']

@@ -42,11 +42,13 @@ def sortByResolution(resolutions, sizes):
 
 def classGalleryFigure(averages, sizes, probs=None, classIds=None, references=None,
                        referenceLabels=None, title='Class averages (largest first)',
-                       ncols=None, fig=None, resolutions=None, order=None, labels=None):
+                       ncols=None, fig=None, resolutions=None, order=None, labels=None,
+                       labelColors=None):
     """Gallery of class averages, largest first unless ``order`` is given; each panel titled
     with its class id, size, mean class probability and resolution (Å, when known), or with
-    ``labels``. With ``references`` (true projections), a second block of rows shows them
-    (e.g. the true projection matched to each class, or all true views)."""
+    ``labels`` (coloured by ``labelColors``, e.g. kept / rejected). With ``references`` (true
+    projections), a second block of rows shows them (e.g. the true projection matched to
+    each class, or all true views)."""
     averages = np.asarray(averages)
     n = len(averages)
     classIds = list(classIds) if classIds is not None else list(range(1, n + 1))
@@ -68,7 +70,8 @@ def classGalleryFigure(averages, sizes, probs=None, classIds=None, references=No
                 label += '\np=%.3f' % probs[i]
             if resolutions is not None and resolutions[i]:
                 label += ' %.1f Å' % resolutions[i]
-        ax.set_title(label, fontsize=7)
+        colour = {'color': labelColors[i]} if labelColors is not None else {}
+        ax.set_title(label, fontsize=7, **colour)
         ax.set_axis_off()
     for j in range(nref):
         ax = fig.add_subplot(rowsAvg + rowsRef, ncols, rowsAvg * ncols + j + 1)
@@ -76,6 +79,32 @@ def classGalleryFigure(averages, sizes, probs=None, classIds=None, references=No
         text = referenceLabels[j] if referenceLabels is not None else 'true view %d' % (j + 1)
         ax.set_title(text, fontsize=7)
         ax.set_axis_off()
+    fig.tight_layout()
+    return fig
+
+
+KEPT_COLOUR, REJECTED_COLOUR = 'tab:green', 'tab:red'
+
+
+def classScoresFigure(classIds, scores, selected, threshold,
+                      title='Class scores (best first)', fig=None):
+    """Bars of the class scores in the given (ranked) order, kept classes green, rejected
+    red, with the threshold as a dashed line."""
+    n = len(scores)
+    fig = _figure(fig, (max(5.0, 0.35 * n + 1.5), 3.8))
+    ax = fig.add_subplot(1, 1, 1)
+    colours = [KEPT_COLOUR if s else REJECTED_COLOUR for s in selected]
+    ax.bar(range(n), scores, color=colours)
+    ax.axhline(threshold, color='grey', ls='--', lw=1,
+               label='threshold %g' % threshold)
+    ax.set_xticks(range(n), [str(c) for c in classIds], fontsize=7,
+                  rotation=90 if n > 20 else 0)
+    ax.set_xlim(-0.6, n - 0.4)
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel('class (best score first)')
+    ax.set_ylabel('class score (0-1)')
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc='upper right')
     fig.tight_layout()
     return fig
 

@@ -1,6 +1,7 @@
 """Protocol viewers: class galleries (by size or resolution, with size, probability and
 resolution), labelled training/refinement curves from the engine's run.json, metrics and
-per-class tables, the evaluation's confusion matrix, FRC curves and class-vs-true-view gallery.
+per-class tables, the evaluation's confusion matrix, FRC curves and class-vs-true-view gallery,
+the class selection's ranking (scores, kept / rejected).
 Every view is built without a display (matplotlib figures, table views); only `show()` needs
 the GUI."""
 from collections import Counter
@@ -15,7 +16,10 @@ from pwem.viewers.showj import SORT_BY
 from .. import constants as cts
 from ..metrics import formatValue, metricRows
 from ..protocols import (ProtSimcryoClassify2D, ProtSimcryoAlignAverage,
-                         ProtSimcryoEvaluate, ProtSimcryoSimulate, ProtSimcryoDenoise)
+                         ProtSimcryoEvaluate, ProtSimcryoSimulate, ProtSimcryoDenoise,
+                         ProtSimcryoSelectClasses)
+from ..protocols.protocol_select import SCORE_ATTR
+from ..protocols.protocol_simulate import JUNK_KINDS
 from . import plots
 
 SORT_CHOICES = ['size (largest first)', 'resolution (best first, align runs)']
@@ -340,6 +344,32 @@ def _f1(v):
     return '%.1f' % v if isinstance(v, (int, float)) else '-'
 
 
+EXAMPLES_PER_KIND = 6
+
+
+def kindExamples(parts, counts=None, perKind=EXAMPLES_PER_KIND):
+    """({kind: first particles of that kind (clones, id order)}, {kind: count}) from the
+    _simcryoTrueKind of a simulated set, kinds in the engine's order; ({}, {}) without it.
+    ``counts`` (the simulation's run.json 'kinds') ends the scan once every kind has its
+    examples; without it every particle is counted."""
+    seen = Counter()
+    wanted = {k: min(n, perKind) for k, n in (counts or {}).items() if n}
+    examples = {}
+    for p in parts.iterItems(orderBy='id'):
+        if not p.hasAttribute(cts.TRUE_KIND):
+            return {}, {}
+        kind = p.getAttributeValue(cts.TRUE_KIND)
+        seen[kind] += 1
+        if seen[kind] <= perKind:
+            examples.setdefault(kind, []).append(p.clone())
+        if wanted and all(seen[k] >= n for k, n in wanted.items()):
+            break
+    counts = dict(counts) if wanted else dict(seen)
+    order = ['good'] + JUNK_KINDS
+    return {k: examples[k] for k in sorted(examples, key=lambda k: (
+        order.index(k) if k in order else len(order), k))}, counts
+
+
 class SimcryoSimulateViewer(ProtocolViewer):
     """True projections and particles of a simulation."""
     _label = 'viewer simcryo simulation'
@@ -350,12 +380,33 @@ class SimcryoSimulateViewer(ProtocolViewer):
         form.addSection(label='Visualization')
         form.addParam('displayReferences', params.LabelParam,
                       label='True projection of each view class')
+        form.addParam('displayKinds', params.LabelParam,
+                      label='A few particles of each kind (good and junk)')
         form.addParam('displayParticles', params.LabelParam,
                       label='Particles in the Scipion viewer')
 
     def _getVisualizeDict(self):
         return {'displayReferences': self._showReferences,
+                'displayKinds': self._showKinds,
                 'displayParticles': self._showParticles}
+
+    def _showKinds(self, paramName=None):
+        parts = getattr(self.protocol, 'outputParticles', None)
+        if parts is None:
+            return _message(self, 'No particles yet: run the protocol first.')
+        examples, counts = kindExamples(parts, self.protocol._readRunLog().get('kinds'))
+        if not examples:
+            return _message(self, 'The particles carry no %s (simulated before realistic '
+                                  'picks).' % cts.TRUE_KIND)
+        items = [p for kind in examples for p in examples[kind]]
+        labels = ['%s\nparticle %d' % (p.getAttributeValue(cts.TRUE_KIND), p.getObjId())
+                  for p in items]
+        title = '%s: particles of each kind (%s)' % (
+            self.protocol.getRunName(),
+            ', '.join('%s %d' % (k, counts[k]) for k in examples))
+        return [figureView(plots.classGalleryFigure, readImages(items), [0] * len(items),
+                           order=range(len(items)), labels=labels, title=title,
+                           ncols=EXAMPLES_PER_KIND, windowTitle='simcryo particle kinds')]
 
     def _showReferences(self, paramName=None):
         refs = getattr(self.protocol, 'outputReferences', None)
@@ -366,10 +417,12 @@ class SimcryoSimulateViewer(ProtocolViewer):
                         for p in self.protocol.outputParticles.iterItems())
         labels = ['view %d\n%d particles' % (k, sizes.get(k, 0))
                   for k in range(1, len(images) + 1)]
+        junk = ('; %d junk particles (true class 0) not shown' % sizes[0]
+                if sizes.get(0) else '')
         return [figureView(plots.classGalleryFigure, images, [0] * len(images),
                            order=range(len(images)), labels=labels,
-                           title='%s: true projection of each view class'
-                                 % self.protocol.getRunName(),
+                           title='%s: true projection of each view class%s'
+                                 % (self.protocol.getRunName(), junk),
                            windowTitle='simcryo true projections')]
 
     def _showParticles(self, paramName=None):
@@ -396,3 +449,114 @@ class SimcryoDenoiseViewer(ProtocolViewer):
 
     def _showParticles(self, paramName=None):
         return _outputSetViews(self, 'outputParticles')
+
+
+# ---------------------------------------------------------------------- class selection
+def rankedClasses(selectProt):
+    """Every input class of a selection run, best score first: dicts with the input class
+    id, rank, particles, score, the four features, kept, and the index of its average in
+    the engine's class_averages_ranked.mrcs (1-based); [] before a run."""
+    scores = selectProt.getClassScores()
+    if scores is None:
+        return []
+    idOf = {k: cid for cid, k in selectProt.classNumbers().items()}
+    total = selectProt._readRunLog().get('particles_in', 0)
+    rows = []
+    for row in scores.rows:
+        k = int(row['rlnClassNumber'])
+        rows.append(dict(classId=idOf.get(k, k), rank=int(row['simcryoClassRank']),
+                         particles=int(round(float(row['rlnClassDistribution']) * total)),
+                         score=float(row['simcryoClassScore']),
+                         contrast=float(row['simcryoContrast']),
+                         centring=float(row['simcryoCentring']),
+                         profile=float(row['simcryoProfile']),
+                         size=float(row['simcryoSize']),
+                         kept=bool(int(row['simcryoSelected'])),
+                         image=int(row['rlnReferenceImage'].split('@')[0])))
+    return rows
+
+
+def _rankedAverages(selectProt, rows):
+    import mrcfile
+    with mrcfile.open(selectProt._getFileName('out_ranked'), permissive=True) as m:
+        data = np.asarray(m.data, dtype=np.float32)
+    data = data[None] if data.ndim == 2 else data
+    return [data[r['image'] - 1] for r in rows]
+
+
+def _keptText(kept):
+    return 'kept' if kept else 'rejected'
+
+
+class SimcryoSelectViewer(ProtocolViewer):
+    """Every class of "rank and select 2D classes", ranked, with its score and kept /
+    rejected; the selected classes in the Scipion viewer."""
+    _label = 'viewer simcryo class selection'
+    _targets = [ProtSimcryoSelectClasses]
+    _environments = [DESKTOP_TKINTER]
+
+    def _defineParams(self, form):
+        form.addSection(label='Visualization')
+        form.addParam('displayRanked', params.LabelParam,
+                      label='Every class ranked by score (kept / rejected)')
+        form.addParam('displayScores', params.LabelParam,
+                      label='Class scores against the threshold')
+        form.addParam('displayTable', params.LabelParam,
+                      label='Score and features of every class (table)')
+        form.addParam('displayClasses', params.LabelParam,
+                      label='Selected classes in the Scipion viewer')
+
+    def _getVisualizeDict(self):
+        return {'displayRanked': self._showRanked, 'displayScores': self._showScores,
+                'displayTable': self._showTable, 'displayClasses': self._showClasses}
+
+    def _rows(self):
+        return rankedClasses(self.protocol)
+
+    def _title(self, what, rows):
+        kept = sum(r['kept'] for r in rows)
+        return '%s: %s (threshold %g: %d kept, %d rejected)' % (
+            self.protocol.getRunName(), what, self.protocol.getRunThreshold(), kept,
+            len(rows) - kept)
+
+    def _showRanked(self, paramName=None):
+        rows = self._rows()
+        if not rows:
+            return _message(self, 'No class scores yet: run the protocol first.')
+        labels = ['#%d class %d\nscore %.2f %s\n%d particles'
+                  % (r['rank'], r['classId'], r['score'], _keptText(r['kept']),
+                     r['particles']) for r in rows]
+        colours = [plots.KEPT_COLOUR if r['kept'] else plots.REJECTED_COLOUR for r in rows]
+        return [figureView(plots.classGalleryFigure, _rankedAverages(self.protocol, rows),
+                           [r['particles'] for r in rows], order=range(len(rows)),
+                           labels=labels, labelColors=colours,
+                           title=self._title('classes ranked by score, best first', rows),
+                           windowTitle='simcryo class ranking')]
+
+    def _showScores(self, paramName=None):
+        rows = self._rows()
+        if not rows:
+            return _message(self, 'No class scores yet: run the protocol first.')
+        return [figureView(plots.classScoresFigure, [r['classId'] for r in rows],
+                           [r['score'] for r in rows], [r['kept'] for r in rows],
+                           self.protocol.getRunThreshold(),
+                           title=self._title('class scores', rows),
+                           windowTitle='simcryo class scores')]
+
+    def _showTable(self, paramName=None):
+        rows = self._rows()
+        if not rows:
+            return _message(self, 'No class scores yet: run the protocol first.')
+        text = [(r['rank'], r['classId'], r['particles'], '%.3f' % r['score'],
+                 '%.3f' % r['contrast'], '%.3f' % r['centring'], '%.3f' % r['profile'],
+                 '%.2f' % r['size'], _keptText(r['kept'])) for r in rows]
+        return [MetricsTableView(text, self._title('class scores', rows), header=(
+            'rank', 'class', 'particles', 'score', 'contrast', 'centring', 'profile',
+            'size (x N/K)', 'selection'))]
+
+    def _showClasses(self, paramName=None):
+        classes = getattr(self.protocol, 'outputClasses', None)
+        if classes is None:
+            return _message(self, 'No selected classes: run the protocol, or lower the '
+                                  'threshold if no class reached it.')
+        return [setView(self, classes, {SORT_BY: '%s desc' % SCORE_ATTR})]

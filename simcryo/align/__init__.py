@@ -17,6 +17,7 @@ from simcryo.align.average import (ClassAccumulator, centre_of_mass, density_cen
 from simcryo.align.classalign import ClassAligner, ClassAlignParams
 from simcryo.align.exhaustive import ExhaustiveAligner, ExhaustiveParams
 from simcryo.align.rings import AlignParams, MagnitudeAligner, RingAligner
+from simcryo.align.polar import ring_radii, sample_rings
 from simcryo.align.scores import normalized_correlation
 from simcryo.align.source import ParticleSource, auto_mask_radius
 
@@ -24,4 +25,5 @@ __all__ = ["Aligner", "Alignment", "make_aligner", "rotate_shift", "warp_to_refe
            "wrap_angle", "ClassAccumulator", "centre_of_mass", "density_centroid",
            "normalize_weights", "spectra_to_images", "ClassAligner", "ClassAlignParams",
            "ExhaustiveAligner", "ExhaustiveParams", "AlignParams", "MagnitudeAligner",
-           "RingAligner", "normalized_correlation", "ParticleSource", "auto_mask_radius"]
+           "RingAligner", "normalized_correlation", "ParticleSource", "auto_mask_radius",
+           "ring_radii", "sample_rings"]

@@ -8,12 +8,12 @@ import torch
 from simcryo.image.fourier import radial_frequency
 
 
-def parabola_offset(ym, y0, yp):
-    """Offset in [-0.5, 0.5] samples of the vertex of the parabola through three samples
-    (left, centre, right) around a maximum."""
+def parabola_offset(ym, y0, yp, limit=0.5):
+    """Offset in [-limit, limit] samples of the vertex of the parabola through three samples
+    (left, centre, right) around a maximum (0.5: the centre is the highest sample)."""
     denom = ym - 2 * y0 + yp
     off = torch.where(denom.abs() > 1e-12, 0.5 * (ym - yp) / denom, torch.zeros_like(y0))
-    return off.clamp(-0.5, 0.5)
+    return off.clamp(-limit, limit)
 
 
 _DISC_CACHE = {}

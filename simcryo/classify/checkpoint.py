@@ -29,16 +29,19 @@ STAGES = ("preprocess", "pretext", "features", "scan", "selflabel", "refine", "a
 STAGE_PARAMS = {
     "preprocess": ("apix", "mask_diameter", "working_box", "phase_flip", "equalize", "wiener",
                    "lowpass"),
-    "pretext": ("seed", "pretext_box", "width", "feature_dim", "pretext_epochs", "batch_size",
+    "pretext": ("seed", "encoder", "invariant_angular", "invariant_dim",
+                "invariant_exact_limit", "invariant_candidates", "pretext_box", "width",
+                "feature_dim", "pretext_epochs", "batch_size",
                 "lr", "weight_decay", "temperature", "max_shift", "scale_min", "scale_max",
                 "contrast", "brightness", "noise", "blur", "mirror"),
     "features": ("tta_rotations", "knn"),
     "scan": ("K", "scan_heads", "scan_epochs", "scan_lr", "entropy_weight"),
     "selflabel": ("selflabel_epochs", "confidence"),
-    "refine": ("refine_iterations", "refine_align_iterations", "refine_seed_candidates",
-               "refine_ctf", "refine_angles", "refine_shift", "refine_temperature",
-               "refine_ctf_epsilon", "refine_min_posterior", "refine_search_classes"),
-    "averages": ("average_iterations", "average_box"),
+    "refine": ("refine_init", "refine_iterations", "refine_align_iterations",
+               "refine_seed_candidates", "refine_ctf", "refine_angles", "refine_shift",
+               "refine_temperature", "refine_ctf_epsilon", "refine_min_posterior",
+               "refine_search_classes"),
+    "averages": ("average_iterations", "average_box", "sort_classes"),
 }
 # parameters that do not change the result (where and how fast it runs, file names; the
 # input is checked by its fingerprint, not its name)
@@ -53,7 +56,8 @@ CURVE_STAGE = {"pretext_loss": "pretext", "scan_loss_best": "scan",
                "selflabel_loss": "selflabel", "selflabel_confident": "selflabel",
                "refine_loglik": "refine", "refine_changed": "refine"}
 # the artefact files and the stage that writes them
-ARTEFACTS = {"features.npy": "features", "neighbors.npy": "features"}
+ARTEFACTS = {"invariants.npy": "pretext", "rotational_neighbors.npy": "pretext",
+             "features.npy": "features", "neighbors.npy": "features"}
 # pipeline state["stage"] (the next stage to run) -> STAGES; "done": refine finished
 PROGRESS = {"pretext": "pretext", "features": "features", "scan": "scan",
             "selflabel": "selflabel", "refine": "refine", "done": "averages"}

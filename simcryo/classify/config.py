@@ -46,6 +46,24 @@ class ClassifyConfig:
                       "(particle disc vs. background) and Fourier-crop where it vanishes")
     lowpass: float = _f(0.0, "low-pass filter in Å applied when caching (0: none beyond the "
                         "Fourier crop)")
+    # --- encoder
+    encoder: str = _f("invariant", "what learns the features: invariant (an MLP on "
+                      "rotation-invariant ring spectra of centred particles, trained "
+                      "contrastively with each particle's rotational neighbours as positives; "
+                      "SCAN clusters with those neighbours) or resnet (the paper's SimCLR "
+                      "ResNet-18 on augmented images; --width, --pretext-box, the "
+                      "augmentations and --tta-rotations apply to it only)",
+                      choices=("invariant", "resnet"))
+    invariant_angular: int = _f(12, "invariant encoder: angular frequencies kept per ring "
+                                "(in-plane detail up to 360/n degrees)")
+    invariant_dim: int = _f(256, "invariant encoder: principal components of the cross-ring "
+                            "invariants the MLP sees")
+    invariant_exact_limit: int = _f(5000, "invariant encoder: up to this many particles every "
+                                    "pair is compared over all rotations; above, each "
+                                    "particle only with its --invariant-candidates nearest "
+                                    "by the invariants (cost ~N x candidates, not N^2)")
+    invariant_candidates: int = _f(200, "invariant encoder: candidates per particle above "
+                                   "--invariant-exact-limit")
     # --- network
     width: int = _f(16, "ResNet-18 base width (64 = paper; 16 = CPU preset)")
     feature_dim: int = _f(128, "projection head output dimension (NT-Xent space)")
@@ -80,6 +98,10 @@ class ClassifyConfig:
                                 "(0 disables the stage)")
     refine_align_iterations: int = _f(2, "alignment-only iterations before the EM (classes "
                                       "fixed, each class seeded by its most central member)")
+    refine_init: str = _f("clustering", "partition the refinement starts from: clustering "
+                          "(SCAN + self-labelling) or random (uniform labels; the ablation "
+                          "that shows what the clustering contributes)",
+                          choices=("clustering", "random"))
     refine_seed_candidates: int = _f(8, "members per class tried as the class's first "
                                      "reference (the one most like the others wins)")
     refine_ctf: bool = _f(False, "compare the averages through each particle's CTF and "
@@ -87,12 +109,15 @@ class ClassifyConfig:
                           "it scored lower on both simulated sets measured (phantom and hand "
                           "at SNR 0.1, one seed each)")
     refine_angles: int = _f(36, "in-plane angles searched in the refinement (360/n degrees)")
-    refine_search_classes: int = _f(0, "classes each particle is scored against in the "
+    refine_search_classes: int = _f(3, "classes each particle is scored against in the "
                                     "refinement after the first EM iteration (which scores "
                                     "all): its own and those it scored best against "
                                     "(alignment-only iterations: ranked by the clustering "
                                     "probabilities). Scoring costs ~M/K of the full "
-                                    "search; 0: all K")
+                                    "search; 0: all K. Measured with the invariant encoder "
+                                    "(hand map, 2,000 particles, K=10, seed 0): ACC 0.7205 "
+                                    "vs 0.721 with all K at SNR 0.1, 0.607 vs 0.611 at SNR "
+                                    "0.03, in 40-75 %% less EM time")
     refine_shift: float = _f(0.15, "largest shift searched, fraction of the working box")
     refine_temperature: float = _f(1.0, "softness of the class posteriors (1: Gaussian white "
                                    "noise model; larger: softer)")
@@ -104,6 +129,10 @@ class ClassifyConfig:
     average_iterations: int = _f(3, "iterations of the class aligner that gives the poses "
                                  "when the refinement stage is off (--refine-iterations 0)")
     average_box: int = _f(64, "largest search box of that class aligner, px (Fourier crop)")
+    sort_classes: bool = _f(True, "number the classes best first by the quality score of "
+                            "`simcryo select` (contrast, centring, radial profile and size "
+                            "of each average; ties: larger first); run.json class_scores "
+                            "holds the scores in the written order")
     # --- run
     seed: int = _f(0, "random seed (results are reproducible for a given seed and device)")
     device: str = _f("cpu", "torch device: cpu or cuda:N")
@@ -127,6 +156,9 @@ class ClassifyConfig:
         for name in ("pretext_epochs", "scan_epochs", "selflabel_epochs", "tta_rotations",
                      "knn", "scan_heads", "batch_size", "width"):
             if getattr(self, name) < (0 if name in ("selflabel_epochs", "pretext_epochs") else 1):
+                raise SimcryoError(f"--{name.replace('_', '-')} must be positive")
+        for name in ("invariant_angular", "invariant_dim", "invariant_candidates"):
+            if getattr(self, name) < 1:
                 raise SimcryoError(f"--{name.replace('_', '-')} must be positive")
         if self.scale_min <= 0 or self.scale_max < self.scale_min:
             raise SimcryoError("need 0 < --scale-min <= --scale-max")

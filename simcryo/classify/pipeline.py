@@ -1,13 +1,17 @@
-"""The classification pipeline: preprocess -> SimCLR pretext -> kNN -> SCAN -> self-label ->
-EM refinement against the class averages -> class averages.
+"""The classification pipeline: preprocess -> contrastive encoder -> neighbours -> SCAN ->
+self-label -> EM refinement against the class averages -> class averages.
 
-Why the last stage: at SNR 0.1 two particles carry little common signal, so contrastive
-features and their neighbours give only a rough partition (measured top-10 neighbour purity
-0.15-0.3 on the simulated sets after a CPU-sized pretext); a class average of hundreds of
-particles is nearly noise-free, and scoring every particle against every average over all
-in-plane poses (simcryo/classify/refine.py) turns the rough partition into clean classes.
-The class averages are then built by the one averager of simcryo.align from the refined poses
-(or, without the refinement, from the class aligner's).
+The default encoder ("invariant", simcryo.classify.invariant) removes in-plane rotation and
+shift before anything is learned: rotation-invariant ring spectra of centred particles, each
+particle's neighbours by the correlation after the best in-plane rotation, an MLP trained with
+those neighbours as contrastive positives, and SCAN with the same neighbours. The paper's
+SimCLR ResNet ("resnet") found neighbours of about half that purity on our simulated maps
+(benchmarks/classify.py --ablate; README).
+The EM refinement (simcryo/classify/refine.py) scores every particle against every class
+average over all in-plane poses: a class average of hundreds of particles is nearly
+noise-free, so it corrects the borderline assignments of the clustering. The class averages
+are then built by the one averager of simcryo.align from the refined poses (or, without the
+refinement, from the class aligner's).
 
 This module only orchestrates: the stages live in simcryo.classify.stages, the checkpoint in
 simcryo.classify.checkpoint. Every stage checkpoints each epoch/iteration in

@@ -5,6 +5,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from simcryo.classify.invariant import feature_noise, neighbour_batches
 from simcryo.errors import SimcryoError
 from simcryo.image.geometry import rotate_images
 from simcryo.runtime import epoch_generator
@@ -45,35 +46,67 @@ def _filtered(x, prefilter):
     return x if prefilter is None else prefilter(x)
 
 
+def _contrastive_epoch(optimizer, pairs, cfg, step0, total_steps, hint):
+    """The shared loop of the contrastive stages: `pairs` yields (z1, z2, n) batches of
+    normalised embeddings of n positive pairs; a cosine learning-rate schedule over all
+    epochs. Returns (mean NT-Xent loss, inputs seen)."""
+    losses, seen, step = [], 0, step0
+    warmup = max(1, total_steps // 20)
+    for make_pair in pairs:
+        lr = cosine_lr(cfg.lr, step, total_steps, warmup)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        z1, z2 = make_pair()
+        loss = nt_xent(z1, z2, cfg.temperature)
+        if not torch.isfinite(loss):
+            raise SimcryoError(f"pretext loss became NaN/Inf ({hint})")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+        seen += 2 * len(z1)
+        step += 1
+    return float(np.mean(losses)), seen
+
+
 def train_epoch(backbone, head, optimizer, images, augment, cfg, epoch, device, step0, total_steps,
                 prefilter=None):
-    """One SimCLR epoch; returns (mean loss, images seen)."""
+    """One SimCLR epoch of the ResNet: two augmentations of each particle; returns (mean
+    loss, images seen)."""
     backbone.train()
     head.train()
     n = len(images)
     gen_cpu = epoch_generator(cfg.seed, "pretext-order", epoch, "cpu")
     gen = epoch_generator(cfg.seed, "pretext-aug", epoch, device)
-    bs = min(cfg.batch_size, n)
-    losses, seen, step = [], 0, step0
-    warmup = max(1, total_steps // 20)
-    for idx in batches(n, bs, gen_cpu):
-        lr = cosine_lr(cfg.lr, step, total_steps, warmup)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        x = _filtered(load_batch(images, idx, device), prefilter)
-        v = torch.cat([augment(x, gen), augment(x, gen)])
-        z = head(backbone(v))
-        loss = nt_xent(z[:len(idx)], z[len(idx):], cfg.temperature)
-        if not torch.isfinite(loss):
-            raise SimcryoError("pretext loss became NaN/Inf (images with extreme values? "
-                               "try a lower --lr)")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(float(loss.detach()))
-        seen += 2 * len(idx)
-        step += 1
-    return float(np.mean(losses)), seen
+
+    def pairs():
+        for idx in batches(n, min(cfg.batch_size, n), gen_cpu):
+            def make_pair(idx=idx):
+                x = _filtered(load_batch(images, idx, device), prefilter)
+                z = head(backbone(torch.cat([augment(x, gen), augment(x, gen)])))
+                return z[:len(idx)], z[len(idx):]
+            yield make_pair
+    return _contrastive_epoch(optimizer, pairs(), cfg, step0, total_steps,
+                              "images with extreme values? try a lower --lr")
+
+
+def train_invariant_epoch(encoder, optimizer, z, neighbors, cfg, epoch, device, step0,
+                          total_steps, positives=10, dropout=0.2):
+    """One NT-Xent epoch of the invariant encoder: each particle against one of its
+    `positives` nearest rotational neighbours (input dropout as the augmentation); returns
+    (mean loss, inputs seen)."""
+    encoder.train()
+    gen = epoch_generator(cfg.seed, "invariant-pairs", epoch, "cpu")
+
+    def pairs():
+        for i, j in neighbour_batches(len(z), neighbors, min(cfg.batch_size, len(z)), gen,
+                                      positives):
+            def make_pair(i=i, j=j):
+                x = torch.cat([z[i], z[j]]).to(device)
+                out = F.normalize(encoder(feature_noise(x, dropout, gen)), dim=1)
+                return out[:len(i)], out[len(i):]
+            yield make_pair
+    return _contrastive_epoch(optimizer, pairs(), cfg, step0, total_steps, "try a lower --lr")
 
 
 @torch.no_grad()

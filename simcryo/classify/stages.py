@@ -14,7 +14,7 @@ import torch
 
 from simcryo import runtime
 from simcryo.align import ClassAligner, ClassAlignParams, ParticleSource
-from simcryo.classify import pretext, scan, selflabel
+from simcryo.classify import invariant, pretext, scan, selflabel
 from simcryo.classify.augment import Augmenter
 from simcryo.classify.checkpoint import file_identity
 from simcryo.classify.neighbors import knn_cosine
@@ -25,7 +25,7 @@ from simcryo.image import ctf as ctfmod
 from simcryo.image.fourier import fourier_crop
 from simcryo.image.mask import soft_mask
 from simcryo.image.preprocess import mask_radius_for
-from simcryo.models import ProjectionHead, resnet18
+from simcryo.models import MLPEncoder, ProjectionHead, resnet18
 from simcryo.outputs import atomic_path, check_free_space
 
 
@@ -87,6 +87,94 @@ def prefilter(pipe):
     return lambda x: filtered(x) / scale
 
 
+def wiener_prefilter(pipe):
+    """Cached images -> the invariant encoder's input: the Wiener filter alone (no crop)."""
+    if getattr(pipe.geom, "ssnr", None) is None:
+        return None
+    filt = wiener_filter(pipe.geom, pipe.device)
+    return lambda x: apply_filter(x, filt)
+
+
+def _load_artefacts(pipe, names):
+    """The arrays of `names` in OUT when the checkpoint recorded them and they are unchanged
+    (else None: the caller recomputes them)."""
+    recorded = pipe.state.get("artefacts", {})
+    paths = [os.path.join(pipe.out, name) for name in names]
+    if all(name in recorded and os.path.exists(p) and file_identity(p) == list(recorded[name])
+           for name, p in zip(names, paths)):
+        return [np.load(p) for p in paths]
+    return None
+
+
+def _save_artefacts(pipe, arrays):
+    for name, array in arrays.items():
+        with atomic_path(os.path.join(pipe.out, name)) as tmp:
+            np.save(tmp, array)
+        pipe.checkpoint.record_artefact(pipe.state, name)
+
+
+def invariant_inputs(pipe):
+    """The invariant encoder's inputs: whitened invariants z (N, invariant_dim) and each
+    particle's rotational neighbours (N, knn), from invariants.npy and
+    rotational_neighbors.npy when the checkpoint recorded them, else computed."""
+    cfg = pipe.cfg
+    names = ("invariants.npy", "rotational_neighbors.npy")
+    loaded = _load_artefacts(pipe, names)
+    if loaded is not None:
+        return torch.from_numpy(loaded[0]), loaded[1]
+    t = time.time()
+    n = len(pipe.images)
+    check_free_space(pipe.out, n * (4 * cfg.invariant_dim + 8 * cfg.knn) + 4096,
+                     "invariants.npy and rotational_neighbors.npy")
+    spectra = invariant.RingSpectra(pipe.images, pipe.geom.work_radius, cfg.invariant_angular,
+                                    pipe.device, prefilter=wiener_prefilter(pipe))
+    basis = invariant.InvariantBasis(spectra.coef, cfg.invariant_dim, cfg.seed)
+    z = basis.project(spectra.coef)
+    neighbors = invariant.rotational_knn(spectra.coef, cfg.knn, cfg.invariant_exact_limit,
+                                         cfg.invariant_candidates, basis=basis,
+                                         device=pipe.device)
+    _save_artefacts(pipe, {names[0]: z.numpy(), names[1]: neighbors})
+    pipe.state["timings"]["invariants"] = time.time() - t
+    pipe.save()  # a run killed in the training resumes with them
+    searched = ("all pairs" if n <= cfg.invariant_exact_limit
+                else f"{cfg.invariant_candidates} candidates each")
+    pipe.log(f"[classify] invariants of {n} centred particles and their {neighbors.shape[1]} "
+             f"rotational neighbours ({searched}, {time.time() - t:.1f} s)")
+    return z, neighbors
+
+
+def invariant_pretext_stage(pipe, saved):
+    """The invariant encoder (MLP) trained with NT-Xent on (particle, rotational neighbour)
+    pairs. Returns the encoder."""
+    cfg = pipe.cfg
+    z, neighbors = invariant_inputs(pipe)
+    torch.manual_seed(cfg.seed)
+    encoder = MLPEncoder(z.shape[1], out_dim=cfg.feature_dim).to(pipe.device)
+    opt = torch.optim.AdamW(encoder.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if saved and "backbone" in saved:
+        encoder.load_state_dict(saved["backbone"])
+        if "pretext_opt" in saved:
+            opt.load_state_dict(saved["pretext_opt"])
+    if pipe.state["stage"] != "pretext":
+        return encoder
+    n = len(z)
+    per_epoch = max(n // min(cfg.batch_size, n), 1)
+    total = cfg.pretext_epochs * per_epoch
+    progress = runtime.Progress("pretext", cfg.pretext_epochs, min_interval=10.0)
+    for epoch in range(pipe.state["epoch"], cfg.pretext_epochs):
+        t = time.time()
+        loss, seen = pretext.train_invariant_epoch(encoder, opt, z, neighbors, cfg, epoch,
+                                                   pipe.device, epoch * per_epoch, total)
+        pipe.state["pretext_seconds"] += time.time() - t
+        pipe.state["pretext_images"] += seen
+        pipe.curve("pretext_loss", loss)
+        progress.update(epoch + 1, force=epoch == 0, loss=loss)
+        pipe.state["epoch"] = epoch + 1
+        pipe.save(backbone=encoder, pretext_opt=opt)
+    pipe.state.update(stage="features", epoch=0)
+    return encoder
+
+
 def build_models(pipe):
     torch.manual_seed(pipe.cfg.seed)
     backbone = resnet18(pipe.cfg.width).to(pipe.device)
@@ -95,7 +183,10 @@ def build_models(pipe):
 
 
 def pretext_stage(pipe, saved):
+    """The contrastive stage of cfg.encoder; returns the trained network."""
     cfg = pipe.cfg
+    if cfg.encoder == "invariant":
+        return invariant_pretext_stage(pipe, saved)
     backbone, head = build_models(pipe)
     params = list(backbone.parameters()) + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -138,14 +229,18 @@ def features_stage(pipe, backbone):
     n = len(pipe.images)
     check_free_space(pipe.out, n * (4 * backbone.out_dim + 8 * cfg.knn) + 4096,
                      "features.npy and neighbors.npy")
-    mask = soft_mask(pretext_box(pipe), pretext_radius(pipe), width=2.0, device=pipe.device)
-    feats = pretext.extract_features(backbone, pipe.images, cfg.tta_rotations, pipe.device,
-                                     mask=mask, prefilter=prefilter(pipe))
-    neighbors, _ = knn_cosine(feats, cfg.knn, pipe.device)
-    for path, array in ((feat_path, feats), (nb_path, neighbors)):
-        with atomic_path(path) as tmp:
-            np.save(tmp, array)
-        pipe.checkpoint.record_artefact(pipe.state, os.path.basename(path))
+    if cfg.encoder == "invariant":
+        # SCAN's neighbours are the rotational ones: the features only have to carry them
+        z, rotational = invariant_inputs(pipe)
+        feats = invariant.embed(backbone, z, pipe.device)
+        neighbors = rotational[:, :cfg.knn]
+    else:
+        mask = soft_mask(pretext_box(pipe), pretext_radius(pipe), width=2.0, device=pipe.device)
+        feats = pretext.extract_features(backbone, pipe.images, cfg.tta_rotations, pipe.device,
+                                         mask=mask, prefilter=prefilter(pipe))
+        neighbors, _ = knn_cosine(feats, cfg.knn, pipe.device)
+    _save_artefacts(pipe, {os.path.basename(feat_path): feats,
+                           os.path.basename(nb_path): neighbors})
     pipe.state["timings"]["features"] = time.time() - t
     pipe.state.update(stage="scan", epoch=0)
     pipe.save(backbone=backbone)
@@ -214,6 +309,10 @@ def refine_stage(pipe, probs, feats, saved):
     RELION's convention, or None when the stage is disabled."""
     cfg = pipe.cfg
     labels = probs.argmax(1)
+    if cfg.refine_init == "random":
+        gen = np.random.default_rng(cfg.seed)
+        labels = gen.permutation(np.arange(len(labels)) % cfg.K)
+        probs = np.eye(cfg.K)[labels]
     if cfg.refine_iterations < 1:
         pipe.state.update(stage="done")
         return probs, None

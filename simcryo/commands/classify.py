@@ -1,12 +1,15 @@
 """`simcryo classify`: unsupervised 2D classification of particle images.
 
 Writes in --o (each file atomically; run.json last, as the mark of a finished run; a lock
-refuses a second run into the same folder): particles.star (every input row and column in input order, plus
-_rlnClassNumber 1..K, _rlnMaxValueProbDistribution, _rlnAnglePsi, _rlnOriginXAngst,
-_rlnOriginYAngst), class_averages.mrcs (class k at index k), run.json (config, versions,
-seed, timings, loss curves, pretext images/s, metrics when _simcryoTrueClass exists),
-features.npy (N x d), neighbors.npy (row i: particle i's neighbours, most similar first) and
-probabilities.npy (N x K). Pose convention: particle ~= transform_images(average, psi, origin).
+refuses a second run into the same folder): particles.star (every input row and column in
+input order, plus _rlnClassNumber 1..K, _rlnMaxValueProbDistribution, _rlnAnglePsi,
+_rlnOriginXAngst, _rlnOriginYAngst; classes numbered best first by --sort-classes),
+class_averages.mrcs (class k at index k), run.json
+(config, versions, seed, timings, loss curves, pretext images/s, metrics when
+_simcryoTrueClass exists), features.npy (N x d), neighbors.npy (row i: particle i's
+neighbours, most similar first: SCAN's neighbours), probabilities.npy (N x K) and, with the
+invariant encoder, invariants.npy (N x --invariant-dim) and rotational_neighbors.npy
+(N x --knn). Pose convention: particle ~= transform_images(average, psi, origin).
 """
 import os
 import time
@@ -26,7 +29,9 @@ from simcryo.runtime import (RunLog, log, resolve_device, seed_everything, set_t
                              warn_empty_classes)
 
 # the files of a run (a folder holding any of them is refused without --force or a
-# checkpoint to --resume); not the cache, a killed run's intermediate, rebuilt when needed
+# checkpoint to --resume); not the cache nor the invariant encoder's inputs
+# (invariants.npy, rotational_neighbors.npy): intermediates, reused only when the
+# checkpoint recorded them, else rebuilt
 RESULTS = ("particles.star", "class_averages.mrcs", COMPLETE, "probabilities.npy",
            "features.npy", "neighbors.npy", CHECKPOINT)
 
@@ -52,6 +57,28 @@ def score(result, truth):
     for k in (5, 10):
         scores[f"neighbor_purity@{k}"] = neighbor_purity(result["neighbors"], truth, k)
     return scores
+
+
+def result_stage(cfg):
+    """Which stage gave the final classes, in words (run.json "classes_from")."""
+    encoder = ("the invariant encoder's features and rotational neighbours"
+               if cfg.encoder == "invariant" else "the SimCLR ResNet's features")
+    clustering = f"SCAN + self-labelling on {encoder}"
+    if cfg.refine_iterations < 1:
+        return clustering + " (EM refinement off)"
+    start = "a random partition" if cfg.refine_init == "random" else clustering
+    return (f"the EM refinement against the class averages ({cfg.refine_iterations} "
+            f"iterations), started from {start}")
+
+
+def class_order(averages, labels, k, radius):
+    """(order, scores): class indices best first by simcryo.selection's quality score (ties:
+    the larger class first), and the scores in that order."""
+    from simcryo.selection import class_features, score_classes
+    sizes = np.bincount(labels, minlength=k)
+    scores = score_classes(class_features(averages, sizes, radius))
+    order = np.lexsort((-sizes, -scores))
+    return order, scores[order]
 
 
 def run(cfg):
@@ -90,6 +117,13 @@ def _run(cfg, pset, device, folder, t0):
     runlog.start("averages")
     psi, shift, averages = clf.averages(labels, probs)
     runlog.stop("averages")
+    if cfg.sort_classes:
+        order, scores = class_order(averages, labels, cfg.K, result["geometry"].radius_px)
+        rank = np.empty(cfg.K, np.int64)
+        rank[order] = np.arange(cfg.K)
+        labels, probs, averages = rank[labels], probs[:, order], averages[order]
+        result["labels"], result["probabilities"] = labels, probs
+        runlog["class_scores"] = [round(float(v), 4) for v in scores]
     with atomic_path(os.path.join(out, "probabilities.npy")) as tmp:
         np.save(tmp, probs)
     conf = probs[np.arange(pset.n), labels]
@@ -109,6 +143,7 @@ def _run(cfg, pset, device, folder, t0):
     runlog["class_sizes"] = np.bincount(labels, minlength=cfg.K).tolist()
     warn_empty_classes(runlog["class_sizes"])
     runlog["scan_head_losses"] = result["scan_head_losses"]
+    runlog["classes_from"] = result_stage(cfg)
     for name, values in result["curves"].items():
         runlog.data["curves"][name] = values
     runlog.data["timings_s"].update({k: round(v, 3) for k, v in result["timings"].items()})

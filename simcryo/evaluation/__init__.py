@@ -1,1 +1,1 @@
-"""Evaluation: clustering metrics, pose errors, FRC and resolution."""
+"""Evaluation: clustering metrics, pose errors, FRC and resolution, the oracle ceiling."""

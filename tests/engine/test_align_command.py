@@ -58,6 +58,9 @@ def test_align_command_writes_contract(classified, tmp_path):
         assert len(c["frc_half_sets"]) == 32 and c["frc_half_sets"][1] > 0.5
         assert np.isfinite(c["resolution_frc05_A"])
     assert run["iterations"] and "median_angle_change_deg" in run["iterations"][0]
+    # the local refinement (default 2 cycles) is timed apart from the iterations
+    assert [set(c) >= {"median_angle_change_deg", "seconds"} for c in run["local_refinement"]
+            ] == [True, True]
     err = run["pose_errors_vs_truth"]
     assert err["angle_median_deg"] < 3.0 and err["shift_median_px"] < 0.6
     # the written _rlnAnglePsi / _rlnOriginX,YAngst themselves (RELION's sign): negated, the
@@ -122,9 +125,10 @@ def test_align_mask_diameter_is_converted_to_px_and_recorded(classified, tmp_pat
     apix = load_particles(classified).apix
     out = str(tmp_path / "m")
     common = ["--i", classified, "--iterations", "1", "--final-iterations", "0",
-              "--starts", "1", "--threads", "1", "--batch-size", "64"]
+              "--starts", "1", "--threads", "1", "--batch-size", "64", "--refine-cycles", "0"]
     assert cli_main(["align", "--o", out, "--mask-diameter", "120", *common]) == 0
     run = json.load(open(os.path.join(out, "run.json")))
+    assert run["local_refinement"] == []
     assert run["config"]["mask_diameter"] == 120
     assert run["mask_radius_px"] == pytest.approx(120 / 2 / apix)
     assert run["mask_diameter_A"] == pytest.approx(120)
@@ -143,3 +147,12 @@ def test_align_mask_diameter_wider_than_the_box_is_one_line(classified, tmp_path
     assert rc == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is wider than the box" in err[0], err
+
+
+@pytest.mark.parametrize("flag,value", [("--refine-step", "0"), ("--refine-cycles", "-1")])
+def test_align_refinement_flags_out_of_range_are_one_line(classified, tmp_path, capsys, flag,
+                                                          value):
+    rc = cli_main(["align", "--i", classified, "--o", str(tmp_path / "r"), flag, value])
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and flag in err[0], err

@@ -76,9 +76,9 @@ def test_outputs_follow_the_contract(star, tmp_path):
     nb = np.load(o / "neighbors.npy")
     assert feats.shape[0] == n and nb.shape == (n, 5)
     assert not (nb == np.arange(n)[:, None]).any()
-    # most similar first
-    sims = np.einsum("nd,nkd->nk", feats, feats[nb])
-    assert (np.diff(sims, axis=1) <= 1e-5).all()
+    # most similar first, by the rotational similarity of the invariant encoder's inputs
+    rot = np.load(o / "rotational_neighbors.npy")
+    assert np.array_equal(nb, rot[:, :5])
     inp = read_star(star)["particles"]
     table = read_star(str(o / "particles.star"))["particles"]
     assert table.n_rows == n
@@ -94,12 +94,25 @@ def test_outputs_follow_the_contract(star, tmp_path):
         assert m.data.shape == (3, 32, 32) and np.isfinite(m.data).all()
     info = json.loads((o / "run.json").read_text())
     assert info["config"]["K"] == 3 and info["seed"] == 0
+    scores = np.array(info["class_scores"])  # classes numbered best first
+    assert len(scores) == 3 and (np.diff(scores) <= 0).all()
+    assert info["classes_from"].startswith("the EM refinement") and \
+        "invariant encoder" in info["classes_from"]
     assert len(info["curves"]["pretext_loss"]) == 2
     assert info["pretext_images_per_s"] > 0
     assert "acc" in info["metrics"] and "neighbor_purity@10" in info["metrics"] or \
         "neighbor_purity@5" in info["metrics"]
     assert not os.path.exists(o / "preprocessed.f32")  # cache removed when done
     assert res["labels"].shape == (n,)
+
+
+def test_resnet_encoder_neighbours_are_its_features_nearest(star, tmp_path):
+    run(_cfg(star, tmp_path / "o", encoder="resnet"))
+    feats = np.load(tmp_path / "o" / "features.npy")
+    nb = np.load(tmp_path / "o" / "neighbors.npy")
+    sims = np.einsum("nd,nkd->nk", feats, feats[nb])  # most similar first
+    assert (np.diff(sims, axis=1) <= 1e-5).all()
+    assert not (tmp_path / "o" / "invariants.npy").exists()
 
 
 def test_same_seed_same_result_other_seed_differs(star, tmp_path):
