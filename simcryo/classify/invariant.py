@@ -73,10 +73,15 @@ class RingSpectra:
 
     @staticmethod
     def norm(coef):
-        """sqrt of sum_k w_k |c_k|^2 with w_0 = 1, w_k = 2 (the +-k pair): the image norm."""
-        w = torch.full((coef.shape[-1],), 2.0)
-        w[0] = 1.0
-        return ((coef.abs() ** 2).sum(1) * w).sum(-1).sqrt()
+        """sqrt of sum_k w_k |c_k|^2 (`_pair_weights`): the image norm."""
+        return ((coef.abs() ** 2).sum(1) * _pair_weights(coef.shape[-1])).sum(-1).sqrt()
+
+
+def _pair_weights(n):
+    """w_0 = 1, w_k = 2: a real ring's angular frequency k > 0 stands for the +-k pair."""
+    w = torch.full((n,), 2.0)
+    w[0] = 1.0
+    return w
 
 
 def _real(coef):
@@ -87,9 +92,8 @@ def _rotated(coef, n_angles=N_ANGLES):
     """(B, A, D) real vectors whose dot with _real(b) is the correlation at each angle."""
     k = torch.arange(coef.shape[-1])
     theta = torch.arange(n_angles) * (2 * math.pi / n_angles)
-    w = torch.full((coef.shape[-1],), 2.0)
-    w[0] = 1.0
-    phase = (torch.exp(1j * k[None, :] * theta[:, None]) * w).to(coef.dtype)  # (A, K)
+    phase = torch.exp(1j * k[None, :] * theta[:, None]) * _pair_weights(coef.shape[-1])
+    phase = phase.to(coef.dtype)  # (A, K)
     rot = coef[:, None] * phase[None, :, None, :]
     return torch.cat([rot.real, rot.imag], -1).flatten(2)
 
