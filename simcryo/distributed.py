@@ -10,11 +10,17 @@ Contract of a sharded stage: every rank holds the full per-particle arrays; each
 on `shard(n)` (a contiguous block), the per-class sums are `all_reduce_sum`-med and the
 per-particle results exchanged with `share_rows`, so every rank sees the same statistics and
 takes the same branches (a rank deciding differently would deadlock in the next collective).
+Training is data parallel: every rank draws the same batch, runs the network on its block
+(`on_own_rows`, `gather_rows`: the loss is the whole batch's on every rank, BatchNorm too,
+`sync_batch_norms`) and the gradients are summed before each step (`all_reduce_grads`), so
+the ranks keep identical weights (torch's DDP wrapper averages the gradients, where a loss
+over the gathered batch needs their sum).
 Only rank 0 logs and writes outputs (`is_main`). A rank that raises exits non-zero and
 torchrun stops the others; outputs are written atomically, completion marker last
 (simcryo.outputs), so a failed job never leaves a complete-looking output.
 """
 import contextlib
+import functools
 import os
 
 import numpy as np
@@ -181,3 +187,117 @@ def main_only(fn):
     if is_main():
         return fn
     return lambda *args, **kwargs: None
+
+
+def shard_blocks(n, size):
+    """This rank's rows among n (`shard(n)`) in blocks of at most `size`."""
+    rows = shard(n)
+    for s in range(0, len(rows), size):
+        yield rows[s:s + size]
+
+
+def share_all(*tensors):
+    """`share_rows` over all rows: after each rank filled its `shard(n)` rows of each
+    (n, ...) tensor (or numpy array: shared in place through torch.from_numpy), every rank
+    holds them all. Returns the first argument."""
+    for t in tensors:
+        share_rows(torch.from_numpy(t) if isinstance(t, np.ndarray) else t, np.arange(len(t)))
+    return tensors[0]
+
+
+def gather_rows(local, n):
+    """All n rows of a batch of which this rank computed `local`, its `shard(n)` block
+    (data parallelism: every rank then evaluates the same loss over the whole batch, the
+    contrastive negatives of every rank included). The own block keeps its autograd graph,
+    the others are constants, so the gradients summed over the ranks (`all_reduce_grads`)
+    are the gradient of that loss, as one process computes it."""
+    if world_size() == 1:
+        return local
+    lo, hi = n * rank() // world_size(), n * (rank() + 1) // world_size()
+    full = local.new_zeros((n,) + tuple(local.shape[1:]))
+    full[lo:hi] = local.detach()
+    all_reduce_sum(full)
+    return torch.cat([full[:lo], local, full[hi:]])
+
+
+def on_own_rows(fn, batch):
+    """fn(batch) for a row-wise `fn` (output row i from input row i), data parallel: `fn` on
+    this rank's block of the rows, the other ranks' rows gathered (`gather_rows`)."""
+    if world_size() == 1:
+        return fn(batch)
+    mine = torch.as_tensor(shard(len(batch)), device=batch.device)
+    return gather_rows(fn(batch[mine]), len(batch))
+
+
+def all_reduce_grads(params):
+    """Sum the parameters' gradients over the ranks (one flat all-reduce per step)."""
+    if world_size() == 1:
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = all_reduce_sum(torch.cat([g.reshape(-1) for g in grads]))
+    for g, part in zip(grads, flat.split([g.numel() for g in grads])):
+        g.copy_(part.view_as(g))
+
+
+class _RankSum(torch.autograd.Function):
+    """Sum over the ranks whose backward sums the gradients over the ranks: each rank's
+    gradient is that of its own rows of the batch, so the sum is the whole gradient."""
+
+    @staticmethod
+    def forward(ctx, tensor):
+        return all_reduce_sum(tensor.clone())
+
+    @staticmethod
+    def backward(ctx, grad):
+        return all_reduce_sum(grad.clone())
+
+
+def _synced_batch_norm(bn, forward, x):
+    """`bn` (training) with the mean and variance of the whole batch, every rank's block
+    of it, as one process normalises (torch's SyncBatchNorm has no CPU path)."""
+    if not (bn.training and world_size() > 1):
+        return forward(x)
+    dims = [0] + list(range(2, x.dim()))
+    shape = [1, -1] + [1] * (x.dim() - 2)
+    count = float(all_reduce_sum(torch.tensor([float(x.numel() // x.shape[1])]))[0])
+    mean = _RankSum.apply(x.sum(dims)) / count
+    centred = x - mean.view(shape)
+    var = _RankSum.apply(centred.square().sum(dims)) / count
+    if bn.track_running_stats:
+        with torch.no_grad():
+            bn.num_batches_tracked += 1
+            m = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+            bn.running_mean.mul_(1 - m).add_(m * mean)
+            bn.running_var.mul_(1 - m).add_(m * var * count / max(count - 1, 1))
+    y = centred / (var + bn.eps).sqrt().view(shape)
+    if bn.affine:
+        y = y * bn.weight.view(shape) + bn.bias.view(shape)
+    return y
+
+
+def sync_batch_norms(module):
+    """Make every BatchNorm of `module` normalise over the whole data-parallel batch under
+    torchrun (a no-op in one process). Returns `module`."""
+    for m in module.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.forward = functools.partial(_synced_batch_norm, m, m.forward)
+    return module
+
+
+def broadcast_object(obj):
+    """Rank 0's `obj` (any picklable value) on every rank."""
+    if not _collective():
+        return obj
+    box = [obj]
+    _call(dist.broadcast_object_list, box, 0)
+    return box[0]
+
+
+def broadcast(tensor):
+    """Rank 0's `tensor` on every rank, in place (a result every rank computed alike, made
+    identical whatever the device's reduction order)."""
+    if _collective():
+        _call(dist.broadcast, torch.view_as_real(tensor) if tensor.is_complex() else tensor, 0)
+    return tensor

@@ -45,6 +45,8 @@ from simcryo.image.mask import soft_mask
 class ClassAlignParams:
     iterations: int = 8
     batch_size: int = 1024
+    search_chunk: int = 128        # CPU: particles of a batch searched at once (speed only:
+                                   # their maps stay in the cache; 0: the whole batch)
     workers: int = 1               # batches aligned in parallel threads (see iterate)
     seed_subset: int = 32          # members per class tried as the seed reference
     mask_radius: float = None      # soft mask of the references and outermost polar ring, px
@@ -133,10 +135,11 @@ class ClassAligner(ReferenceSeeding):
         rows = self._rows(indices)
         return rows[distributed.shard(len(rows))]
 
-    def _batches(self, indices=None, rows=None):
-        """Batches of this rank's block of the pass's particles, or of `rows` when given."""
+    def _batches(self, indices=None, rows=None, size=None):
+        """Batches of this rank's block of the pass's particles, or of `rows` when given, of
+        `size` particles (default params.batch_size)."""
         idx = self._own_rows(indices) if rows is None else rows
-        bs = max(int(self.p.batch_size), 1)
+        bs = max(int(size or self.p.batch_size), 1)
         for s in range(0, len(idx), bs):
             yield idx[s:s + bs]
 
@@ -174,6 +177,14 @@ class ClassAligner(ReferenceSeeding):
             c = self.ncc.clamp(0, 0.99)
             w = w * (c ** 2 / (1 - c ** 2)).clamp_min(1e-6)
         return normalize_weights(w, self.labels, self.k)
+
+    def _search_chunk(self, batch):
+        """Particles searched at once: params.search_chunk on the CPU, where a chunk's
+        64 px maps stay in the cache (at 1,024 they do not, and the memory traffic costs
+        more than the extra Python calls); the whole batch on a GPU."""
+        if self.dev.type != "cpu" or self.p.search_chunk <= 0:
+            return batch
+        return int(self.p.search_chunk)
 
     def _references(self):
         return self.aligner.prepare(self.small * self.mask_small)
@@ -236,13 +247,22 @@ class ClassAligner(ReferenceSeeding):
         old_psi, old_shift = self.psi.clone(), self.shift.clone()
         w = self._weights()
         lock = threading.Lock()
+        with_ncc = self.p.snr_weights or track_ncc
 
         def one_batch(idx):
-            xs, power = self._search_images(self.src.load(idx), idx, with_power=True)
+            x = self.src.load(idx)
+            step = self._search_chunk(len(idx))
+            for s in range(0, len(idx), step):
+                one_chunk(x[s:s + step], idx[s:s + step])
+
+        def one_chunk(x, idx):
+            # the particles' own power only enters their correlations
+            xs, power = (self._search_images(x, idx, with_power=True) if with_ncc
+                         else (self._search_images(x, idx), None))
             lab = self.labels[idx].to(self.dev)
             psi, shift, out = self._align(xs, refs, lab, self.shift[idx])
             ncc = None
-            if self.p.snr_weights or track_ncc:
+            if with_ncc:
                 ncc = self._ncc(out.spectrum, refs, idx, lab, psi, power).cpu()
             with lock:
                 self.psi[idx], self.shift[idx] = psi.cpu(), shift.cpu()
@@ -264,7 +284,7 @@ class ClassAligner(ReferenceSeeding):
             finally:
                 torch.set_num_threads(old_threads)
         acc.all_reduce()
-        self._share("psi", "shift", *(("ncc",) if self.p.snr_weights or track_ncc else ()))
+        self._share("psi", "shift", *(("ncc",) if with_ncc else ()))
         self.align_seconds.append(time.perf_counter() - t0)
         self._set_small(acc)
         sel = slice(None) if self.active is None else torch.as_tensor(self.active)
@@ -313,7 +333,9 @@ class ClassAligner(ReferenceSeeding):
                 if len(members) == 0:
                     continue
                 prepared = refiner.prepare(refs[c:c + 1])   # one class at a time: memory
-                for idx in self._batches(rows=members):
+                # search chunks on the CPU: each particle has three maps, kept in the cache
+                for idx in self._batches(rows=members,
+                                         size=self._search_chunk(self.p.batch_size)):
                     xs = self._search_images(self.src.load(idx), idx)
                     zero = torch.zeros(len(idx), dtype=torch.long)
                     shift = (self.shift[idx] * self.scale).to(self.dev)

@@ -24,7 +24,8 @@ import torch
 from simcryo.align.aligner import Aligner, Alignment, warp_to_reference, wrap_angle
 from simcryo.align.polar import circular_peak
 from simcryo.align.scores import half_plane_weights
-from simcryo.align.translate import parabola_offset, correlation_peak, cross_correlate
+from simcryo.align.translate import (correlation_peak, correlation_window, cross_correlate,
+                                     parabola_offset, window_peak)
 from simcryo.image.fourier import fourier_shift, shift_images
 from simcryo.image.geometry import rotate_images
 
@@ -263,11 +264,31 @@ def _vertex_of_three(xf, ref_spec, norm2, angles, step, psi, shift, images, max_
 
 def _peaks(xf, ref_spec, max_shift):
     """Sub-pixel peaks (d (B, F, 2), value (B, F)) of the correlation maps of particle
-    spectra xf (B, n, m) with reference spectra (B, F, n, m)."""
+    spectra xf (B, n, m) with reference spectra (B, F, n, m): `_subpixel_peak`, from the
+    maps' window about the disc where max_shift leaves one (translate.correlation_window:
+    at 64 px and 2 px, 7 of 64 rows are transformed and 49 pixels searched)."""
     b, nf, n = ref_spec.shape[:3]
-    cc = cross_correlate(xf[:, None], ref_spec)
-    d, peak = _subpixel_peak(cc.view(b * nf, n, n), max_shift)
+    got = correlation_window(xf[:, None], ref_spec, max_shift, margin=2)
+    if got is None:
+        cc = cross_correlate(xf[:, None], ref_spec)
+        d, peak = _subpixel_peak(cc.view(b * nf, n, n), max_shift)
+    else:
+        d, peak = _subpixel_window_peak(*got)
     return d.view(b, nf, 2), peak.view(b, nf)
+
+
+def _subpixel_window_peak(flat, win):
+    """`_subpixel_peak` on the values (B, (2w+1)^2) of a translate.Window of margin 2: the
+    rounded shift is at most one pixel beyond the disc (a peak on its edge, offset by half
+    a pixel outwards), so it and its neighbours are in the window."""
+    d, _ = window_peak(flat, win)
+    i = torch.round(d)
+    s = 2 * win.w + 1
+    at = ((i[:, 1] + win.w) * s + (i[:, 0] + win.w)).long()
+    val = flat.gather(1, at[:, None] + win.near)   # self, left, up, right, down
+    off = d - i
+    gain = val[:, 3:5] - val[:, 1:3]                # (x, y)
+    return d, val[:, 0] + 0.25 * (gain[:, 0] * off[:, 0] + gain[:, 1] * off[:, 1])
 
 
 def _subpixel_peak(cc, max_shift=None):

@@ -23,7 +23,7 @@ from simcryo.align import polar
 from simcryo.align.aligner import (Aligner, Alignment, rotate_shift, warp_to_reference,
                                    wrap_angle)
 from simcryo.align.average import rotational_average
-from simcryo.align.translate import correlation_peak, cross_correlate, parabola_offset
+from simcryo.align.translate import correlation_peak_of, parabola_offset
 from simcryo.image.fourier import crop_spectrum, fourier_shift, lowpass_filter
 
 
@@ -42,6 +42,8 @@ class AlignParams:
     candidates: int = 3            # rotation candidates given a translation search (1: off)
     global_step: float = 0.0       # > 0: candidates are every angle of this grid (deg) instead
                                    # of the ring peaks (a coarse exhaustive search)
+    grid_chunk: int = 1 << 18      # spectrum values of the grid search held at once (cache
+                                   # bound: speed only, the poses do not depend on it)
 
 
 class References:
@@ -173,8 +175,8 @@ class MagnitudeAligner(_PolarAligner):
 def centre_particles(images, refs, labels, max_shift=None):
     """Rotation-independent starting shift (RELION origin, px): cross-correlation with the
     rotationally averaged references locates each particle's centre at -origin."""
-    cc = cross_correlate(torch.fft.rfft2(images), refs.round_spectra[labels])
-    centre, _ = correlation_peak(cc, refs.max_shift() if max_shift is None else max_shift)
+    centre, _ = correlation_peak_of(torch.fft.rfft2(images), refs.round_spectra[labels],
+                                    refs.max_shift() if max_shift is None else max_shift)
     return -centre
 
 
@@ -230,46 +232,42 @@ def _best_candidate(images, refs, labels, shift, max_shift):
     if p.global_step > 0:
         return _best_on_grid(xs, refs, labels, shift, max_shift)
     cands = _candidate_angles(_ring_curve(images, refs, labels, shift), p.candidates - 1)
-    ref_spec = refs.coarse_spectra()[labels]
-    best = _Best(len(images), shift)
-    for j in range(cands.shape[1]):
-        psi = wrap_angle(-cands[:, j])
-        fa = torch.fft.rfft2(warp_to_reference(xs, psi, shift * scale))
-        delta, peak = correlation_peak(cross_correlate(fa, ref_spec), max_shift * scale)
-        best.update(peak, psi, _clamp_norm(shift - rotate_shift(-psi, delta / scale), max_shift))
-    return best.psi, best.shift
+    # every candidate of every particle in one batch, candidate-major: (C * B,)
+    b, c = cands.shape
+    psi = wrap_angle(-cands.t().reshape(-1))
+    shifts = shift.repeat(c, 1)
+    fa = torch.fft.rfft2(warp_to_reference(xs.repeat(c, 1, 1), psi, shifts * scale))
+    delta, peak = correlation_peak_of(fa.view(c, b, *fa.shape[1:]), refs.coarse_spectra()[labels],
+                                      max_shift * scale)
+    # the first of equal peaks wins, as in a loop over the candidates
+    pick = peak.view(c, b).argmax(0) * b + torch.arange(b, device=images.device)
+    psi, delta = psi[pick], delta[pick]
+    return psi, _clamp_norm(shift - rotate_shift(-psi, delta / scale), max_shift)
 
 
 def _best_on_grid(xs, refs, labels, shift, max_shift):
     """`_best_candidate` over a grid of angles, with the references turned instead of the
     particles: the particle is only moved to its centre (a phase ramp), and at pose psi the
     correlation with the turned reference peaks at d = R(-psi) delta, so the new shift is
-    shift - d (full-box px)."""
+    shift - d (full-box px). The particles are taken a few at a time against every grid
+    angle at once (params.grid_chunk: the maps of a chunk stay in the CPU cache); the
+    first of equal peaks wins, as in the candidate loop."""
     small, scale = refs.coarse_box()
     grid, turned = refs.turned_coarse_spectra(refs.params.global_step)
     centred = fourier_shift(torch.fft.rfft2(xs), shift * scale)
-    best = _Best(len(xs), shift)
-    for j in range(len(grid)):
-        psi = torch.full((len(xs),), float(wrap_angle(-grid[j])), device=xs.device)
-        d, peak = correlation_peak(cross_correlate(centred, turned[labels, j]),
-                                   max_shift * scale)
-        best.update(peak, psi, _clamp_norm(shift - d / scale, max_shift))
-    return best.psi, best.shift
-
-
-class _Best:
-    """Running best (highest peak) pose per particle over candidates."""
-
-    def __init__(self, b, shift):
-        self.peak = torch.full((b,), -float("inf"), device=shift.device)
-        self.psi = torch.zeros(b, device=shift.device)
-        self.shift = shift.clone()
-
-    def update(self, peak, psi, shift):
-        better = peak > self.peak
-        self.peak = torch.where(better, peak, self.peak)
-        self.psi = torch.where(better, psi, self.psi)
-        self.shift = torch.where(better[:, None], shift, self.shift)
+    b, g = len(xs), len(grid)
+    d = torch.empty(b, g, 2, device=xs.device)
+    peak = torch.empty(b, g, device=xs.device)
+    chunk = max(1, int(refs.params.grid_chunk) // (g * centred[0].numel()))
+    # conjugated once: the product with a lazily conjugated, broadcast operand is slower
+    conj = turned.conj().resolve_conj()
+    for s in range(0, b, chunk):
+        cd, cp = correlation_peak_of(centred[s:s + chunk, None],
+                                     conj[labels[s:s + chunk]].conj(), max_shift * scale)
+        d[s:s + chunk], peak[s:s + chunk] = cd.view(-1, g, 2), cp.view(-1, g)
+    best = peak.argmax(1)
+    rows = torch.arange(b, device=xs.device)
+    return wrap_angle(-grid)[best], _clamp_norm(shift - d[rows, best] / scale, max_shift)
 
 
 def _translation(images, refs, labels, psi, shift, max_shift):
@@ -279,9 +277,8 @@ def _translation(images, refs, labels, psi, shift, max_shift):
     correlation peak."""
     a = warp_to_reference(images, psi, shift)
     fa = torch.fft.rfft2(a)
-    cc = cross_correlate(fa, refs.spectra[labels], weight=None,
-                         phase=refs.params.phase_correlation)
-    delta, peak = correlation_peak(cc, max_shift)
+    delta, peak = correlation_peak_of(fa, refs.spectra[labels], max_shift,
+                                      phase=refs.params.phase_correlation)
     new_shift = _clamp_norm(shift - rotate_shift(-psi, delta), max_shift)
     return new_shift, fourier_shift(fa, -delta), peak
 

@@ -13,13 +13,14 @@ Resume contract (`--resume`; the Scipion "Continue" relies on it):
   stage and all later ones are recomputed, and the result equals an uninterrupted run with
   the new parameters (same seed). One line says which: `[classify] resume: reusing
   preprocess, pretext, features; recomputing from scan (changed: K 10 -> 20)`;
-- UNCHECKED parameters (where and how fast it runs) never count;
+- UNCHECKED parameters (where and how fast it runs) never count, nor does the number of
+  torchrun ranks: the state holds whole arrays, not shards, so any world size resumes it;
 - no checkpoint in the folder: a fresh start.
 """
 import dataclasses
 import os
 
-from simcryo import runtime
+from simcryo import distributed, runtime
 from simcryo.errors import SimcryoError
 
 CHECKPOINT = "checkpoint.pt"
@@ -29,7 +30,7 @@ STAGES = ("preprocess", "pretext", "features", "scan", "selflabel", "refine", "a
 STAGE_PARAMS = {
     "preprocess": ("apix", "mask_diameter", "working_box", "phase_flip", "equalize", "wiener",
                    "lowpass"),
-    "pretext": ("seed", "encoder", "invariant_angular", "invariant_dim",
+    "pretext": ("seed", "references", "encoder", "invariant_angular", "invariant_dim",
                 "invariant_exact_limit", "invariant_candidates", "pretext_box", "width",
                 "feature_dim", "pretext_epochs", "batch_size",
                 "lr", "weight_decay", "temperature", "max_shift", "scale_min", "scale_max",
@@ -40,7 +41,8 @@ STAGE_PARAMS = {
     "refine": ("refine_init", "refine_iterations", "refine_align_iterations",
                "refine_seed_candidates", "refine_ctf", "refine_angles", "refine_shift",
                "refine_temperature", "refine_ctf_epsilon", "refine_min_posterior",
-               "refine_search_classes"),
+               "refine_search_classes", "refine_first_search_classes",
+               "refine_prescreen_box"),
     "averages": ("average_iterations", "average_box", "sort_classes"),
 }
 # parameters that do not change the result (where and how fast it runs, file names; the
@@ -90,7 +92,10 @@ class Checkpoint:
 
     def save(self, state, **models):
         """Write `state` and the state dicts of `models` (name -> module / optimiser), with
-        those saved earlier (a resumed later stage needs the earlier stages' models)."""
+        those saved earlier (a resumed later stage needs the earlier stages' models). Under
+        torchrun rank 0 writes (every rank holds the same state); all ranks load it."""
+        if not distributed.is_main():
+            return
         for name, obj in models.items():
             self.models[name] = obj.state_dict()
         data = dict(state)

@@ -16,6 +16,10 @@ rotation. All pairs are compared up to `exact_limit` particles; above it, each p
 candidates come from the cosine neighbours of the cross-ring invariants c_k(r1) c_k(r2)*
 (rotation invariant, so comparable without a search), and only those are compared. Memory:
 per-particle arrays only (ring spectra, invariants); similarities in row blocks.
+
+Under torchrun (simcryo.distributed) each rank computes the spectra, projections and
+neighbour queries of its block of the particles against all of them and the rows are
+shared (exact: every value is computed by one rank); the basis is fit on every rank alike.
 """
 import math
 
@@ -23,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from simcryo import distributed
 from simcryo.align import centre_of_mass, ring_radii, sample_rings
 from simcryo.classify.neighbors import knn_cosine
 from simcryo.image.fourier import shift_images
@@ -34,11 +39,6 @@ CENTRE_LOWPASS = 2.0  # px: low-pass of the centroid (2.0 beat 4.0 and a correla
 #                      particles' rotational average on the hand and phantom sets, SNR 0.1)
 SAMPLE = 4096       # particles that define the invariants' basis
 CANDIDATE_DIMS = 64  # leading invariant components used to pick candidates
-
-
-def _batches(n, size):
-    for s in range(0, n, size):
-        yield np.arange(s, min(s + size, n))
 
 
 def _load(images, idx, prefilter, device):
@@ -57,9 +57,10 @@ class RingSpectra:
         self.radii = ring_radii(box, radius).to(device)
         coef = torch.empty(n, len(self.radii), n_angular + 1, dtype=torch.complex64)
         self.shifts = torch.empty(n, 2)
-        for idx in _batches(n, batch):
+        for idx in distributed.shard_blocks(n, batch):
             c, s = self._spectra(_load(images, idx, prefilter, device))
             coef[idx], self.shifts[idx] = c.cpu(), s.cpu()
+        distributed.share_all(coef, self.shifts)
         # the k = 0 term of every ring carries the common radial profile: remove it
         coef[:, :, 0] -= coef[:, :, 0].mean(0, keepdim=True)
         self.coef = coef / self.norm(coef)[:, None, None].clamp_min(1e-12)
@@ -131,8 +132,9 @@ class InvariantBasis:
     def project(self, coef, dims=None, whiten=True, batch=4096):
         comp = self.components[:dims]
         out = torch.empty(len(coef), len(comp))
-        for idx in _batches(len(coef), batch):
+        for idx in distributed.shard_blocks(len(coef), batch):
             out[idx] = (cross_invariants(coef[idx]) - self.mean) @ comp.T
+        distributed.share_all(out)
         return out / self.scale[:len(comp)] if whiten else out
 
 
@@ -150,7 +152,7 @@ def rotational_knn(coef, k, exact_limit, n_candidates, basis=None, device="cpu",
         candidates = torch.from_numpy(candidates)
     base = _real(coef).to(device)
     out = np.empty((n, k), np.int64)
-    for idx in _batches(n, block):
+    for idx in distributed.shard_blocks(n, block):
         q = _rotated(coef[idx]).to(device)
         if candidates is None:
             score = torch.einsum("bad,nd->ban", q, base).amax(1)
@@ -161,7 +163,7 @@ def rotational_knn(coef, k, exact_limit, n_candidates, basis=None, device="cpu",
             score = torch.einsum("bad,bcd->bac", q, base[cand]).amax(1)
             best = score.topk(k, dim=1).indices
             out[idx] = torch.gather(cand, 1, best).cpu().numpy()
-    return out
+    return distributed.share_all(out)
 
 
 def neighbour_batches(n, neighbors, batch_size, gen, use):
@@ -185,5 +187,7 @@ def feature_noise(x, p, gen):
 @torch.no_grad()
 def embed(encoder, z, device, batch=4096):
     encoder.eval()
-    out = [F.normalize(encoder(z[idx].to(device)), dim=1).cpu() for idx in _batches(len(z), batch)]
-    return torch.cat(out).numpy().astype(np.float32)
+    out = torch.zeros(len(z), encoder.out_dim)
+    for idx in distributed.shard_blocks(len(z), batch):
+        out[idx] = F.normalize(encoder(z[idx].to(device)), dim=1).cpu()
+    return distributed.share_all(out).numpy().astype(np.float32)

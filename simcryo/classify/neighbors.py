@@ -1,7 +1,10 @@
-"""Stage 2: top-k cosine neighbours, in blocks on the device (memory O(N*k + block*N))."""
+"""Stage 2: top-k cosine neighbours, in blocks on the device (memory O(N*k + block*N)).
+Under torchrun each rank answers the queries of its block of the rows, against all rows."""
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from simcryo import distributed
 
 
 def knn_cosine(features, k, device="cpu", block=1024):
@@ -13,13 +16,14 @@ def knn_cosine(features, k, device="cpu", block=1024):
     k = int(min(k, n - 1))
     idx = np.empty((n, k), np.int64)
     sim = np.empty((n, k), np.float32)
-    for s in range(0, n, block):
-        e = min(s + block, n)
+    for rows in distributed.shard_blocks(n, block):
+        s, e = int(rows[0]), int(rows[-1]) + 1
         sims = feats[s:e] @ feats.T
         sims[torch.arange(e - s, device=device), torch.arange(s, e, device=device)] = -float("inf")
         v, i = sims.topk(k, dim=1)
         idx[s:e] = i.cpu().numpy()
         sim[s:e] = v.cpu().numpy()
+    distributed.share_all(idx, sim)
     return idx, sim
 
 

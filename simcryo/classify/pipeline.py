@@ -19,6 +19,10 @@ OUT/checkpoint.pt; `resume=True` continues from it and gives the same result as 
 uninterrupted run (all randomness comes from generators seeded by (seed, stage, epoch)); with
 changed parameters it reuses the stages before the first one they affect and recomputes the
 rest (the resume contract is in simcryo.classify.checkpoint).
+
+Under `torchrun --nproc_per_node N -m simcryo classify` every rank runs this pipeline on
+the same inputs, each stage sharded by particle where it pays (simcryo.classify.stages);
+rank 0 alone logs and writes.
 """
 import time
 
@@ -26,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from simcryo import runtime
+from simcryo import distributed, runtime
 from simcryo.classify import stages
 from simcryo.classify.checkpoint import CHECKPOINT, Checkpoint
 from simcryo.errors import SimcryoError, warn
@@ -42,7 +46,7 @@ def check_problem(n, k):
         raise SimcryoError(f"need at least 2 particles (got {n})")
     if k > n:
         raise SimcryoError(f"K={k} is larger than the number of particles ({n})")
-    if n < MIN_PER_CLASS * k:
+    if n < MIN_PER_CLASS * k and distributed.is_main():  # one line under torchrun
         warn(f"K={k} classes for {n} particles (fewer than {MIN_PER_CLASS} per class): "
              "expect empty classes and noisy averages; lower --K")
 
@@ -87,17 +91,16 @@ class Classifier:
                      "recomputing from pretext")
             self.checkpoint.reset(self.state, "pretext")
             saved = {}
-        backbone = stages.pretext_stage(self, saved)
-        feats, neighbors = stages.features_stage(self, backbone)
-        f = torch.as_tensor(feats, device=self.device)
-        head = stages.scan_stage(self, feats, neighbors, saved)
-        head = stages.selflabel_stage(self, head, f, saved)
-        with torch.no_grad():
-            head.eval()
-            probs = F.softmax(head(f), -1).cpu().numpy().astype(np.float64)
-        self.scan_labels = probs.argmax(1)
+        if self.cfg.references:
+            feats = neighbors = None
+            probs, candidates, ranking = stages.reference_stage(self)
+        else:
+            probs, feats, neighbors = self._cluster(saved)
+            candidates = ranking = None
+        self.scan_labels = None if probs is None else probs.argmax(1)
         t = time.time()
-        probs, self.poses = stages.refine_stage(self, probs, feats, saved)
+        probs, self.poses = stages.refine_stage(self, probs, feats, saved,
+                                                candidates=candidates, ranking=ranking)
         self.state["timings"].setdefault("refine", time.time() - t)
         probs = np.asarray(probs, dtype=np.float64)
         probs /= probs.sum(1, keepdims=True)
@@ -107,6 +110,20 @@ class Classifier:
                 "pretext_images_per_s": rate, "curves": self.state["curves"],
                 "timings": dict(self.state["timings"], classify_total=time.time() - t0),
                 "scan_head_losses": self.state.get("scan_head_losses")}
+
+    def _cluster(self, saved):
+        """The contrastive stages: (clustering probabilities (N, K), features, neighbours)."""
+        backbone = stages.pretext_stage(self, saved)
+        feats, neighbors = stages.features_stage(self, backbone)
+        f = torch.as_tensor(feats, device=self.device)
+        head = stages.scan_stage(self, feats, neighbors, saved)
+        head = stages.selflabel_stage(self, head, f, saved)
+        with torch.no_grad():
+            head.eval()
+            probs = F.softmax(head(f), -1).cpu().double()
+        # every rank holds the same head (summed gradients); rank 0's partition for all, so
+        # that no device's nondeterministic kernel can make the ranks' EM start apart
+        return distributed.broadcast(probs).numpy(), feats, neighbors
 
     def averages(self, labels, probs):
         """(psi (N,), shift (N, 2) px, averages (K, box, box)) for the final classes, in

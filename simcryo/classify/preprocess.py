@@ -5,11 +5,13 @@ The particle radius sets both the background mask and the crop: a small particle
 box keeps its full resolution when the box is first cropped around it, instead of being
 Fourier-downsampled together with empty background.
 """
+import contextlib
 import os
 
 import numpy as np
 import torch
 
+from simcryo import distributed
 from simcryo.image import ctf as ctfmod
 from simcryo.image import preprocess as pp
 from simcryo.image.fourier import fourier_crop, radial_frequency, radial_index
@@ -134,8 +136,25 @@ def lowpass(x, apix, resolution):
 def build_cache(pset, cfg, out_dir, device, log=print, batch=512):
     """Preprocess every particle once into OUT/preprocessed.f32 (memory-mapped).
 
-    Returns (memmap (N, wb, wb) float32, Geometry). An existing cache with the same geometry is
-    reused (resume)."""
+    Returns (memmap (N, wb, wb) float32, Geometry). Under torchrun rank 0 measures the
+    geometry and owns the file; every rank fills its block of the particles."""
+    geom = distributed.broadcast_object(cache_geometry(pset, cfg) if distributed.is_main()
+                                        else None)
+    wb = geom.working_box
+    path = os.path.join(out_dir, CACHE_NAME)
+    # a partial cache never has the cache's name; rank 0 moves it into place when all filled
+    with (atomic_path(path) if distributed.is_main() else contextlib.nullcontext()) as tmp:
+        if distributed.is_main():
+            # blocks reserved first: a full disk fails here, not with SIGBUS on a page write
+            allocate(tmp, pset.n * wb * wb * 4, "the preprocessed image cache")
+        _fill_cache(distributed.broadcast_object(tmp), pset, cfg, geom, device, batch)
+    distributed.barrier()
+    return np.memmap(path, dtype=np.float32, mode="r", shape=(pset.n, wb, wb)), geom
+
+
+def cache_geometry(pset, cfg):
+    """The Geometry of the cache (particle radius, crop, working box, spectral SNR),
+    measured on up to 1000 particles spread over the set."""
     apix = pset.apix
     box = pset.box
     sample = np.linspace(0, pset.n - 1, min(pset.n, 1000)).astype(np.int64)
@@ -159,29 +178,26 @@ def build_cache(pset, cfg, out_dir, device, log=print, batch=512):
         raise SimcryoError(f"particle too small: crop window {geom.window} px leaves a "
                            f"{geom.working_box} px working box (need >= 16 px); give a larger "
                            "--mask-diameter or a larger box")
-    wb = geom.working_box
-    path = os.path.join(out_dir, CACHE_NAME)
-    with atomic_path(path) as tmp:  # a partial cache never has the cache's name
-        # blocks reserved first: a full disk fails here, not with SIGBUS on a page write
-        allocate(tmp, pset.n * wb * wb * 4, "the preprocessed image cache")
-        _fill_cache(tmp, pset, cfg, geom, device, batch)
-    return np.memmap(path, dtype=np.float32, mode="r", shape=(pset.n, wb, wb)), geom
+    return geom
 
 
 def _fill_cache(path, pset, cfg, geom, device, batch):
+    """This rank's rows of the cache (distributed.shard), then one global scale."""
     wb, apix = geom.working_box, pset.apix
     mm = np.memmap(path, dtype=np.float32, mode="r+", shape=(pset.n, wb, wb))
-    for s in range(0, pset.n, batch):
-        idx = np.arange(s, min(s + batch, pset.n))
+    for idx in distributed.shard_blocks(pset.n, batch):
         raw = torch.from_numpy(pset.images(idx)).to(device)
         ctf = pset.ctf.take(idx) if pset.ctf is not None else None
         mm[idx] = prepare_batch(raw, ctf, apix, geom, cfg, idx).cpu().numpy()
     mm.flush()
+    distributed.barrier()  # every rank's rows are in the file
     # one global scale: the network sees unit-variance inputs whatever the data's noise level
     scale = float(np.sqrt(np.mean(np.square(mm[: min(pset.n, 4096)], dtype=np.float64))))
     if not scale > 0:
         raise SimcryoError("all preprocessed images are zero")
-    for s in range(0, pset.n, 4096):
-        mm[s:s + 4096] /= scale
+    distributed.barrier()  # every rank has read the rows of the scale before any divides
+    for idx in distributed.shard_blocks(pset.n, 4096):
+        mm[idx] /= scale
     mm.flush()
     del mm
+    distributed.barrier()

@@ -1,10 +1,20 @@
-"""Stage 1: SimCLR contrastive pretext training (NT-Xent) on augmented particle views."""
+"""Stage 1: SimCLR contrastive pretext training (NT-Xent) on augmented particle views.
+
+Data parallel under torchrun (simcryo.distributed): every rank draws the same batches and
+augmentations (the generators are seeded by (seed, stream, epoch), not by rank), runs the
+network on its block of each batch, gathers the embeddings of all ranks (the negatives of
+the NT-Xent loss are the whole batch's, as in one process) and the gradients are summed
+over the ranks before each step; BatchNorm normalises over the whole batch
+(distributed.sync_batch_norms). So N ranks train the network one process trains, up to
+the order of float sums.
+"""
 import math
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from simcryo import distributed
 from simcryo.classify.invariant import feature_noise, neighbour_batches
 from simcryo.errors import SimcryoError
 from simcryo.image.geometry import rotate_images
@@ -62,11 +72,25 @@ def _contrastive_epoch(optimizer, pairs, cfg, step0, total_steps, hint):
             raise SimcryoError(f"pretext loss became NaN/Inf ({hint})")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        distributed.all_reduce_grads([p for g in optimizer.param_groups for p in g["params"]])
         optimizer.step()
         losses.append(float(loss.detach()))
         seen += 2 * len(z1)
         step += 1
     return float(np.mean(losses)), seen
+
+
+def _own_pairs(n):
+    """Rows of a (2n, ...) batch of n anchors then n positives that this rank runs: its
+    block of the anchors and the same block of the positives."""
+    mine = distributed.shard(n)
+    return np.concatenate([mine, n + mine])
+
+
+def _gathered_pair(out, n):
+    """(z1, z2) of the whole batch from this rank's network output on `_own_pairs(n)`."""
+    m = len(out) // 2
+    return distributed.gather_rows(out[:m], n), distributed.gather_rows(out[m:], n)
 
 
 def train_epoch(backbone, head, optimizer, images, augment, cfg, epoch, device, step0, total_steps,
@@ -83,8 +107,8 @@ def train_epoch(backbone, head, optimizer, images, augment, cfg, epoch, device, 
         for idx in batches(n, min(cfg.batch_size, n), gen_cpu):
             def make_pair(idx=idx):
                 x = _filtered(load_batch(images, idx, device), prefilter)
-                z = head(backbone(torch.cat([augment(x, gen), augment(x, gen)])))
-                return z[:len(idx)], z[len(idx):]
+                views = torch.cat([augment(x, gen), augment(x, gen)])
+                return _gathered_pair(head(backbone(views[_own_pairs(len(idx))])), len(idx))
             yield make_pair
     return _contrastive_epoch(optimizer, pairs(), cfg, step0, total_steps,
                               "images with extreme values? try a lower --lr")
@@ -102,9 +126,9 @@ def train_invariant_epoch(encoder, optimizer, z, neighbors, cfg, epoch, device, 
         for i, j in neighbour_batches(len(z), neighbors, min(cfg.batch_size, len(z)), gen,
                                       positives):
             def make_pair(i=i, j=j):
-                x = torch.cat([z[i], z[j]]).to(device)
-                out = F.normalize(encoder(feature_noise(x, dropout, gen)), dim=1)
-                return out[:len(i)], out[len(i):]
+                x = feature_noise(torch.cat([z[i], z[j]]).to(device), dropout, gen)
+                out = F.normalize(encoder(x[_own_pairs(len(i))]), dim=1)
+                return _gathered_pair(out, len(i))
             yield make_pair
     return _contrastive_epoch(optimizer, pairs(), cfg, step0, total_steps, "try a lower --lr")
 
@@ -117,10 +141,9 @@ def extract_features(backbone, images, n_rot, device, batch_size=512, mask=None,
     invariant to the in-plane angle, the nuisance that dominates particle images.
     """
     backbone.eval()
-    out = None
+    out = np.zeros((len(images), backbone.out_dim), np.float32)
     angles = torch.arange(n_rot, dtype=torch.float32, device=device) * (360.0 / n_rot)
-    for s in range(0, len(images), batch_size):
-        idx = np.arange(s, min(s + batch_size, len(images)))
+    for idx in distributed.shard_blocks(len(images), batch_size):
         x = _filtered(load_batch(images, idx, device), prefilter)
         if mask is not None:
             x = x * mask
@@ -128,8 +151,5 @@ def extract_features(backbone, images, n_rot, device, batch_size=512, mask=None,
         xr = rotate_images(x.repeat(n_rot, 1, 1, 1)[:, 0], angles.repeat_interleave(n),
                            mode="bilinear")[:, None]
         h = backbone(xr).view(n_rot, n, -1).mean(0)
-        h = F.normalize(h, dim=1).cpu().numpy().astype(np.float32)
-        if out is None:
-            out = np.empty((len(images), h.shape[1]), np.float32)
-        out[idx] = h
-    return out
+        out[idx] = F.normalize(h, dim=1).cpu().numpy()
+    return distributed.share_all(out)

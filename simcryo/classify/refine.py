@@ -15,6 +15,7 @@ sums are all-reduced, and the posteriors, best poses and residuals shared every 
 RELION's MPI ranks do: every rank holds the same averages, sigma2 and per-particle arrays.
 """
 import math
+import time
 
 import numpy as np
 import torch
@@ -22,6 +23,7 @@ import torch
 from simcryo import distributed
 from simcryo.align import (ClassAccumulator, ExhaustiveAligner, ExhaustiveParams,
                            density_centroid, spectra_to_images, warp_to_reference)
+from simcryo.image.fourier import crop_spectrum, fourier_crop
 from simcryo.image.mask import soft_mask
 
 
@@ -194,6 +196,37 @@ class Refiner:
         pick = torch.argsort(key, dim=1, descending=True, stable=True)[:, :m]
         return order.gather(1, pick)
 
+    @torch.no_grad()
+    def prescreen(self, refs, box):
+        """(N, K) coarse scores of every particle against every class: the best
+        -||x - C T(A)||^2 / 2 over the poses, with the masked particles and references
+        Fourier-cropped to `box` px, the shifts scaled with it and the angular step too (the
+        same arc at the particle's edge in px): ~(box / b)^3 of one full iteration. Ranks the
+        classes for the first EM iteration, as no fine score of the other classes exists."""
+        box = min(box, self.b)
+        scale = box / self.b
+        aligner = ExhaustiveAligner(ExhaustiveParams(
+            n_angles=max(8, round(len(self.psi_grid) * scale)),
+            max_shift=max(1.0, self.aligner.p.max_shift * scale), interpolation="bilinear"))
+        prepared = aligner.prepare(fourier_crop(refs, box))
+        out = torch.zeros(self.n, self.k)
+        for idx in _blocks(distributed.shard(self.n), self.batch):
+            x = fourier_crop(self._particles(idx), box)
+            c = (None if self.ctf is None
+                 else crop_spectrum(self.ctf(idx).to(self.dev), box) / scale ** 2)
+            cc, power = aligner.scores(x, prepared, ctf=c)
+            out[idx] = (cc - 0.5 * power[..., None]).flatten(2).max(-1).values.cpu()
+        distributed.share_rows(out, np.arange(self.n))
+        return out
+
+    def _classes_searched(self, it, align_iterations, search_classes, first):
+        """How many classes iteration `it` scores per particle (run's M; K: all)."""
+        if it < align_iterations:
+            return 1  # fixed labels: the other classes' scores would go unused
+        if not 0 < search_classes < self.k:
+            return self.k
+        return first if it == align_iterations else search_classes
+
     def revive_empty(self, refs, weights, psi, shift, min_share=0.25):
         """A class holding less than `min_share` of an equal share gets a new reference: the
         aligned average of the worse-fitting half of the largest class (EM cannot split a
@@ -221,13 +254,16 @@ class Refiner:
         return refs
 
     @torch.no_grad()
-    def best_correlation(self, idx, refs):
+    def best_correlation(self, idx, refs, ctf=None):
         """(len(idx), R) best normalised correlation of particles idx with each reference over
-        all angles and shifts."""
+        all angles and shifts; with `ctf` (as the constructor's) each reference is seen
+        through the particle's |CTF| (the matched filter of a phase-flipped particle)."""
         prepared = self.aligner.prepare(refs)
         out = []
         for s in range(0, len(idx), self.batch):
-            cc, power = self.aligner.scores(self._particles(idx[s:s + self.batch]), prepared)
+            block = idx[s:s + self.batch]
+            c = None if ctf is None else ctf(block).to(self.dev)
+            cc, power = self.aligner.scores(self._particles(block), prepared, ctf=c)
             ncc = cc / power.clamp_min(1e-12).sqrt()[..., None]
             out.append(ncc.flatten(2).max(-1).values.cpu())
         return torch.cat(out)
@@ -254,18 +290,24 @@ class Refiner:
         return seeds
 
     def run(self, labels, iterations, seeds=None, align_iterations=3, progress=None,
-            state=None, on_iteration=None, search_classes=0, ranking=None):
+            state=None, on_iteration=None, search_classes=0, ranking=None,
+            first_search_classes=0, prescreen_box=0):
         """Refine from hard labels; returns (weights (N, K), psi (N,), shift (N, 2), history).
 
         The first `align_iterations` keep the classes fixed and only align: each class starts
         from one seed particle (`seeds[k]`, e.g. the member nearest the class's feature
         centre), its members are aligned to it and averaged, and so on; the EM iterations that
-        follow may move particles between classes. `search_classes` M (0: all K) prunes the
-        search: each particle is scored against its own class and the M - 1 classes it
-        scored best against when last scored; before any score exists the order is
-        `ranking` (N, K), e.g. the clustering probabilities. A re-seeded class is scored
-        against every particle in the next iteration. `state` (from `on_iteration(state)`)
-        resumes after a completed iteration."""
+        follow may move particles between classes. The alignment-only iterations score each
+        particle against its own class only: with the labels fixed no other class gets a
+        posterior. `search_classes` M (0: all K) prunes the search: each particle is scored
+        against its own class and the M - 1 classes it scored best against when last scored;
+        classes never scored follow in the order of `ranking` (N, K), e.g. the clustering
+        probabilities. The first EM iteration has no scores of other classes yet: it scores
+        the own class and the `first_search_classes` - 1 first in `ranking` (0: all K), or,
+        with `prescreen_box` > 0, first by the coarse scores of `prescreen` at that box;
+        later iterations choose among the classes scored so far. A re-seeded class is
+        scored against every particle in the next iteration. `state` (from
+        `on_iteration(state)`) resumes after a completed iteration."""
         lab0 = torch.as_tensor(np.asarray(labels), dtype=torch.long)
         fixed = torch.nn.functional.one_hot(lab0, self.k).float()
         if state is None:
@@ -285,24 +327,34 @@ class Refiner:
         table, rank = state["table"], state["ranking"]
         total = align_iterations + iterations
         fixed_labels = lab0.numpy()
+        first = first_search_classes if 0 < first_search_classes < self.k else self.k
         if 0 < search_classes < self.k:
             self.log(f"[refine] pruned search: each particle against {search_classes} of "
-                     f"{self.k} classes (all {self.k} in the first EM iteration)")
+                     f"{self.k} classes ({first} in the first EM iteration)")
         for it in range(state["iteration"], total):
             prior = weights.mean(0).clamp_min(1e-3)
             align_only = it < align_iterations
             before = weights.argmax(1)
-            # the first EM iteration scores every class: the ranking of the clustering is
-            # only trusted to keep the alignment-only iterations cheap
-            first_em = it == align_iterations
-            classes = None if first_em else self.search_classes(table, rank, before,
-                                                                search_classes)
+            if it == align_iterations and prescreen_box > 0 and (
+                    0 < search_classes < self.k and first < self.k):
+                t0 = time.perf_counter()
+                rank = state["ranking"] = self.prescreen(refs, prescreen_box)
+                self.log(f"[refine] first EM iteration: candidates from a coarse search of "
+                         f"every class at {min(prescreen_box, self.b)} px "
+                         f"({time.perf_counter() - t0:.1f} s)")
+            m = self._classes_searched(it, align_iterations, search_classes, first)
+            # each class re-seeded last iteration is scored on top of the M (with many
+            # re-seeded classes they would otherwise take every slot after the own class,
+            # and no particle could reach a real class)
+            m += 0 if align_only else state.get("revived", 0)
+            classes = self.search_classes(table, rank, before, m)
             refs, post, psi, shift, ll = self.em_step(
                 refs, torch.log(prior / prior.sum()).to(self.dev),
                 fixed=fixed_labels if align_only else None, classes=classes)
             scored = torch.isfinite(self.best_score)
             table = torch.where(scored, self.best_score, table)
             weights = fixed if align_only else post
+            self.revived = []
             if not align_only and it < total - 2:
                 refs = self.revive_empty(refs, weights, psi, shift)
                 table[:, self.revived] = 1e30   # below only the particle's own class
@@ -310,9 +362,10 @@ class Refiner:
             state["history"].append({"iteration": it + 1, "loglik": ll, "changed": changed,
                                      "sigma2": self.sigma2, "align_only": align_only,
                                      "classes_searched": self.k if classes is None
-                                     else classes.shape[1]})
+                                     else classes.shape[1], "revived": list(self.revived)})
             state.update(iteration=it + 1, weights=weights, refs=refs.cpu(), psi=psi,
-                         shift=shift, sigma2=self.sigma2, table=table)
+                         shift=shift, sigma2=self.sigma2, table=table,
+                         revived=len(self.revived))
             if progress:
                 progress(it + 1, total, ll, changed)
             if on_iteration:

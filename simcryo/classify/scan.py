@@ -5,11 +5,17 @@ towards those of one of its mined neighbours (consistency) while an entropy term
 prediction keeps all K classes in use. Several heads start from different random weights; the
 one with the lowest final loss is kept. Training the heads on frozen (rotation-averaged)
 features costs seconds, so the CPU budget goes to the pretext stage.
+
+Data parallel under torchrun, as the pretext (simcryo.classify.pretext): every rank draws
+the same batches and dropout masks, runs the heads on its block of each batch, gathers the
+probabilities of all ranks (the entropy term is over the whole batch) and the gradients
+are summed over the ranks; the final evaluation runs alike on every rank.
 """
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from simcryo import distributed
 from simcryo.classify.pretext import batches
 from simcryo.errors import SimcryoError
 from simcryo.models import ClusterHeads
@@ -38,6 +44,12 @@ def make_heads(dim, k, n_heads, seed, device):
     return ClusterHeads(dim, k, n_heads).to(device)
 
 
+def head_probabilities(heads, h):
+    """(H, B, K) probabilities of the batch `h` (B, d), data parallel under torchrun."""
+    return distributed.on_own_rows(lambda x: F.softmax(heads(x), -1).transpose(0, 1),
+                                   h).transpose(0, 1)
+
+
 def scan_epoch(heads, optimizer, feats, neighbors, cfg, epoch, device):
     """One epoch over all anchors; returns the mean per-head total loss (numpy (H,))."""
     heads.train()
@@ -51,14 +63,15 @@ def scan_epoch(heads, optimizer, feats, neighbors, cfg, epoch, device):
         idx_t = torch.as_tensor(idx, device=device)
         pick = torch.randint(0, nb.shape[1], (len(idx),), generator=gen, device=device)
         j = nb[idx_t, pick]
-        pa = F.softmax(heads(feature_dropout(feats[idx_t], gen)), -1)
-        pn = F.softmax(heads(feature_dropout(feats[j], gen)), -1)
+        pa = head_probabilities(heads, feature_dropout(feats[idx_t], gen))
+        pn = head_probabilities(heads, feature_dropout(feats[j], gen))
         total, _, _ = scan_loss(pa, pn, cfg.entropy_weight)
         loss = total.sum()
         if not torch.isfinite(loss):
             raise SimcryoError("SCAN loss became NaN/Inf")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        distributed.all_reduce_grads(heads.parameters())
         optimizer.step()
         totals.append(total.detach().cpu().numpy() * len(idx))
     return np.sum(totals, 0) / n

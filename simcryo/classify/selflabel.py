@@ -3,11 +3,14 @@
 Particles whose class probability exceeds `confidence` become pseudo-labelled; the head is
 trained with cross-entropy on (augmented) features of those particles, each class weighted by
 the inverse of its pseudo-label count so that large classes do not swallow small ones.
+Data parallel under torchrun as SCAN (simcryo.classify.scan): each rank runs the head on
+its block of every batch, the loss is over the gathered batch, the gradients summed.
 """
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from simcryo import distributed
 from simcryo.classify.pretext import batches
 from simcryo.classify.scan import feature_dropout
 from simcryo.runtime import epoch_generator
@@ -37,10 +40,11 @@ def selflabel_epoch(head, optimizer, feats, cfg, epoch, device):
     sel = idx_conf.cpu().numpy()
     for b in batches(len(sel), min(512, len(sel)), gen_cpu, drop_last=False):
         i = torch.as_tensor(sel[b], device=device)
-        logits = head(feature_dropout(feats[i], gen, p=0.2))
+        logits = distributed.on_own_rows(head, feature_dropout(feats[i], gen, p=0.2))
         loss = F.cross_entropy(logits, target[i], weight=weights)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        distributed.all_reduce_grads(head.parameters())
         optimizer.step()
         losses.append(float(loss.detach()))
     return float(np.mean(losses)), int(len(sel))

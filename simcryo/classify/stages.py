@@ -5,6 +5,12 @@ scan, selflabel, refine (EM against the class averages) and the final class aver
 
 A stage skips what the checkpointed `pipe.state["stage"]` says is done and continues a
 stage at `pipe.state["epoch"]`, so a resumed run equals an uninterrupted one.
+
+Under torchrun (simcryo.distributed) every rank runs every stage: rank 0 builds the cache
+and writes the artefacts and checkpoints (the others open the same files after it); the
+invariants, neighbours, features, the training of the encoder, SCAN and self-labelling
+heads (data parallel), the EM and the averages are sharded by particle; the invariant
+basis, SCAN's final evaluation and the class sort run alike on every rank.
 """
 import os
 import time
@@ -12,9 +18,9 @@ import time
 import numpy as np
 import torch
 
-from simcryo import runtime
+from simcryo import distributed, runtime
 from simcryo.align import ClassAligner, ClassAlignParams, ParticleSource
-from simcryo.classify import invariant, pretext, scan, selflabel
+from simcryo.classify import invariant, pretext, references, scan, selflabel
 from simcryo.classify.augment import Augmenter
 from simcryo.classify.checkpoint import file_identity
 from simcryo.classify.neighbors import knn_cosine
@@ -32,19 +38,12 @@ from simcryo.outputs import atomic_path, check_free_space
 def preprocess(pipe, saved):
     """The cached working images: reused when the checkpoint's cache is there unchanged
     (recorded size and modification time), else built (deterministic: a rebuilt cache
-    equals the removed one). Returns True when it was built."""
+    equals the removed one). Returns True when it was built. Under torchrun rank 0 decides,
+    and every rank fills its block (preprocess.build_cache)."""
     t = time.time()
-    cache_path = os.path.join(pipe.out, CACHE_NAME)
-    geom_saved = pipe.state.get("geometry") if saved is not None else None
-    recorded = pipe.state.get("artefacts", {}).get(CACHE_NAME)
-    if geom_saved and recorded and os.path.exists(cache_path) \
-            and file_identity(cache_path) == list(recorded):
-        g = Geometry.__new__(Geometry)
-        g.__dict__.update(geom_saved)
-        wb = g.working_box
-        pipe.geom = g
-        pipe.images = np.memmap(cache_path, dtype=np.float32, mode="r",
-                                shape=(pipe.pset.n, wb, wb))
+    if distributed.broadcast_object(_cache_reusable(pipe, saved) if distributed.is_main()
+                                    else None):
+        _open_cache(pipe, pipe.state["geometry"])
         return False
     pipe.images, pipe.geom = build_cache(pipe.pset, pipe.cfg, pipe.out, pipe.device,
                                          log=pipe.log)
@@ -55,6 +54,22 @@ def preprocess(pipe, saved):
              f"crop {pipe.geom.window} -> working box {pipe.geom.working_box} px, particle "
              f"radius {pipe.geom.radius_px:.1f} px ({time.time() - t:.1f} s)")
     return True
+
+
+def _cache_reusable(pipe, saved):
+    cache_path = os.path.join(pipe.out, CACHE_NAME)
+    recorded = pipe.state.get("artefacts", {}).get(CACHE_NAME)
+    return bool(saved is not None and pipe.state.get("geometry") and recorded
+                and os.path.exists(cache_path) and file_identity(cache_path) == list(recorded))
+
+
+def _open_cache(pipe, geometry):
+    g = Geometry.__new__(Geometry)
+    g.__dict__.update(geometry)
+    wb = g.working_box
+    pipe.geom = g
+    pipe.images = np.memmap(os.path.join(pipe.out, CACHE_NAME), dtype=np.float32, mode="r",
+                            shape=(pipe.pset.n, wb, wb))
 
 
 def pretext_box(pipe):
@@ -107,10 +122,21 @@ def _load_artefacts(pipe, names):
 
 
 def _save_artefacts(pipe, arrays):
-    for name, array in arrays.items():
-        with atomic_path(os.path.join(pipe.out, name)) as tmp:
-            np.save(tmp, array)
+    """Rank 0 writes `arrays`; every rank records the files (the same state everywhere)."""
+    if distributed.is_main():
+        for name, array in arrays.items():
+            with atomic_path(os.path.join(pipe.out, name)) as tmp:
+                np.save(tmp, array)
+    distributed.barrier()
+    for name in arrays:
         pipe.checkpoint.record_artefact(pipe.state, name)
+
+
+def stage_progress(stage, total):
+    """Progress lines of a stage, from rank 0 only."""
+    p = runtime.Progress(stage, total, min_interval=10.0)
+    p.update = distributed.main_only(p.update)
+    return p
 
 
 def invariant_inputs(pipe):
@@ -149,7 +175,8 @@ def invariant_pretext_stage(pipe, saved):
     cfg = pipe.cfg
     z, neighbors = invariant_inputs(pipe)
     torch.manual_seed(cfg.seed)
-    encoder = MLPEncoder(z.shape[1], out_dim=cfg.feature_dim).to(pipe.device)
+    encoder = distributed.sync_batch_norms(
+        MLPEncoder(z.shape[1], out_dim=cfg.feature_dim).to(pipe.device))
     opt = torch.optim.AdamW(encoder.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     if saved and "backbone" in saved:
         encoder.load_state_dict(saved["backbone"])
@@ -160,7 +187,7 @@ def invariant_pretext_stage(pipe, saved):
     n = len(z)
     per_epoch = max(n // min(cfg.batch_size, n), 1)
     total = cfg.pretext_epochs * per_epoch
-    progress = runtime.Progress("pretext", cfg.pretext_epochs, min_interval=10.0)
+    progress = stage_progress("pretext", cfg.pretext_epochs)
     for epoch in range(pipe.state["epoch"], cfg.pretext_epochs):
         t = time.time()
         loss, seen = pretext.train_invariant_epoch(encoder, opt, z, neighbors, cfg, epoch,
@@ -179,7 +206,7 @@ def build_models(pipe):
     torch.manual_seed(pipe.cfg.seed)
     backbone = resnet18(pipe.cfg.width).to(pipe.device)
     head = ProjectionHead(backbone.out_dim, pipe.cfg.feature_dim).to(pipe.device)
-    return backbone, head
+    return distributed.sync_batch_norms(backbone), distributed.sync_batch_norms(head)
 
 
 def pretext_stage(pipe, saved):
@@ -201,7 +228,7 @@ def pretext_stage(pipe, saved):
     per_epoch = max(n // min(cfg.batch_size, n), 1)
     total = cfg.pretext_epochs * per_epoch
     augment = Augmenter(cfg, pretext_box(pipe), pretext_radius(pipe), pipe.device)
-    progress = runtime.Progress("pretext", cfg.pretext_epochs, min_interval=10.0)
+    progress = stage_progress("pretext", cfg.pretext_epochs)
     network_input = prefilter(pipe)  # the same every epoch: built once
     for epoch in range(pipe.state["epoch"], cfg.pretext_epochs):
         t = time.time()
@@ -256,7 +283,7 @@ def scan_stage(pipe, feats, neighbors, saved):
         heads.load_state_dict(saved["scan_heads"])
         opt.load_state_dict(saved["scan_opt"])
     if pipe.state["stage"] == "scan":
-        progress = runtime.Progress("scan", cfg.scan_epochs, min_interval=10.0)
+        progress = stage_progress("scan", cfg.scan_epochs)
         for epoch in range(pipe.state["epoch"], cfg.scan_epochs):
             losses = scan.scan_epoch(heads, opt, f, neighbors, cfg, epoch, pipe.device)
             pipe.curve("scan_loss_best", float(losses.min()))
@@ -278,7 +305,7 @@ def selflabel_stage(pipe, head, f, saved):
         head.load_state_dict(saved["label_head"])
         opt.load_state_dict(saved["label_opt"])
     if pipe.state["stage"] == "selflabel":
-        progress = runtime.Progress("selflabel", max(cfg.selflabel_epochs, 1), 10.0)
+        progress = stage_progress("selflabel", max(cfg.selflabel_epochs, 1))
         for epoch in range(pipe.state["epoch"], cfg.selflabel_epochs):
             loss, n_conf = selflabel.selflabel_epoch(head, opt, f, cfg, epoch, pipe.device)
             if n_conf:
@@ -303,11 +330,18 @@ def working_ctf(pipe):
     return fn
 
 
-def refine_stage(pipe, probs, feats, saved):
-    """EM refinement against the class averages, seeded by the clustering. Returns (class
-    probabilities (N, K), poses): poses = (psi (N,) deg, shift (N, 2) px of the input box),
-    RELION's convention, or None when the stage is disabled."""
+def refine_stage(pipe, probs, feats, saved, candidates=None, ranking=None):
+    """EM refinement against the class averages, seeded by the clustering (or by initial
+    references: `candidates`, the members each class's seed is chosen among, and `ranking`
+    (N, K), the order in which a particle's classes are scored first, stand in for what the
+    features give). Returns (class probabilities (N, K), poses): poses = (psi (N,) deg,
+    shift (N, 2) px of the input box), RELION's convention, or None when the stage is
+    disabled."""
     cfg = pipe.cfg
+    if pipe.state["stage"] == "done" and "refine_result" in pipe.state:
+        r = pipe.state["refine_result"]
+        return _refined(pipe, r["weights"], r["psi"], r["shift"])
+    ranking = probs if ranking is None else ranking
     labels = probs.argmax(1)
     if cfg.refine_init == "random":
         gen = np.random.default_rng(cfg.seed)
@@ -316,9 +350,6 @@ def refine_stage(pipe, probs, feats, saved):
     if cfg.refine_iterations < 1:
         pipe.state.update(stage="done")
         return probs, None
-    if pipe.state["stage"] == "done" and "refine_result" in pipe.state:
-        r = pipe.state["refine_result"]
-        return _refined(pipe, r["weights"], r["psi"], r["shift"])
     max_shift = max(1.0, cfg.refine_shift * pipe.geom.working_box)
     refiner = Refiner(pipe.images, cfg.K, pipe.geom.work_radius, pipe.device,
                       n_angles=cfg.refine_angles, max_shift=max_shift,
@@ -327,7 +358,7 @@ def refine_stage(pipe, probs, feats, saved):
                       ctf_epsilon=cfg.refine_ctf_epsilon,
                       min_posterior=cfg.refine_min_posterior)
     seeds = None
-    if not pipe.state.get("refine_state"):
+    if not pipe.state.get("refine_state") and candidates is None:
         candidates = []
         for c in range(cfg.K):
             members = np.nonzero(labels == c)[0]
@@ -336,9 +367,9 @@ def refine_stage(pipe, probs, feats, saved):
             centre = feats[members].mean(0)
             order = np.argsort(-(feats[members] @ centre), kind="stable")
             candidates.append(members[order[:cfg.refine_seed_candidates]])
+    if not pipe.state.get("refine_state"):
         seeds = refiner.choose_seeds(labels, candidates, gen=cfg.seed)
-    progress = runtime.Progress("refine", cfg.refine_align_iterations + cfg.refine_iterations,
-                                min_interval=10.0)
+    progress = stage_progress("refine", cfg.refine_align_iterations + cfg.refine_iterations)
 
     def report(it, total, ll, changed):
         pipe.curve("refine_loglik", ll)
@@ -353,12 +384,39 @@ def refine_stage(pipe, probs, feats, saved):
     weights, psi, shift, history = refiner.run(
         labels, cfg.refine_iterations, seeds=seeds,
         align_iterations=cfg.refine_align_iterations, progress=report, state=start,
-        on_iteration=save, search_classes=cfg.refine_search_classes, ranking=probs)
+        on_iteration=save, search_classes=cfg.refine_search_classes, ranking=ranking,
+        first_search_classes=cfg.refine_first_search_classes,
+        prescreen_box=cfg.refine_prescreen_box)
     pipe.state.pop("refine_state", None)
     pipe.state["refine_result"] = {"weights": weights, "psi": psi, "shift": shift}
     pipe.state.update(stage="done", epoch=0)
     pipe.save()
     return _refined(pipe, weights, psi, shift)
+
+
+def reference_stage(pipe):
+    """The partition from initial references (--references; simcryo.classify.references) in
+    place of the contrastive stages: each particle in the class of the reference it
+    correlates best with. Returns (one-hot probabilities (N, K), seed candidates per class,
+    correlations (N, K): the ranking of the pruned first EM iteration); (None, None, None)
+    once the refinement has finished (a resume that reuses it)."""
+    cfg = pipe.cfg
+    if pipe.state["stage"] == "done" and "refine_result" in pipe.state:
+        return None, None, None
+    t = time.time()
+    refs = references.working_references(
+        references.load_references(cfg.references, pipe.pset.box, pipe.pset.apix),
+        pipe.geom, pipe.device)
+    max_shift = max(1.0, cfg.refine_shift * pipe.geom.working_box)
+    refiner = Refiner(pipe.images, cfg.K, pipe.geom.work_radius, pipe.device,
+                      n_angles=cfg.refine_angles, max_shift=max_shift, log=pipe.log)
+    labels, ncc = references.reference_partition(refiner, refs, ctf=working_ctf(pipe))
+    candidates = references.seed_candidates(labels, ncc, cfg.K, cfg.refine_seed_candidates)
+    pipe.state["timings"]["references"] = time.time() - t
+    pipe.state.update(stage="refine", epoch=0)
+    pipe.log(f"[classify] {cfg.K} initial references: class sizes "
+             f"{np.bincount(labels, minlength=cfg.K).tolist()} ({time.time() - t:.1f} s)")
+    return np.eye(cfg.K)[labels], candidates, ncc
 
 
 def _refined(pipe, weights, psi, shift):

@@ -10,22 +10,29 @@ _simcryoTrueClass exists), features.npy (N x d), neighbors.npy (row i: particle 
 neighbours, most similar first: SCAN's neighbours), probabilities.npy (N x K) and, with the
 invariant encoder, invariants.npy (N x --invariant-dim) and rotational_neighbors.npy
 (N x --knn). Pose convention: particle ~= transform_images(average, psi, origin).
+
+Under `torchrun --nproc_per_node N -m simcryo classify ...` every stage is shared out over
+the ranks (simcryo.classify.pipeline); rank 0 alone takes the output folder, logs, writes
+the checkpoints and the results, and run.json records world_size.
 """
+import dataclasses
 import os
 import time
 
 import numpy as np
 
+from simcryo import distributed
 from simcryo.classify.config import ClassifyConfig
 from simcryo.classify.neighbors import neighbor_purity
 from simcryo.classify.pipeline import CHECKPOINT, Classifier
 from simcryo.classify.preprocess import CACHE_NAME
 from simcryo.config import add_config_arguments, config_from_args, config_to_dict, radius_px
 from simcryo.errors import SimcryoError
-from simcryo.io.mrc import write_stack
+from simcryo.io.mrc import open_stack, write_stack
 from simcryo.io.particles import load_particles, write_particles
 from simcryo.outputs import COMPLETE, OutputFolder, atomic_path, discard, require_complete
-from simcryo.runtime import (RunLog, log, resolve_device, seed_everything, set_threads,
+from simcryo.runtime import log as _log_all_ranks
+from simcryo.runtime import (RunLog, resolve_device, seed_everything, set_threads,
                              warn_empty_classes)
 
 # the files of a run (a folder holding any of them is refused without --force or a
@@ -34,6 +41,12 @@ from simcryo.runtime import (RunLog, log, resolve_device, seed_everything, set_t
 # checkpoint recorded them, else rebuilt
 RESULTS = ("particles.star", "class_averages.mrcs", COMPLETE, "probabilities.npy",
            "features.npy", "neighbors.npy", CHECKPOINT)
+
+
+def log(msg):
+    """A progress line, from rank 0 only under torchrun."""
+    if distributed.is_main():
+        _log_all_ranks(msg)
 
 
 def add_arguments(parser):
@@ -55,7 +68,8 @@ def score(result, truth):
     from simcryo.evaluation import metrics
     scores = {k: float(v) for k, v in metrics.clustering_scores(result["labels"], truth).items()}
     for k in (5, 10):
-        scores[f"neighbor_purity@{k}"] = neighbor_purity(result["neighbors"], truth, k)
+        if result["neighbors"] is not None:   # none with --references
+            scores[f"neighbor_purity@{k}"] = neighbor_purity(result["neighbors"], truth, k)
     return scores
 
 
@@ -64,11 +78,25 @@ def result_stage(cfg):
     encoder = ("the invariant encoder's features and rotational neighbours"
                if cfg.encoder == "invariant" else "the SimCLR ResNet's features")
     clustering = f"SCAN + self-labelling on {encoder}"
+    if cfg.references:
+        clustering = ("the initial references (--references; each particle in the class of "
+                      "the reference it correlates best with)")
     if cfg.refine_iterations < 1:
         return clustering + " (EM refinement off)"
     start = "a random partition" if cfg.refine_init == "random" else clustering
     return (f"the EM refinement against the class averages ({cfg.refine_iterations} "
             f"iterations), started from {start}")
+
+
+def with_reference_count(cfg):
+    """The config with K = the number of --references (a note when --K said otherwise)."""
+    if not cfg.references:
+        return cfg
+    require_complete(cfg.references)
+    k = len(open_stack(cfg.references))
+    if k != cfg.K:
+        log(f"note: {k} initial references (--references): K = {k}, not {cfg.K}")
+    return dataclasses.replace(cfg, K=k)
 
 
 def class_order(averages, labels, k, radius):
@@ -85,17 +113,21 @@ def run(cfg):
     """Run the whole command for a validated config; returns the pipeline's result dict."""
     t0 = time.time()
     set_threads(cfg.threads)
-    device = resolve_device(cfg.device)
+    device = distributed.local_device(resolve_device(cfg.device))
     seed_everything(cfg.seed)
     if cfg.mask_diameter < 0:
         raise SimcryoError("--mask-diameter must be >= 0 (Å; 0: estimated from the particles)")
     require_complete(cfg.i)
     pset = load_particles(cfg.i, apix=cfg.apix or None)
+    cfg = with_reference_count(cfg)
     if cfg.mask_diameter and radius_px(cfg.mask_diameter, pset.apix) > 0.45 * pset.box:
         log(f"note: --mask-diameter {cfg.mask_diameter:g} Å is wider than 0.9 x the box "
             f"({0.9 * pset.box * pset.apix:g} Å); the mask is limited to that")
-    folder = OutputFolder(cfg.o, RESULTS, inputs=[cfg.i], force=cfg.force,
-                          resume=cfg.resume and os.path.exists(os.path.join(cfg.o, CHECKPOINT)))
+    resume = cfg.resume and os.path.exists(os.path.join(cfg.o, CHECKPOINT))
+    if not distributed.is_main():  # the other ranks work on the folder rank 0 holds
+        return _run(cfg, pset, device, None, t0)
+    folder = OutputFolder(cfg.o, RESULTS, inputs=[cfg.i] + [cfg.references] * bool(cfg.references),
+                          force=cfg.force, resume=resume)
     with folder:
         try:
             return _run(cfg, pset, device, folder, t0)
@@ -106,17 +138,22 @@ def run(cfg):
 
 
 def _run(cfg, pset, device, folder, t0):
-    out = folder.path
+    """The run; `folder` None on the ranks other than 0 (they write nothing)."""
+    out = folder.path if folder else cfg.o
     runlog = RunLog("classify", config_to_dict(cfg), seed=cfg.seed, n_particles=pset.n,
-                    box=pset.box, apix=pset.apix, ctf=pset.ctf is not None)
+                    box=pset.box, apix=pset.apix, ctf=pset.ctf is not None,
+                    world_size=distributed.world_size())
     clf = Classifier(pset, cfg, out, device, resume=cfg.resume, log=log)
     clf.load()  # a refused resume leaves the folder as it was
-    folder.begin()
+    if folder:
+        folder.begin()
     result = clf.run()
     labels, probs = result["labels"], result["probabilities"]
     runlog.start("averages")
     psi, shift, averages = clf.averages(labels, probs)
     runlog.stop("averages")
+    if folder is None:  # the last collective is behind: rank 0 writes the results
+        return result
     if cfg.sort_classes:
         order, scores = class_order(averages, labels, cfg.K, result["geometry"].radius_px)
         rank = np.empty(cfg.K, np.int64)
@@ -151,9 +188,10 @@ def _run(cfg, pset, device, folder, t0):
     if truth is not None:
         runlog["metrics"] = score(result, truth)
         from simcryo.evaluation import metrics
-        before = metrics.clustering_scores(clf.scan_labels, truth)
-        runlog["metrics"]["before_refine_acc"] = float(before["acc"])
-        runlog["metrics"]["before_refine_nmi"] = float(before["nmi"])
+        if clf.scan_labels is not None:   # None: a resume that reused the refinement
+            before = metrics.clustering_scores(clf.scan_labels, truth)
+            runlog["metrics"]["before_refine_acc"] = float(before["acc"])
+            runlog["metrics"]["before_refine_nmi"] = float(before["nmi"])
         log("[classify] vs _simcryoTrueClass: " + " ".join(
             f"{k}={v:.3f}" for k, v in runlog["metrics"].items()))
     runlog.data["timings_s"]["total"] = round(time.time() - t0, 3)

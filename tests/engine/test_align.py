@@ -356,3 +356,62 @@ def test_class_local_refinement_sharpens_poses():
     assert np.median(after) < 0.6 * np.median(before)
     assert np.median(sh_after) < 0.8 * np.median(sh_before)
     assert len(al.refine_history) == 2 and al.refine_history[0]["seconds"] > 0
+
+
+@pytest.mark.parametrize("n,radius", [(64, 16.0), (32, 8.0), (64, 2.0), (64, 5.7), (32, 15.5)])
+def test_windowed_peak_is_the_full_maps_peak(n, radius):
+    """correlation_peak_of (only the map's window about the disc is transformed and
+    searched) gives correlation_peak's shift and value on the full map, for broadcast
+    operands too; 32 px at 15.5 px leaves no window (the full-map path)."""
+    from simcryo.align.translate import correlation_peak_of
+    g = torch.Generator().manual_seed(4)
+    ref = torch.randn(6, n, n, generator=g)
+    img = torch.roll(ref, (3, -2), (-2, -1)) + 0.7 * torch.randn(3, 6, n, n, generator=g)
+    a, r = torch.fft.rfft2(img), torch.fft.rfft2(ref)
+    want_shift, want_peak = correlation_peak(cross_correlate(a, r).reshape(-1, n, n), radius)
+    shift, peak = correlation_peak_of(a, r, radius)
+    assert torch.allclose(shift, want_shift, atol=1e-4)
+    assert torch.allclose(peak, want_peak, rtol=1e-5, atol=1e-5 * float(want_peak.abs().max()))
+    assert float(want_shift.norm(dim=1).max()) <= radius + 1.0
+
+
+@pytest.mark.parametrize("max_shift", [2.0, 3.0, 5.0])
+def test_windowed_subpixel_peak_is_the_full_maps(max_shift):
+    """exhaustive._peaks from the maps' window (margin 2: a peak on the disc's edge with a
+    half-pixel offset rounds to one pixel beyond it) equals _subpixel_peak on the full
+    maps; the peaks on the edge of the disc are included (random maps)."""
+    from simcryo.align.exhaustive import _peaks, _subpixel_peak
+    g = torch.Generator().manual_seed(9)
+    b, nf, n = 40, 3, 64
+    xf = torch.fft.rfft2(torch.randn(b, n, n, generator=g))
+    ref = torch.fft.rfft2(torch.randn(b, nf, n, n, generator=g))
+    d, peak = _peaks(xf, ref, max_shift)
+    cc = cross_correlate(xf[:, None], ref).view(b * nf, n, n)
+    want_d, want_peak = _subpixel_peak(cc, max_shift)
+    assert torch.allclose(d.view(-1, 2), want_d, atol=1e-4)
+    assert torch.allclose(peak.view(-1), want_peak, rtol=1e-4,
+                          atol=1e-5 * float(want_peak.abs().max()))
+    assert float(want_d.norm(dim=1).max()) > max_shift - 0.5   # edge peaks were tested
+
+
+def test_search_chunks_do_not_change_the_poses():
+    """ClassAlignParams.search_chunk only sets how many particles are searched at once: a
+    pass in chunks of 16 gives the poses and averages of the whole batch at once."""
+    n = 96
+    imgs, _, _, ctf, _ = _noisy_class_set(n, 0.5, True, seed=5)
+    out = []
+    for chunk in (0, 16):
+        src = ParticleSource(lambda idx: imgs[idx], n, BOX, torch.device("cpu"), ctf=ctf,
+                             apix=2.0)
+        al = ClassAligner(src, np.zeros(n, int), np.ones(n), 1,
+                          ClassAlignParams(batch_size=64, search_chunk=chunk),
+                          log=lambda m: None)
+        al.centre()
+        al.small = rotational_average(al.small) + 0.1 * torch.as_tensor(imgs[:1])
+        al.iterate()
+        al.iterate()
+        out.append((al.psi.clone(), al.shift.clone(), al.small.clone()))
+    (psi0, sh0, avg0), (psi1, sh1, avg1) = out
+    assert np.abs(_angle_diff(psi0, psi1)).max() < 1e-3
+    assert (sh0 - sh1).abs().max() < 1e-4
+    assert (avg0 - avg1).abs().max() < 1e-4 * avg0.abs().max()
