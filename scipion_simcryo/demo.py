@@ -2,13 +2,24 @@
 
     python -m scipion_simcryo.demo --o demo_output
 
-simulate (built-in phantom) -> 2D classification -> align/average -> evaluate, then prints the
-metrics table and writes PNGs: the class averages next to the true projections of the view
-class each one matched, the training curves and the metrics. Engine commands that are not in
-this checkout are skipped and reported as such. With RELION installed (relion_refine on the
-PATH and scipion-em-relion importable), RELION 2D (25 iterations, same K, same threads) also
-runs on the same particles in the same project and is scored the same way (``--relion no``
-skips it).
+Two parts (``--part``), both by default:
+
+- discrete: simulate K clean view classes of the built-in phantom -> 2D classification ->
+  align/average -> evaluate against the true labels; prints the metrics table and writes
+  PNGs: the class averages next to the true projection of the view class each one matched,
+  the training curves and the metrics.
+- realistic (the facility's job, cleaning): simulate picks of the phantom with views uniform
+  over the sphere, 15 % junk (empty boxes, ice/aggregate blobs, off-centre picks), coloured
+  noise, per-image contrast and CTF -> 2D classification -> rank and select the classes ->
+  evaluate: good-particle recall, contamination (junk share of what is kept), junk rejected,
+  view spread and its floor, class-average fidelity, for the oracle selection (classes with
+  < 50 % junk) and the automatic one; writes the kept and rejected classes as a PNG gallery.
+
+Engine commands that are not in this checkout are skipped and reported as such. With RELION
+installed (relion_refine on the PATH and scipion-em-relion importable), RELION 2D (25
+iterations, same K, same threads) also runs on the same particles in the same project and is
+scored (and, in the realistic part, ranked and selected) the same way (``--relion no`` skips
+it). Each step's measured wall time is printed.
 
 Everything (Scipion project, logs, PNGs, metrics.json) goes under --o.
 """
@@ -35,6 +46,7 @@ class Demo:
         self.out = os.path.abspath(args.o)
         self.log = []
         self.results = {}
+        self.pictures = []
 
     def say(self, msg):
         print(msg, flush=True)
@@ -67,9 +79,6 @@ class Demo:
 
     def run(self):
         from pyworkflow.project import Manager
-        from scipion_simcryo.protocols import (ProtSimcryoSimulate, ProtSimcryoClassify2D,
-                                               ProtSimcryoAlignAverage, ProtSimcryoEvaluate)
-        a = self.args
         name = 'simcryo_demo'
         manager = Manager()
         if manager.hasProject(name):
@@ -77,11 +86,22 @@ class Demo:
         self.project = manager.createProject(name)
         os.chdir(self.project.getPath())  # Scipion resolves run paths from the project folder
         self.say('Scipion project: %s' % self.project.getPath())
-        threads = a.threads
-
         if not engineHas('simulate'):
             self.skip('simulate', 'simulate')
             return 1
+        t0 = time.time()
+        if self.args.part in ('both', 'discrete'):
+            self.runDiscrete()
+        if self.args.part in ('both', 'realistic'):
+            self.runRealistic()
+        self.finish(time.time() - t0)
+        return 0
+
+    def runDiscrete(self):
+        from scipion_simcryo.protocols import (ProtSimcryoSimulate, ProtSimcryoClassify2D,
+                                               ProtSimcryoAlignAverage, ProtSimcryoEvaluate)
+        a = self.args
+        threads = a.threads
         sim = self.project.newProtocol(
             ProtSimcryoSimulate, objLabel='simulate phantom', numberOfClasses=a.classes,
             particlesPerClass=a.per_class, snr=a.snr, seed=a.seed, numberOfThreads=threads)
@@ -116,7 +136,7 @@ class Demo:
             self.skip('align/average', 'align')
 
         if a.relion != 'no':
-            rel = self.runRelion(parts, required=a.relion == 'yes')
+            rel = self.runRelion(parts, a.classes, required=a.relion == 'yes')
             if rel is not None:
                 scored.append(('RELION 2D', rel))
 
@@ -131,9 +151,95 @@ class Demo:
                 ev = self.launch(ev, 'evaluate %s against the true labels' % label)
                 tables.append((label, ev))
         self.report(sim, scored, tables)
-        return 0
 
-    def runRelion(self, parts, required=False):
+    # ------------------------------------------------------------------ realistic part
+    def runRealistic(self):
+        """Uniform views, junk, coloured noise, CTF -> classify -> select -> evaluate, for
+        simcryo and (when installed) RELION; the cleaning figures side by side."""
+        from pwem.protocols import ProtImportVolumes
+        from scipion_simcryo.protocols import (ProtSimcryoSimulate, ProtSimcryoClassify2D,
+                                               ProtSimcryoSelectClasses, ProtSimcryoEvaluate)
+        from scipion_simcryo.protocols import protocol_simulate as simulate
+        a = self.args
+        good = int(round(a.real_particles * (1 - a.junk)))
+        sim = self.project.newProtocol(
+            ProtSimcryoSimulate, objLabel='simulate realistic picks',
+            views=simulate.VIEWS_UNIFORM, numberOfClasses=a.real_classes,
+            numberOfParticles=good, junkFraction=a.junk, junkKinds='empty,blob,offcentre',
+            contrastSigma=0.3, noiseMode=simulate.NOISE_COLOURED, snr=a.real_snr,
+            seed=a.seed, numberOfThreads=a.threads)
+        sim = self.launch(sim, 'simulate %d realistic picks: uniform views, %g junk (empty, '
+                               'blob, offcentre), coloured noise at SNR %g, contrast spread, '
+                               'CTF' % (a.real_particles, a.junk, a.real_snr))
+        parts = sim.outputParticles
+        self.say('   %d particles, %d px, %.2f Å/px' % (parts.getSize(), parts.getXDim(),
+                                                        parts.getSamplingRate()))
+        if not all(engineHas(c) for c in ('classify', 'select', 'evaluate')):
+            for c in ('classify', 'select', 'evaluate'):
+                if not engineHas(c):
+                    self.skip('realistic %s' % c, c)
+            return
+        volume = self.launch(self.project.newProtocol(
+            ProtImportVolumes, objLabel='import the true volume',
+            filesPath=os.path.abspath(sim._getExtraPath('output', 'volume.mrc')),
+            samplingRate=parts.getSamplingRate()), 'import the true volume (for the '
+                                                   'fidelity)').outputVolume
+        values = dict(pretextEpochs=a.epochs) if a.epochs else {}
+        classifiers = [('simcryo', self.launch(self.project.newProtocol(
+            ProtSimcryoClassify2D, objLabel='simcryo classify realistic', inputParticles=parts,
+            numberOfClasses=a.real_classes, useGpu=False, numberOfThreads=a.threads,
+            seed=a.seed, **values), 'classify the realistic picks, K = %d' % a.real_classes))]
+        if a.relion != 'no':
+            rel = self.runRelion(parts, a.real_classes, required=a.relion == 'yes',
+                                 label='realistic ')
+            if rel is not None:
+                classifiers.append(('RELION 2D', rel))
+        runs = []   # (label, select protocol, evaluate protocol)
+        for label, prot in classifiers:
+            sel = self.launch(self.project.newProtocol(
+                ProtSimcryoSelectClasses, objLabel='select %s classes' % label,
+                inputClasses=prot.outputClasses, numberOfThreads=1),
+                'rank and select the %s classes' % label)
+            selected = getattr(sel, 'outputClasses', None)
+            if selected is None:
+                self.say('   no class reached the threshold: the automatic selection is empty')
+            ev = self.launch(self.project.newProtocol(
+                ProtSimcryoEvaluate, objLabel='evaluate %s cleaning' % label,
+                inputClasses=prot.outputClasses, selectedClasses=selected,
+                trueVolume=volume, numberOfThreads=a.threads),
+                'evaluate the %s cleaning (oracle and automatic selection)' % label)
+            runs.append((label, sel, ev))
+        self.reportCleaning(runs)
+
+    def reportCleaning(self, runs):
+        from scipion_simcryo.metrics import formatValue
+        from scipion_simcryo.viewers.viewers import SimcryoSelectViewer
+        os.makedirs(self.out, exist_ok=True)
+        columns, tables = [], {}
+        for label, _, ev in runs:
+            for i, which in enumerate(('oracle', 'automatic')):
+                columns.append('%s %s' % (label, which))
+                tables[columns[-1]] = {row[0]: row[1 + i] for row in ev.getCleaningTable()}
+        figures = [row[0] for row in runs[0][2].getCleaningTable()]
+        width = max(len(f) for f in figures)
+        self.say('\n' + '=' * 72)
+        self.say('Cleaning figures (realistic picks; oracle: classes with < 50 % junk; '
+                 'automatic: rank and select 2D classes, default threshold):')
+        self.say('%-*s  %s' % (width, 'figure', '  '.join('%18s' % c for c in columns)))
+        for f in figures:
+            self.say('%-*s  %s' % (width, f, '  '.join(
+                '%18s' % ('-' if tables[c].get(f) is None else formatValue(tables[c][f], f))
+                for c in columns)))
+        self.results['cleaning'] = tables
+        for label, sel, _ in runs:
+            viewer = SimcryoSelectViewer(project=self.project, protocol=sel)
+            viewer.setProtocol(sel)
+            view = viewer._showRanked()[0]
+            if hasattr(view, 'getFigure'):   # a message when the selection has no scores
+                self.pictures.append(self.save(view.getFigure(), 'kept_rejected_%s.png'
+                                               % _slug(label), dpi=110))
+
+    def runRelion(self, parts, classes, required=False, label=''):
         reason = None
         if shutil.which('relion_refine') is None:
             reason = 'relion_refine not on the PATH'
@@ -149,13 +255,13 @@ class Demo:
             return None
         apix = parts.getSamplingRate()
         prot = self.project.newProtocol(
-            ProtRelionClassify2D, objLabel='relion 2D', inputParticles=parts,
-            numberOfClasses=self.args.classes, numberOfIterations=self.args.relion_iter,
+            ProtRelionClassify2D, objLabel='relion 2D %s' % label, inputParticles=parts,
+            numberOfClasses=classes, numberOfIterations=self.args.relion_iter,
             maskDiameterA=int(0.9 * parts.getXDim() * apix), doCTF=True,
             useGradientAlg=False, doGpu=False, numberOfMpi=1,
             numberOfThreads=self.args.threads, extraParams='--random_seed %d' % self.args.seed)
-        return self.launch(prot, 'RELION 2D classification (%d iterations)'
-                           % self.args.relion_iter)
+        return self.launch(prot, 'RELION 2D %sclassification (%d iterations)'
+                           % (label, self.args.relion_iter))
 
     # ------------------------------------------------------------------------- report
     def report(self, sim, scored, tables):
@@ -210,12 +316,20 @@ class Demo:
                     confusion['counts'], confusion['predicted_classes'],
                     confusion['true_classes'], title='%s: confusion matrix' % label),
                     'confusion_%s.png' % _slug(label)))
-        self.results.update(metrics=metrics, pictures=pictures,
-                            project=self.project.getPath(), args=vars(self.args))
+        self.results.update(metrics=metrics)
+        self.pictures += pictures
+
+    def finish(self, seconds):
+        self.results.update(pictures=self.pictures, project=self.project.getPath(),
+                            args=vars(self.args), total_s=round(seconds, 1))
         with open(os.path.join(self.out, 'metrics.json'), 'w') as f:
             json.dump(self.results, f, indent=2)
+        self.say('\nWall time per step (s):')
+        for what, dt in self.results.get('timings_s', {}).items():
+            self.say('  %7.1f  %s' % (dt, what))
+        self.say('  %7.1f  total' % seconds)
         self.say('\nPictures:')
-        for fn in pictures:
+        for fn in self.pictures:
             self.say('  ' + fn)
         self.say('Metrics (JSON): %s' % os.path.join(self.out, 'metrics.json'))
         self.say('Scipion project (open it with the Scipion GUI): %s' % self.project.getPath())
@@ -240,6 +354,17 @@ def main(argv=None):
                    help='contrastive epochs of classify (default: 15, fewer than the engine '
                         'default of %d to keep the demo at a few minutes on 2 cores; 0: '
                         'engine default)' % engineDefault('classify', 'pretext_epochs'))
+    p.add_argument('--part', choices=['both', 'discrete', 'realistic'], default='both',
+                   help='discrete view classes, realistic picks (uniform views, junk), or '
+                        'both (default: both)')
+    p.add_argument('--real-particles', type=int, default=400,
+                   help='realistic part: particles, junk included (default: 400)')
+    p.add_argument('--real-classes', type=int, default=10,
+                   help='realistic part: classes K (default: 10)')
+    p.add_argument('--junk', type=float, default=0.15,
+                   help='realistic part: junk fraction (default: 0.15)')
+    p.add_argument('--real-snr', type=float, default=0.1,
+                   help='realistic part: SNR (default: 0.1)')
     p.add_argument('--threads', type=int, default=2, help='CPU threads (default: 2)')
     p.add_argument('--seed', type=int, default=0, help='random seed (default: 0)')
     p.add_argument('--relion', choices=['auto', 'yes', 'no'], default='auto',

@@ -47,11 +47,57 @@ def flattenMetrics(report):
     return flat
 
 
+# evaluate's junk-cleaning figures (report 'cleaning', per selection) -> label, display order
+CLEANING_FIGURES = [
+    ('recall', 'good-particle recall (share of good particles kept)'),
+    ('contamination', 'contamination (junk share of kept)'),
+    ('junk_rejected', 'junk rejected (share of junk not kept)'),
+    ('particles_kept', 'particles kept'),
+    ('n_kept_classes', 'classes kept'),
+    ('view_spread_deg', 'median view spread in a kept class (deg)'),
+    ('kmeans_floor_deg', 'view spread floor, spherical k-means (deg)'),
+    ('fidelity', 'class-average fidelity of the kept, size-weighted (0 noise, 1 clean)'),
+]
+# report key -> name of the selection
+CLEANING_SELECTIONS = [('oracle', 'oracle selection'), ('selected', 'given selection')]
+
+
+def cleaningRows(report):
+    """[(figure label, oracle value, given selection's value or None)] of evaluate's report
+    with junk truth ('cleaning'); [] without, or when no particle is junk (every class kept,
+    nothing to clean). A value is None where it was not measured (e.g. the fidelity without
+    the true volume)."""
+    cleaning = (report or {}).get('cleaning') or {}
+    if not cleaning.get('oracle') or set(cleaning.get('junk_kinds') or {}) <= {'good'}:
+        return []
+    rows = []
+    for key, label in CLEANING_FIGURES:
+        values = [_cleaningValue(cleaning.get(name), key) for name, _ in CLEANING_SELECTIONS]
+        if any(v is not None for v in values):
+            rows.append((label,) + tuple(values))
+    return rows
+
+
+def _cleaningValue(selection, key):
+    if not selection:
+        return None
+    if key == 'n_kept_classes':
+        return float(len(selection.get('kept_classes', [])))
+    value = selection.get(key)
+    return float(value) if isinstance(value, (int, float)) else None
+
+
 def metricRows(metrics):
     """[(label, value)] of the known metrics of a (nested) engine dict, in display order, each
-    label once (e.g. 'particles scored' from 'n_particles' or 'n')."""
+    label once (e.g. 'particles scored' from 'n_particles' or 'n'); evaluate's junk-cleaning
+    figures first, one row per figure and selection ('good-particle recall ..., oracle
+    selection')."""
     flat = flattenMetrics(metrics)
     rows, seen = [], set()
+    for label, *values in cleaningRows(metrics):
+        for (_, name), value in zip(CLEANING_SELECTIONS, values):
+            if value is not None:
+                rows.append(('%s, %s' % (label, name), value))
     for key, label in METRIC_LABELS:
         if key in flat and label not in seen:
             rows.append((label, flat[key]))
@@ -63,13 +109,14 @@ def metricLabel(key):
     return _LABELS.get(key, key.replace('_', ' '))
 
 
-COUNT_LABELS = {'particles scored', 'classes found', 'true classes'}
+COUNT_LABELS = {'particles scored', 'classes found', 'true classes', 'particles kept',
+                'classes kept'}
 
 
 def formatValue(value, label=None):
     """Counts as integers, Å and degrees with 2 decimals, scores with 3."""
     value = float(value)
-    if label in COUNT_LABELS:
+    if label in COUNT_LABELS or (label and label.split(', ')[0] in COUNT_LABELS):
         return '%d' % round(value)
     if label and ('(Å)' in label or '(deg)' in label):
         return '%.2f' % value

@@ -17,8 +17,8 @@ The engine imports nothing from here; this package may import the engine's pure-
 """
 from .poses import matrixFromPose, poseFromMatrix, transformFromPose
 from .locations import locationToRelion, projectRelative, relionToLocation, stripFormatSuffix
-from .stacks import (MRC_EXTENSIONS, StackCopier, needsStackConversion, writeClassAverages,
-                     writeImagesStack)
+from .stacks import (MRC_EXTENSIONS, StackCopier, needsStackConversion, referenceImages,
+                     writeClassAverages, writeImagesStack, writeReferenceStack)
 from .star_writer import (OpticsGroups, ParticleStarWriter, acquisitionRow, classNumbering,
                           missingAcquisition,
                           classesHave2DAlignment, ctfToRow, iterClassMembers, iterEnabled,
@@ -32,7 +32,7 @@ __all__ = [
     'matrixFromPose', 'poseFromMatrix', 'transformFromPose',
     'locationToRelion', 'projectRelative', 'relionToLocation', 'stripFormatSuffix',
     'MRC_EXTENSIONS', 'StackCopier', 'needsStackConversion', 'writeClassAverages',
-    'writeImagesStack',
+    'writeImagesStack', 'referenceImages', 'writeReferenceStack',
     'OpticsGroups', 'ParticleStarWriter', 'acquisitionRow', 'missingAcquisition', 'classNumbering', 'classesHave2DAlignment',
     'ctfToRow', 'iterClassMembers', 'iterEnabled', 'writeClassesStar',
     'TRUTH_ATTRS', 'setTruthAttributes', 'truthFromClasses',

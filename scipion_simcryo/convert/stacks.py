@@ -40,6 +40,32 @@ def writeImagesStack(imgSet, stackFile):
     return stackFile
 
 
+def writeReferenceStack(images, stackFile, apix):
+    """Images (any format Scipion reads, in the given order) -> one float32 MRC stack whose
+    header holds the pixel size ``apix`` (the engine checks it against the particles')."""
+    import mrcfile
+    import numpy as np
+    from pwem.emlib.image import ImageHandler
+    ih = ImageHandler()
+    data = np.stack([np.asarray(ih.read(img.getLocation()).getData(), dtype=np.float32)
+                     for img in images])
+    with mrcfile.new(stackFile, overwrite=True) as mrc:
+        mrc.set_data(data)
+        mrc.set_image_stack()
+        mrc.voxel_size = apix
+    return stackFile
+
+
+def referenceImages(refSet):
+    """The images of a SetOfAverages (id order) or the representatives of a SetOfClasses2D's
+    non-empty classes (class id order)."""
+    from pwem.objects import SetOfClasses2D
+    if isinstance(refSet, SetOfClasses2D):
+        return [cls.getRepresentative().clone() for cls in refSet.iterItems(orderBy='id')
+                if cls.getSize() and cls.getRepresentative() is not None]
+    return [img.clone() for img in refSet.iterItems(orderBy='id')]
+
+
 def writeClassAverages(classes, numbering, stackFile):
     """Representatives in engine numbering order (class k at index k) -> one MRC stack."""
     from pwem.emlib.image import ImageHandler

@@ -54,3 +54,29 @@ def _truthObject(attr, value):
     if attr in cts.TRUTH_INT_ATTRS:
         return Integer(int(round(float(value))))
     return Float(float(value))
+
+
+def selectedClassIds(classes, selection):
+    """Ids of the classes of ``selection`` (a subset of ``classes``, e.g. the output of
+    "rank and select 2D classes" or a Scipion subset: both keep the input class ids), or a
+    list of error texts when ``selection`` is not a subset of ``classes``."""
+    sizes = {cls.getObjId(): cls.getSize() for cls in classes.iterItems()}
+    ids, errors = set(), []
+    for cls in selection.iterItems():
+        cid = cls.getObjId()
+        if cls.getSize() and sizes.get(cid) != cls.getSize():
+            errors.append('Selected class %d is not a class of the scored classification (no '
+                          'class with that id and %d particles).' % (cid, cls.getSize()))
+        elif cls.getSize():
+            ids.add(cid)
+    return errors or ids
+
+
+def writeSelectionStar(starFile, numbering, selectedIds):
+    """The selection as `simcryo evaluate --selection` reads it (the layout of simcryo
+    select's class_scores.star): one row per engine class number (``numbering``: {engine
+    number: class id}) with _simcryoSelected 1 for the classes in ``selectedIds``."""
+    numbers = sorted(numbering)
+    write_star(starFile, {'classes': StarBlock({
+        'rlnClassNumber': numbers,
+        'simcryoSelected': [int(numbering[k] in selectedIds) for k in numbers]})})

@@ -305,8 +305,8 @@ class ProtSimcryoBase(EMProtocol):
         Continue starts the engine afresh instead of resuming on other particles."""
         os.makedirs(self._getExtraPath('input'), exist_ok=True)
         self._convertInput()
-        star = self._getFileName('input_star')
-        digest = _fileDigest(star) if os.path.exists(star) else ''
+        digest = ' '.join(_fileDigest(fn) if os.path.exists(fn) else ''
+                          for fn in self._convertedFiles())
         record = self._getExtraPath('input', 'input.sha1')
         previous = open(record).read().strip() if os.path.exists(record) else None
         if previous is not None and previous != digest:
@@ -320,6 +320,10 @@ class ProtSimcryoBase(EMProtocol):
 
     def _convertInput(self):
         """Write the engine's input files (subclasses)."""
+
+    def _convertedFiles(self):
+        """The files ``_convertInput`` writes whose change makes the engine start afresh."""
+        return [self._getFileName('input_star')]
 
     def _engineOutputDirs(self):
         return [self._getFileName('output_dir')]

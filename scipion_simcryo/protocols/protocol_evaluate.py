@@ -6,7 +6,9 @@ from pyworkflow.object import String
 
 from .. import constants as cts
 from .. import convert
-from ..metrics import flattenMetrics, formatValue, metricRows  # noqa: F401 (re-export)
+from ..convert.truth import selectedClassIds, writeSelectionStar
+from ..metrics import (cleaningRows, flattenMetrics, formatValue,  # noqa: F401 (re-export)
+                       metricRows)
 from .protocol_base import ProtSimcryoBase
 
 class ProtSimcryoEvaluate(ProtSimcryoBase):
@@ -18,6 +20,15 @@ class ProtSimcryoEvaluate(ProtSimcryoBase):
     precision/recall; with the true projections, the FRC between each class average and its
     matched true projection (resolution at FRC 0.5 and 0.143 in Å); with true poses, the
     in-plane angle and shift errors of the aligned particles.
+
+    Junk cleaning and continuous views (particles that carry _simcryoTrueKind, from a
+    realistic simulation): the oracle selection keeps the classes with less than half junk
+    and reports good-particle recall, contamination (junk share of the kept particles),
+    junk rejected, and the median view spread in a kept class beside its floor (spherical
+    k-means of the true views into as many classes). With a class selection (e.g. the output
+    of "rank and select 2D classes", or any subset of the scored classes) the same figures
+    for it; with the true volume, the class-average fidelity (0 = what white noise reaches,
+    1 = a clean projection) of every class, size-weighted over the kept ones.
 
     Or against another classification of the same particles: the agreement scores (ACC, NMI,
     ARI, FMI) between the two partitions, on the particles both contain.
@@ -48,6 +59,25 @@ class ProtSimcryoEvaluate(ProtSimcryoBase):
                       help='One clean projection per true class (class k = item k), e.g. the '
                            'references output of the simulate protocol: enables the FRC of '
                            'the class averages.')
+        form.addParam('trueVolume', params.PointerParam, pointerClass='Volume',
+                      allowsNull=True, condition='evaluateAgainst == %d' % cts.EVAL_TRUTH,
+                      label='True volume (optional)',
+                      help='The map the particles were simulated from (e.g. imported from '
+                           'the simulate protocol\'s extra/output/volume.mrc): enables the '
+                           'class-average fidelity, the best normalised cross-correlation '
+                           'of each average with a clean projection of the map, rescaled so '
+                           'that 0 is what white noise reaches and 1 a clean projection. '
+                           'Needs particles with junk truth (%s) and class averages.'
+                           % cts.TRUE_KIND)
+        form.addParam('selectedClasses', params.PointerParam, pointerClass='SetOfClasses2D',
+                      allowsNull=True, condition='evaluateAgainst == %d' % cts.EVAL_TRUTH,
+                      label='Selected classes (optional)',
+                      help='A subset of the scored classes, e.g. the output of "simcryo - '
+                           'rank and select 2D classes" or a subset made in the Scipion '
+                           'viewer (matched by class id): its good-particle recall, '
+                           'contamination and junk rejected are reported beside the oracle '
+                           'selection\'s. Needs particles with junk truth (%s).'
+                           % cts.TRUE_KIND)
         form.addParam('otherClasses', params.PointerParam, pointerClass='SetOfClasses2D',
                       allowsNull=True, condition='evaluateAgainst == %d' % cts.EVAL_OTHER,
                       label='Other classification')
@@ -67,14 +97,36 @@ class ProtSimcryoEvaluate(ProtSimcryoBase):
         convert.writeTruthStar(self._getFileName('truth_star'), writer.names, writer.ids,
                                truth)
         self.info('Scoring %d particles in %d classes.' % (len(writer.ids), len(numbering)))
+        if self._useReferences() or self._useVolume():
+            averages = self._getFileName('input_averages')
+            if os.path.exists(averages):   # ImageHandler writes into an existing stack
+                os.remove(averages)
+            convert.writeClassAverages(classes, numbering, averages)
         if self._useReferences():
-            convert.writeClassAverages(classes, numbering, self._getFileName('input_averages'))
             convert.writeImagesStack(self.trueReferences.get(),
                                      self._getFileName('input_references'))
+        if self._useSelection():
+            writeSelectionStar(self._getFileName('input_selection'), numbering,
+                               selectedClassIds(classes, self.selectedClasses.get()))
+
+    def _createFilenameTemplates(self):
+        ProtSimcryoBase._createFilenameTemplates(self)
+        self._updateFilenamesDict({
+            'input_selection': self._getExtraPath('input', 'selection.star')})
+
+    def _useVolume(self):
+        return (self.evaluateAgainst == cts.EVAL_TRUTH and self.trueVolume.get() is not None
+                and self._hasRepresentatives())
+
+    def _useSelection(self):
+        return self.evaluateAgainst == cts.EVAL_TRUTH and self.selectedClasses.get() is not None
 
     def _useReferences(self):
         if self.evaluateAgainst != cts.EVAL_TRUTH or self.trueReferences.get() is None:
             return False
+        return self._hasRepresentatives()
+
+    def _hasRepresentatives(self):
         rep = self.inputClasses.get().getFirstItem().getRepresentative()
         return rep is not None and bool(rep.getFileName())
 
@@ -85,7 +137,14 @@ class ProtSimcryoEvaluate(ProtSimcryoBase):
                 '--o', os.path.abspath(self._getFileName('report'))]
         if self._useReferences():
             args += ['--references', os.path.abspath(self._getFileName('input_references'))]
+        if self._useReferences() or self._useVolume():
             args += ['--averages', os.path.abspath(self._getFileName('input_averages'))]
+        if self._useVolume():
+            vol = self.trueVolume.get()
+            args += ['--volume', self._getVolumeFile(vol, 'true_volume.mrc'),
+                     '--volume-apix', vol.getSamplingRate()]
+        if self._useSelection():
+            args += ['--selection', os.path.abspath(self._getFileName('input_selection'))]
         return self._formatArgs(args + self._getComputeArgs())
 
     def createOutputStep(self):
@@ -112,6 +171,35 @@ class ProtSimcryoEvaluate(ProtSimcryoBase):
         if report is None:
             return []
         return metricRows(report)
+
+    def getCleaningTable(self):
+        """[(figure, oracle value, selection value or None)] of the junk-cleaning report
+        (particles with junk truth, some of them junk), [] otherwise."""
+        return cleaningRows(self.getReport() or {})
+
+    def getCleaningPerClass(self):
+        """[(class id, particles, junk share, kept by the oracle, selected or None, fidelity
+        or None)] of every scored class, largest first; [] without junk."""
+        report = self.getReport() or {}
+        if not cleaningRows(report):
+            return []
+        cleaning = report['cleaning']
+        oracle = cleaning['oracle']
+        idOf = {k: cid for cid, k in convert.classNumbering(self.inputClasses.get()).items()}
+        sizes = {}
+        for k, n in zip(report['confusion']['predicted_classes'],
+                        map(sum, report['confusion']['counts'])):
+            sizes[int(k)] = int(n)
+        selected = cleaning.get('selected')
+        fidelity = (cleaning.get('fidelity') or {}).get('classes') or {}
+        rows = []
+        for k, share in oracle.get('junk_share', {}).items():
+            k = int(k)
+            rows.append((idOf.get(k, k), sizes.get(k, 0), share,
+                         k in oracle['kept_classes'],
+                         None if selected is None else k in selected['kept_classes'],
+                         (fidelity.get(str(k)) or {}).get('fidelity')))
+        return sorted(rows, key=lambda r: (-r[1], r[0]))
 
     def getPerClassTable(self):
         """[(true class, matched predicted class, precision, recall, support, FRC 0.5 Å,
@@ -142,6 +230,25 @@ class ProtSimcryoEvaluate(ProtSimcryoBase):
                 errors.append('The particles carry no true labels (%s). Use particles from '
                               '"simcryo - simulate particles", give a set with true labels, or '
                               'compare with another classification.' % cts.TRUE_CLASS)
+            else:
+                errors += self._validateCleaningInputs(first)
+        return errors
+
+    def _validateCleaningInputs(self, firstParticle):
+        errors = []
+        wanted = [what for what, obj in (('true volume', self.trueVolume.get()),
+                                         ('class selection', self.selectedClasses.get()))
+                  if obj is not None]
+        if wanted and not firstParticle.hasAttribute(cts.TRUE_KIND):
+            errors.append('The %s scores junk cleaning: it needs particles with junk truth '
+                          '(%s, from a simulation with junk).' % (' and '.join(wanted),
+                                                                  cts.TRUE_KIND))
+        if self.trueVolume.get() is not None and not self._hasRepresentatives():
+            errors.append('The fidelity needs the class averages: the classes have no '
+                          'representatives.')
+        if self.selectedClasses.get() is not None:
+            ids = selectedClassIds(self.inputClasses.get(), self.selectedClasses.get())
+            errors += ids if isinstance(ids, list) else []
         return errors
 
     def _summary(self):
@@ -152,6 +259,27 @@ class ProtSimcryoEvaluate(ProtSimcryoBase):
                    else self.getObjectTag('otherClasses'))
         lines = ['%s scored against %s:' % (self.getObjectTag('inputClasses'), against)]
         lines += ['  %s: %s' % (label, formatValue(value, label)) for label, value in rows]
+        lines += self._cleaningSummary()
+        return lines
+
+    def _cleaningSummary(self):
+        """What the cleaning figures were measured on (the report's own config)."""
+        report = self.getReport() or {}
+        if not cleaningRows(report):
+            return []
+        cleaning = report['cleaning']
+        config = report.get('config') or {}
+        kinds = ', '.join('%s %d' % kv for kv in sorted(cleaning['junk_kinds'].items()))
+        lines = ['Particles per true kind: %s.' % kinds,
+                 'Oracle selection: the %d classes with a junk share below %g.'
+                 % (len(cleaning['oracle']['kept_classes']), config.get('oracle_max_junk', 0.5))]
+        if 'selected' in cleaning:
+            lines.append('Selection scored beside it: %s (%d classes).'
+                         % (self.getObjectTag('selectedClasses'),
+                            len(cleaning['selected']['kept_classes'])))
+        if 'fidelity' in cleaning:
+            lines.append('Fidelity against %s (0 = white noise, 1 = a clean projection).'
+                         % self.getObjectTag('trueVolume'))
         return lines
 
     def _methods(self):

@@ -69,7 +69,16 @@ def build(projectName):
                             os.path.abspath(junk._getExtraPath('truth_means.mrcs')))
     classes = addClassesOutput(junk, junk.outputParticles, truthClassOf, 'truthClasses',
                                representatives=means)
-    run(ProtSimcryoSelectClasses, 'select junk', inputClasses=classes, numberOfThreads=1)
+    select = run(ProtSimcryoSelectClasses, 'select junk', inputClasses=classes,
+                 numberOfThreads=1)
+    # ... and their evaluation with the selection and the true volume: the cleaning items.
+    from pwem.protocols import ProtImportVolumes
+    volume = run(ProtImportVolumes, 'import phantom', samplingRate=junk.outputParticles.
+                 getSamplingRate(), filesPath=os.path.abspath(
+                     junk._getExtraPath('output', 'volume.mrc'))).outputVolume
+    run(ProtSimcryoEvaluate, 'evaluate junk', inputClasses=classes,
+        trueReferences=junk.outputReferences, selectedClasses=select.outputClasses,
+        trueVolume=volume)
     print('PROJECT %s' % project.getPath())
 
 

@@ -9,7 +9,8 @@ import subprocess
 import pytest
 
 from scipion_simcryo import Plugin, constants as cts
-from scipion_simcryo.protocols import ProtSimcryoAlignAverage, ProtSimcryoClassify2D
+from scipion_simcryo.protocols import (ProtSimcryoAlignAverage, ProtSimcryoClassify2D,
+                                       ProtSimcryoDenoise)
 from scipion_simcryo.tests.common import (SimcryoTestBase, SimcryoUnitTest, engineHas,
                                           fastArgs, N)
 from scipion_simcryo.tests.truth_input import simulateTruthClasses
@@ -52,7 +53,7 @@ class TestGpuList(SimcryoTestBase):
         """(program, arguments) runEngine hands to runJob."""
         calls = []
         prot.runJob = lambda program, args, **kwargs: calls.append((program, args))
-        prot.runEngine(prot._getEngineArgs() if command is None else '', command=command)
+        prot.runEngine(prot._getEngineArgs(), command=command)
         self.assertEqual(len(calls), 1)
         return calls[0]
 
@@ -82,13 +83,19 @@ class TestGpuList(SimcryoTestBase):
         self.assertTrue(any('lists a GPU twice' in e for e in twice.validate()),
                         twice.validate())
         self.assertEqual([e for e in prot.validate() if 'GPU' in e], [])
+        # the classification is sharded too
+        classify = self.newWithGpus(ProtSimcryoClassify2D, '0 1', numberOfThreads=4,
+                                    inputParticles=self.sim.outputParticles)
+        program, _ = self.engineLaunch(classify)
+        self.assertIn('%s 2 -m simcryo classify' % TORCHRUN, program)
+        self.assertEqual(classify.getSubmitDict()['GPU_COUNT'], 2)
 
     def test_other_protocols_use_the_first_gpu(self):
-        prot = self.newWithGpus(ProtSimcryoClassify2D, '1 3', numberOfThreads=4,
+        prot = self.newWithGpus(ProtSimcryoDenoise, '1 3', numberOfThreads=4,
                                 inputParticles=self.sim.outputParticles)
-        program, args = self.engineLaunch(prot)
+        program, args = self.engineLaunch(prot, command='denoise train')
         self.assertNotIn('torch.distributed.run', program)
-        self.assertTrue(program.endswith(' -m simcryo classify'), program)
+        self.assertTrue(program.endswith(' -m simcryo denoise train'), program)
         tokens = shlex.split(args)
         self.assertEqual(tokens[tokens.index('--threads') + 1], '4')
         self.assertEqual(prot.getSubmitDict()['GPU_COUNT'], 1)

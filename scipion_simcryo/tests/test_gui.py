@@ -113,16 +113,17 @@ class TestGui(BaseTest):
         self.assertEqual(result['errors'], [], '\n'.join(result['errors']))
         self.assertEqual(result['messages'], [])
         opened = result['opened']
-        # 6 protocol runs + 1 more evaluation + a junk simulation and its selection; every
-        # viewer item of each
-        self.assertEqual(len([o for o in opened if o.startswith('form ')]), 9)
-        for run in ('select', 'simulate junk', 'select junk'):
+        # 6 protocol runs + 1 more evaluation + a junk simulation, its selection and its
+        # evaluation; every viewer item of each
+        self.assertEqual(len([o for o in opened if o.startswith('form ')]), 10)
+        for run in ('select', 'simulate junk', 'select junk', 'evaluate junk'):
             self.assertIn('form ' + run, opened)
         for item in ('Class gallery', 'Classes in the Scipion viewer', 'Confusion matrix',
                      'FRC curves', 'True projection of each view class', 'Training curves',
                      'Every class ranked by score', 'Class scores against the threshold',
                      'Score and features of every class', 'Selected classes in the Scipion',
-                     'A few particles of each kind'):
+                     'A few particles of each kind', 'Junk cleaning: oracle and given',
+                     'Junk share, selection and fidelity'):
             self.assertTrue(any(item in o for o in opened), (item, opened))
         self.assertGreater(len(result['screenshots']), len(opened) - 1)
         self.assertEqual(out.returncode, 0, out.stderr[-3000:])

@@ -182,6 +182,16 @@ class TestSimcryoClassify2D(SimcryoTestBase):
         sizes = [int(ax.get_title().split('\n')[1].split()[0]) for ax in panels]
         self.assertEqual(sizes, sorted(sizes, reverse=True))
         self.assertIn('p=', panels[0].get_title())
+        # By quality score: the engine numbers classes best first, so ids come in order.
+        from scipion_simcryo.viewers.viewers import SORT_SCORE
+        viewer.gallerySort.set(SORT_SCORE)
+        gallery, = actions['displayGallery']()
+        panels = [ax for ax in gallery.getFigure().axes if ax.images]
+        titles = [ax.get_title() for ax in panels]
+        scores = [float(t.split('score ')[1]) for t in titles]
+        self.assertEqual(scores, sorted(scores, reverse=True))
+        ids = [int(t.split('\n')[0].split()[1]) for t in titles]
+        self.assertEqual(ids, sorted(ids))
         classesView, = actions['displayClasses']()
         from scipion_simcryo.viewers.viewers import hasXmippViewer
         if hasXmippViewer():
@@ -365,3 +375,23 @@ class TestSimcryoClassifyContinue(SimcryoTestBase):
         self.assertEqual(prot.outputClasses.getSize(), nonEmpty)
         self.assertEqual(len(prot.outputAverages), nonEmpty)
         self.assertEqual(sum(c.getSize() for c in prot.outputClasses), N)
+
+    def test_initial_references_set_K_and_start_the_classes(self):
+        """The simulation's true projections as initial references: K is their number, each
+        class is its reference's view, and the run says so."""
+        sim = self.runSimulate(snr=2.0)
+        refs = sim.outputReferences
+        prot = classify(self, sim.outputParticles, numberOfClasses=K + 2,
+                        inputReferences=refs)
+        runLog = prot._readRunLog()
+        self.assertEqual(runLog['config']['K'], K)
+        self.assertIn('initial references', runLog['classes_from'])
+        self.assertNotIn('neighbor_purity@10', runLog['metrics'])
+        self.assertGreaterEqual(runLog['metrics']['acc'], 0.9)
+        self.assertEqual(sum(c.getSize() for c in prot.outputClasses), N)
+        with mrcfile.open(prot._getFileName('input_references')) as m:
+            self.assertEqual(m.data.shape, (K, BOX, BOX))
+            self.assertAlmostEqual(float(m.voxel_size.x), refs.getSamplingRate(), places=3)
+        self.assertIn('initial references', ' '.join(prot.summary()))
+        self.assertIn('initial references', ' '.join(prot.getParsedMethods() or
+                                                     prot._methods()))

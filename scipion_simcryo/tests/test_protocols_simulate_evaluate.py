@@ -271,6 +271,9 @@ class TestSimcryoSimulateEvaluate(SimcryoTestBase):
         viewer = SimcryoEvaluateViewer(project=self.proj, protocol=ev)
         viewer.setProtocol(ev)
         actions = viewer._getVisualizeDict()
+        # No junk particle: nothing to clean, no cleaning items or rows.
+        self.assertNotIn('displayCleaning', actions)
+        self.assertFalse(any('recall' in label for label, _ in ev.getMetricsTable()))
         table, = actions['displayTable']()
         self.assertIsInstance(table, MetricsTableView)
         self.assertIn('ACC', table.getText())
@@ -315,3 +318,106 @@ class TestSimulateFormMatchesEngine(SimcryoUnitTest):
             self.assertAlmostEqual(getattr(prot, name).get(), getattr(engine, field) * 1e4)
         for name, field in prot._engineParamFields:
             self.assertEqual(getattr(prot, name).get(), getattr(engine, field), name)
+
+
+def _selectionFigures(members, kept):
+    """(recall, contamination, junk rejected) counted directly from the particles' truth
+    kinds: ``members`` {class id: [kind, ...]}, ``kept`` the kept class ids."""
+    kinds = [(cid in kept, kind != 'good') for cid, ks in members.items() for kind in ks]
+    good = sum(not junk for _, junk in kinds)
+    junk = sum(junk for _, junk in kinds)
+    keptN = sum(k for k, _ in kinds)
+    return (sum(k and not j for k, j in kinds) / good,
+            sum(k and j for k, j in kinds) / keptN if keptN else 0.0,
+            sum(not k and j for k, j in kinds) / junk)
+
+
+@pytest.mark.skipif(not all(engineHas(c) for c in ('classify', 'select', 'evaluate')),
+                    reason='engine commands classify, select and evaluate needed')
+class TestRealisticCleaningWorkflow(SimcryoTestBase):
+    """simulate (uniform views, junk, coloured noise, CTF) -> classify -> rank and select ->
+    evaluate with the selection and the true volume: the cleaning figures reach the metrics
+    table, summary and viewer, and agree with a count from the particles' truth kinds."""
+
+    @classmethod
+    def setUpClass(cls):
+        from scipion_simcryo.protocols import ProtSimcryoClassify2D, ProtSimcryoSelectClasses
+        from scipion_simcryo.tests.common import fastArgs
+        super().setUpClass()
+        cls.sim = cls.runSimulate(views=simulate.VIEWS_UNIFORM, particlesPerClass=30,
+                                  junkFraction=0.2, noiseMode=simulate.NOISE_COLOURED,
+                                  snr=0.5)
+        cls.cls2d = cls.launchProtocol(cls.newProtocol(
+            ProtSimcryoClassify2D, inputParticles=cls.sim.outputParticles, numberOfClasses=6,
+            useGpu=False, numberOfThreads=1, seed=1, extraParams=fastArgs('classify')))
+        cls.select = cls.launchProtocol(cls.newProtocol(
+            ProtSimcryoSelectClasses, inputClasses=cls.cls2d.outputClasses,
+            numberOfThreads=1))
+        volFn = os.path.abspath(cls.sim._getExtraPath('output', 'volume.mrc'))
+        cls.volume = cls.importVolume(
+            volFn, cls.sim.outputParticles.getSamplingRate()).outputVolume
+        cls.ev = cls.launchProtocol(cls.newProtocol(
+            ProtSimcryoEvaluate, inputClasses=cls.cls2d.outputClasses,
+            selectedClasses=cls.select.outputClasses, trueVolume=cls.volume,
+            numberOfThreads=1))
+
+    def _members(self):
+        return {cls.getObjId(): [p.getAttributeValue(cts.TRUE_KIND) for p in cls]
+                for cls in self.cls2d.outputClasses.iterItems() if cls.getSize()}
+
+    def test_figures_agree_with_a_direct_count(self):
+        members = self._members()
+        oracle = {cid for cid, ks in members.items()
+                  if np.mean([k != 'good' for k in ks]) < 0.5}
+        selected = {cls.getObjId() for cls in self.select.outputClasses.iterItems()}
+        table = {label: (o, s) for label, o, s in self.ev.getCleaningTable()}
+        for which, kept in ((0, oracle), (1, selected)):
+            recall, contamination, rejected = _selectionFigures(members, kept)
+            self.assertAlmostEqual(table['good-particle recall (share of good particles '
+                                         'kept)'][which], recall, places=6)
+            self.assertAlmostEqual(table['contamination (junk share of kept)'][which],
+                                   contamination, places=6)
+            self.assertAlmostEqual(table['junk rejected (share of junk not kept)'][which],
+                                   rejected, places=6)
+            self.assertEqual(table['classes kept'][which], len(kept))
+
+    def test_figures_in_range_and_in_table_summary_viewer(self):
+        rows = dict(self.ev.getMetricsTable())
+        for sel in ('oracle selection', 'given selection'):
+            for figure in ('good-particle recall (share of good particles kept)',
+                           'contamination (junk share of kept)',
+                           'junk rejected (share of junk not kept)',
+                           'class-average fidelity of the kept, size-weighted (0 noise, '
+                           '1 clean)'):
+                value = rows['%s, %s' % (figure, sel)]
+                self.assertTrue(0.0 <= value <= 1.0, (figure, sel, value))
+            spread = rows['median view spread in a kept class (deg), %s' % sel]
+            floor = rows['view spread floor, spherical k-means (deg), %s' % sel]
+            self.assertTrue(0.0 <= floor <= 180.0 and 0.0 <= spread <= 180.0)
+        args = self.ev._getEngineArgs()
+        self.assertIn('--selection ', args)
+        self.assertIn('--volume ', args)
+        summary = '\n'.join(self.ev.summary())
+        self.assertIn('contamination (junk share of kept), oracle selection', summary)
+        self.assertIn('Selection scored beside it', summary)
+        self.assertIn('Fidelity against', summary)
+        self.assertIn('good-particle recall', ' '.join(self.ev.methods()))
+        from scipion_simcryo.viewers import SimcryoEvaluateViewer
+        viewer = SimcryoEvaluateViewer(project=self.proj, protocol=self.ev)
+        viewer.setProtocol(self.ev)
+        actions = viewer._getVisualizeDict()
+        table, = actions['displayCleaning']()
+        self.assertIn('contamination (junk share of kept)', table.getText())
+        self.assertIn('selection: %s.outputClasses' % self.select.getRunName(), table.title)
+        perClass, = actions['displayCleaningClasses']()
+        self.assertEqual(len(perClass.rows), len(self._members()))
+        self.assertEqual(sum(int(r[1]) for r in perClass.rows),
+                         self.sim.outputParticles.getSize())
+
+    def test_selection_must_be_a_subset(self):
+        other = addClassesOutput(self.sim, self.sim.outputParticles,
+                                 lambda p: p.getObjId() % 2 + 1, 'otherClasses')
+        prot = self.newProtocol(ProtSimcryoEvaluate, inputClasses=self.cls2d.outputClasses,
+                                selectedClasses=other)
+        self.assertTrue(any('not a class of the scored classification' in e
+                            for e in prot.validate()), prot.validate())

@@ -40,12 +40,21 @@ def sortByResolution(resolutions, sizes):
     return sorted(range(len(sizes)), key=key)
 
 
+def sortByScore(scores, sizes):
+    """Class order, highest quality score first; classes without one last, by size."""
+    def key(i):
+        s = scores[i]
+        return (s is None, -(s or 0.0), -sizes[i], i)
+    return sorted(range(len(sizes)), key=key)
+
+
 def classGalleryFigure(averages, sizes, probs=None, classIds=None, references=None,
                        referenceLabels=None, title='Class averages (largest first)',
                        ncols=None, fig=None, resolutions=None, order=None, labels=None,
-                       labelColors=None):
+                       labelColors=None, scores=None):
     """Gallery of class averages, largest first unless ``order`` is given; each panel titled
-    with its class id, size, mean class probability and resolution (Å, when known), or with
+    with its class id, size, mean class probability, resolution (Å) and quality score (when
+    known), or with
     ``labels`` (coloured by ``labelColors``, e.g. kept / rejected). With ``references`` (true
     projections), a second block of rows shows them (e.g. the true projection matched to
     each class, or all true views)."""
@@ -70,6 +79,8 @@ def classGalleryFigure(averages, sizes, probs=None, classIds=None, references=No
                 label += '\np=%.3f' % probs[i]
             if resolutions is not None and resolutions[i]:
                 label += ' %.1f Å' % resolutions[i]
+            if scores is not None and scores[i] is not None:
+                label += '\nscore %.2f' % scores[i]
         colour = {'color': labelColors[i]} if labelColors is not None else {}
         ax.set_title(label, fontsize=7, **colour)
         ax.set_axis_off()

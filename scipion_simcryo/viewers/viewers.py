@@ -22,7 +22,9 @@ from ..protocols.protocol_select import SCORE_ATTR
 from ..protocols.protocol_simulate import JUNK_KINDS
 from . import plots
 
-SORT_CHOICES = ['size (largest first)', 'resolution (best first, align runs)']
+SORT_CHOICES = ['size (largest first)', 'resolution (best first, align runs)',
+                'quality score (best first, classify runs)']
+SORT_SIZE, SORT_RESOLUTION, SORT_SCORE = range(3)
 
 
 def readImages(items):
@@ -56,6 +58,16 @@ def classResolutions(runLog, classIds):
            if isinstance(c, dict)}
     values = [res.get(k) for k in classIds]
     return values if any(v for v in values) else None
+
+
+def classScores(runLog, classIds):
+    """Quality score per class id from a classify run.json (`class_scores`, written in class
+    order 1..K; the score of `simcryo select`), None where the engine recorded none (align
+    records none)."""
+    scores = runLog.get('class_scores')
+    if not isinstance(scores, list) or not scores:
+        return None
+    return [scores[k - 1] if 0 < k <= len(scores) else None for k in classIds]
 
 
 def runCurves(runLog):
@@ -165,10 +177,14 @@ class SimcryoClassesViewer(ProtocolViewer):
         form.addParam('gallerySort', params.EnumParam, choices=SORT_CHOICES, default=0,
                       display=params.EnumParam.DISPLAY_HLIST, label='Sort the gallery by',
                       help='Resolution: the half-set FRC 0.143 of each class average, '
-                           'recorded by "align and average classes" (classify records '
-                           'none; its classes are then sorted by size).')
+                           'recorded by "align and average classes". Quality score: the '
+                           'class score of "rank and select 2D classes" (contrast, '
+                           'centring, radial profile and size of the average), recorded '
+                           'by the classify protocol, which numbers its classes best '
+                           'first. Where a run recorded no such value the classes are '
+                           'sorted by size.')
         form.addParam('displayGallery', params.LabelParam,
-                      label='Class gallery (size, probability, resolution)')
+                      label='Class gallery (size, probability, resolution, score)')
         form.addParam('displayClasses', params.LabelParam,
                       label='Classes in the Scipion viewer (sorted by size)')
         form.addParam('displayCurves', params.LabelParam,
@@ -190,16 +206,20 @@ class SimcryoClassesViewer(ProtocolViewer):
         if classes is None:
             return _message(self, 'No output classes yet.')
         averages, sizes, probs, ids = classesGalleryData(classes)
-        resolutions = classResolutions(self.protocol._readRunLog(), ids)
-        byResolution = self.gallerySort.get() == 1 and resolutions is not None
-        order = (plots.sortByResolution(resolutions, sizes) if byResolution
-                 else plots.sortBySize(sizes))
-        title = '%s: class averages, %s' % (self.protocol.getRunName(),
-                                             'best resolution first' if byResolution
-                                             else 'largest first')
+        runLog = self.protocol._readRunLog()
+        resolutions = classResolutions(runLog, ids)
+        scores = classScores(runLog, ids)
+        sort = self.gallerySort.get()
+        if sort == SORT_RESOLUTION and resolutions is not None:
+            order, how = plots.sortByResolution(resolutions, sizes), 'best resolution first'
+        elif sort == SORT_SCORE and scores is not None:
+            order, how = plots.sortByScore(scores, sizes), 'best quality score first'
+        else:
+            order, how = plots.sortBySize(sizes), 'largest first'
+        title = '%s: class averages, %s' % (self.protocol.getRunName(), how)
         return [figureView(plots.classGalleryFigure, averages, sizes, probs=probs,
-                           classIds=ids, resolutions=resolutions, order=order, title=title,
-                           windowTitle='simcryo class gallery')]
+                           classIds=ids, resolutions=resolutions, scores=scores, order=order,
+                           title=title, windowTitle='simcryo class gallery')]
 
     def _showClasses(self, paramName=None):
         classes = self._outputClasses()
@@ -236,8 +256,9 @@ class SimcryoClassesViewer(ProtocolViewer):
 
 
 class SimcryoEvaluateViewer(ProtocolViewer):
-    """Metrics, per-class table, confusion matrix, FRC curves and class-vs-true-view gallery
-    of "evaluate 2D classification"."""
+    """Metrics, junk-cleaning figures (oracle and given selection) and classes, per-class
+    table, confusion matrix, FRC curves and class-vs-true-view gallery of "evaluate 2D
+    classification"."""
     _label = 'viewer simcryo evaluation'
     _targets = [ProtSimcryoEvaluate]
     _environments = [DESKTOP_TKINTER]
@@ -245,6 +266,11 @@ class SimcryoEvaluateViewer(ProtocolViewer):
     def _defineParams(self, form):
         form.addSection(label='Visualization')
         form.addParam('displayTable', params.LabelParam, label='Metrics table')
+        if self._hasCleaning():   # particles with junk truth only
+            form.addParam('displayCleaning', params.LabelParam,
+                          label='Junk cleaning: oracle and given selection side by side')
+            form.addParam('displayCleaningClasses', params.LabelParam,
+                          label='Junk share, selection and fidelity of every class')
         form.addParam('displayPerClass', params.LabelParam,
                       label='Per-class precision, recall and resolution')
         form.addParam('displayConfusion', params.LabelParam, label='Confusion matrix')
@@ -254,9 +280,20 @@ class SimcryoEvaluateViewer(ProtocolViewer):
                       label='Class averages next to the true view each matched')
 
     def _getVisualizeDict(self):
-        return {'displayTable': self._showTable, 'displayPerClass': self._showPerClass,
-                'displayConfusion': self._showConfusion, 'displayFrc': self._showFrc,
-                'displayGallery': self._showGallery}
+        actions = {'displayTable': self._showTable}
+        if self._hasCleaning():
+            actions.update(displayCleaning=self._showCleaning,
+                           displayCleaningClasses=self._showCleaningClasses)
+        actions.update(displayPerClass=self._showPerClass, displayConfusion=self._showConfusion,
+                       displayFrc=self._showFrc, displayGallery=self._showGallery)
+        return actions
+
+    def _hasCleaning(self):
+        return bool(self.protocol.getCleaningTable())
+
+    def _noCleaning(self):
+        return _message(self, 'No junk-cleaning figures: no particle is junk by its truth '
+                              '(%s; simulate with junk).' % cts.TRUE_KIND)
 
     def _report(self):
         return self.protocol.getReport()
@@ -269,6 +306,30 @@ class SimcryoEvaluateViewer(ProtocolViewer):
         if not rows:
             return _message(self, 'No metrics yet: run the protocol first.')
         return [metricsTableView(rows, self._title('metrics'))]
+
+    def _showCleaning(self, paramName=None):
+        rows = self.protocol.getCleaningTable()
+        if not rows:
+            return self._noCleaning()
+        text = [(label, _cleaningText(o, label), _cleaningText(s, label))
+                for label, o, s in rows]
+        maxJunk = ((self._report() or {}).get('config') or {}).get('oracle_max_junk', 0.5)
+        return [MetricsTableView(text, self._title(
+            'junk cleaning (oracle: the classes with < %g %% junk; selection: %s)'
+            % (100 * maxJunk, _pointerName(self.protocol.selectedClasses,
+                                                  self.getProject()))),
+            header=('figure', 'oracle', 'selection'))]
+
+    def _showCleaningClasses(self, paramName=None):
+        rows = self.protocol.getCleaningPerClass()
+        if not rows:
+            return self._noCleaning()
+        text = [(cid, n, '%.3f' % share, _keptText(oracle),
+                 '-' if sel is None else _keptText(sel), _f3(fid))
+                for cid, n, share, oracle, sel, fid in rows]
+        return [MetricsTableView(text, self._title('junk share per class, largest first'),
+                                 header=('class', 'particles', 'junk share', 'oracle',
+                                         'selection', 'fidelity'))]
 
     def _showPerClass(self, paramName=None):
         rows = self.protocol.getPerClassTable()
@@ -334,6 +395,27 @@ def matchedGalleryData(evalProt, classes=None, references=None):
     return {'args': (averages, sizes),
             'kwargs': dict(probs=probs, classIds=ids, references=matched,
                            referenceLabels=labels)}
+
+
+def _pointerName(pointer, project):
+    """'run name.output' of an input pointer, as plain text (getObjectTag's is GUI markup):
+    the GUI's pointers name the run and its output, a direct pointer to an output set has
+    the run as its parent."""
+    obj = pointer.get()
+    if obj is None:
+        return 'none given'
+    owner = pointer.getObjValue()
+    if pointer.hasExtended() and hasattr(owner, 'getRunName'):
+        return '%s.%s' % (owner.getRunName(), pointer.getExtended())
+    try:
+        return '%s.%s' % (project.getProtocol(int(obj.getObjParentId())).getRunName(),
+                          obj.getLastName())
+    except Exception:   # a set that is no run's output
+        return obj.getNameId()
+
+
+def _cleaningText(value, label):
+    return '-' if value is None else formatValue(value, label)
 
 
 def _f3(v):
