@@ -341,24 +341,31 @@ def _rank_pid(launcher_pid, rank):
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-def test_killed_rank_fails_the_job_without_output(noisy, tmp_path):
-    out = tmp_path / "out"
-    cmd, env = _torchrun("align", "--i", noisy, "--o", str(out), *ALIGN_FLAGS)
+def _kill_rank_one_at(cmd, env, marker):
+    """Run a torchrun job and SIGKILL rank 1 when `marker` appears in its output: (return
+    code, output)."""
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     try:
         seen = []
         for line in proc.stdout:
             seen.append(line)
-            if "[align] iteration 1 " in line:
+            if marker in line:
                 os.kill(_rank_pid(proc.pid, 1), signal.SIGKILL)
                 break
         rest = proc.communicate(timeout=120)[0]
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode != 0, "".join(seen) + rest
-    assert "SIGKILL" in rest
+    return proc.returncode, "".join(seen) + rest
+
+
+def test_killed_rank_fails_the_job_without_output(noisy, tmp_path):
+    out = tmp_path / "out"
+    cmd, env = _torchrun("align", "--i", noisy, "--o", str(out), *ALIGN_FLAGS)
+    code, output = _kill_rank_one_at(cmd, env, "[align] iteration 1 ")
+    assert code != 0, output
+    assert "SIGKILL" in output
     for name in ("particles.star", "class_averages.mrcs", "run.json"):
         assert not (out / name).exists(), name
 
@@ -404,20 +411,8 @@ def test_classify_killed_rank_then_resume(easy, tmp_path):
     flags = list(CLASSIFY_FLAGS)
     flags[flags.index("--pretext-epochs") + 1] = "40"  # a pretext long enough to kill it in
     cmd, env = _torchrun("classify", "--i", easy, "--o", out, *flags)
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
-    try:
-        seen = []
-        for line in proc.stdout:
-            seen.append(line)
-            if "[pretext] 1/40 " in line:
-                os.kill(_rank_pid(proc.pid, 1), signal.SIGKILL)
-                break
-        rest = proc.communicate(timeout=120)[0]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode != 0, "".join(seen) + rest
+    code, output = _kill_rank_one_at(cmd, env, "[pretext] 1/40 ")
+    assert code != 0, output
     for name in ("particles.star", "class_averages.mrcs", "run.json"):
         assert not os.path.exists(os.path.join(out, name)), name
     assert os.path.exists(os.path.join(out, "checkpoint.pt"))
