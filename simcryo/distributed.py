@@ -10,7 +10,8 @@ Contract of a sharded stage: every rank holds the full per-particle arrays; each
 on `shard(n)` (a contiguous block), the per-class sums are `all_reduce_sum`-med and the
 per-particle results exchanged with `share_rows`, so every rank sees the same statistics and
 takes the same branches (a rank deciding differently would deadlock in the next collective).
-Training is data parallel: every rank draws the same batch, runs the network on its block
+Training is data parallel (the ResNet's; small networks train `replicated`, the whole
+batch on every rank, where collectives cost more than the step): every rank draws the same batch, runs the network on its block
 (`on_own_rows`, `gather_rows`: the loss is the whole batch's on every rank, BatchNorm too,
 `sync_batch_norms`) and the gradients are summed before each step (`all_reduce_grads`), so
 the ranks keep identical weights (torch's DDP wrapper averages the gradients, where a loss
@@ -29,7 +30,8 @@ import torch.distributed as dist
 
 from simcryo.errors import SimcryoError
 
-_state = {"collectives": 0}  # collectives this process has entered (see error_prefix)
+_state = {"collectives": 0,  # collectives this process has entered (see error_prefix)
+          "replicated": False}  # inside `replicated()`: every rank runs the whole work
 # how gloo and NCCL report a peer that went away (any other error is a bug: it propagates)
 PEER_GONE = ("closed by peer", "reset by peer", "broken pipe", "connection refused",
              "timed out", "timeout", "aborted")
@@ -55,7 +57,8 @@ def rank():
 
 
 def world_size():
-    return dist.get_world_size() if active() else 1
+    """The ranks sharing the work: 1 without torchrun, and inside `replicated()`."""
+    return dist.get_world_size() if active() and not _state["replicated"] else 1
 
 
 def local_rank():
@@ -64,6 +67,25 @@ def local_rank():
 
 def is_main():
     return rank() == 0
+
+
+@contextlib.contextmanager
+def replicated(*modules):
+    """Every rank runs the block on the whole data, as one process, with no collective
+    inside; on leaving it, rank 0's parameters and buffers of `modules` are broadcast, so
+    the ranks hold the same network whatever the device's float order. For training small
+    networks, whose step computes less than one collective waits (measured: a gloo
+    all-reduce of 256 floats costs ~1.5 ms between 2 CPU processes, and a data-parallel step
+    of the MLPs needs ~15 of them), where data parallelism is slower than one process."""
+    outer = _state["replicated"]
+    _state["replicated"] = True
+    try:
+        yield
+    finally:
+        _state["replicated"] = outer
+    for module in modules:
+        for t in list(module.parameters()) + list(module.buffers()):
+            broadcast(t.data)
 
 
 def _backend():
@@ -113,7 +135,8 @@ def local_device(device):
 
 def shard(n):
     """This rank's particle indices among n: a contiguous block (sizes differ by <= 1)."""
-    w, r = world_size(), rank()
+    w = world_size()
+    r = rank() if w > 1 else 0
     return np.arange(n * r // w, n * (r + 1) // w)
 
 

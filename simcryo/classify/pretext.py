@@ -6,7 +6,9 @@ network on its block of each batch, gathers the embeddings of all ranks (the neg
 the NT-Xent loss are the whole batch's, as in one process) and the gradients are summed
 over the ranks before each step; BatchNorm normalises over the whole batch
 (distributed.sync_batch_norms). So N ranks train the network one process trains, up to
-the order of float sums.
+the order of float sums. simcryo.classify.stages trains the invariant encoder's MLP
+`distributed.replicated` instead (every rank the whole batch): its step is too small to
+pay for the collectives.
 """
 import math
 
