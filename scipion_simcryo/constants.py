@@ -15,7 +15,7 @@ TORCH_CUDA_BUILDS = [(12, 8), (12, 6), (12, 4), (12, 1), (11, 8)]
 # Engine commands sharded over torchrun's processes, one per GPU: a copy of
 # simcryo.cli.DISTRIBUTED, since the GUI process imports nothing of the engine (a test checks
 # that the two agree).
-DISTRIBUTED_COMMANDS = ('align', 'classify')
+DISTRIBUTED_COMMANDS = ('align', 'classify', 'denoise')
 
 # ---- Per-particle extras written on Scipion items (first item defines the sqlite schema) ----
 # Truth of simulated data: attribute name = '_' + STAR label, so conversion is 1:1.

@@ -19,7 +19,7 @@ COMMANDS = {
     "select": "Rank the classes of any 2D classification and keep the good ones (junk out).",
 }
 # commands sharded over torchrun's ranks (simcryo.distributed); the others run in one process
-DISTRIBUTED = ("align", "classify")
+DISTRIBUTED = ("align", "classify", "denoise")
 
 
 def _load(name):

@@ -90,18 +90,19 @@ class TestGpuList(SimcryoTestBase):
         self.assertIn('%s 2 -m simcryo classify' % TORCHRUN, program)
         self.assertEqual(classify.getSubmitDict()['GPU_COUNT'], 2)
 
-    def test_other_protocols_use_the_first_gpu(self):
+    def test_denoise_runs_one_process_per_gpu(self):
         prot = self.newWithGpus(ProtSimcryoDenoise, '1 3', numberOfThreads=4,
                                 inputParticles=self.sim.outputParticles)
-        program, args = self.engineLaunch(prot, command='denoise train')
-        self.assertNotIn('torch.distributed.run', program)
-        self.assertTrue(program.endswith(' -m simcryo denoise train'), program)
+        for command in ('denoise train', 'denoise apply'):
+            program, args = self.engineLaunch(prot, command=command)
+            self.assertIn('%s 2 -m simcryo %s' % (TORCHRUN, command), program)
         tokens = shlex.split(args)
-        self.assertEqual(tokens[tokens.index('--threads') + 1], '4')
-        self.assertEqual(prot.getSubmitDict()['GPU_COUNT'], 1)
-        warnings = prot.warnings()
-        self.assertTrue(any('the first of the list (1)' in w for w in warnings), warnings)
+        self.assertEqual(tokens[tokens.index('--threads') + 1], '2')  # 4 threads, 2 ranks
+        self.assertEqual(prot.getSubmitDict()['GPU_COUNT'], 2)
+        self.assertFalse(any('the first of the list' in w for w in prot.warnings()))
         self.assertEqual([e for e in prot.validate() if 'GPU' in e], [])
+
+    def test_cpu_runs_ask_no_gpu(self):
         # on CPU: no GPU asked of the queue, whatever the list
         cpu = self.newWithGpus(ProtSimcryoAlignAverage, '0 1', inputClasses=self.truthClasses)
         cpu.useGpu.set(False)

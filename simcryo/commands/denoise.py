@@ -9,6 +9,11 @@ apply: --i particles.star --model MODEL_DIR --o OUT
     OUT/particles.mrcs (denoised images, input order, input pixel size) and OUT/particles.star
     (every input row and column, _rlnImageName pointing at the new stack), run.json last.
 Files are written atomically; a lock refuses a second run into the same folder.
+
+Under torchrun (simcryo.distributed) both are sharded by particle: train is data parallel
+(simcryo.denoise.trainers), apply has each rank denoise its block of the particles into the
+stack rank 0 created. Rank 0 alone logs, holds the output folder and writes the files;
+run.json records `world_size`, and a checkpoint of any world size resumes with any other.
 """
 import argparse
 import dataclasses
@@ -18,6 +23,7 @@ import time
 import numpy as np
 import torch
 
+from simcryo import distributed
 from simcryo.config import add_config_arguments, config_from_args, config_to_dict, radius_px
 from simcryo.denoise import noise as noise_mod
 from simcryo.denoise.apply import denoise_particles
@@ -28,11 +34,12 @@ from simcryo.denoise.pairs import ReferencePairs
 from simcryo.denoise.trainers import ReferenceTrainer, SelfTrainer
 from simcryo.errors import SimcryoError
 from simcryo.image.volume import resample_volume
-from simcryo.io.mrc import StackWriter, read_volume
+from simcryo.io.mrc import StackRows, StackWriter, read_volume
 from simcryo.io.particles import load_particles, write_particles
 from simcryo.outputs import COMPLETE, OutputFolder, require_complete
-from simcryo.runtime import (epoch_generator, load_checkpoint, log, Progress, resolve_device,
+from simcryo.runtime import (epoch_generator, load_checkpoint, Progress, resolve_device,
                              RunLog, save_checkpoint, seed_everything, set_threads)
+from simcryo.runtime import log as _log_all_ranks
 
 TRAIN_HELP = """Train a denoiser on the particles in --i.
 
@@ -101,11 +108,17 @@ def add_arguments(parser):
     add_config_arguments(apply, DenoiseConfig, skip=skip)
 
 
+def log(msg):
+    """A progress line, from rank 0 only under torchrun."""
+    if distributed.is_main():
+        _log_all_ranks(msg)
+
+
 def main(args):
     cfg = config_from_args(DenoiseConfig, args)
     set_threads(cfg.threads)
     seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
+    device = distributed.local_device(resolve_device(cfg.device))
     if args.action == "train":
         train(cfg, args, device)
     else:
@@ -235,20 +248,27 @@ def train(cfg, args, device):
     resume = args.resume and os.path.exists(ckpt_path)
     if args.resume and not resume:
         raise SimcryoError(f"--resume: no checkpoint in {args.o}")
+    world = distributed.world_size()
+    if cfg.batch_size < world:  # every rank runs a block of each batch
+        raise SimcryoError(f"--batch-size {cfg.batch_size} is below the {world} processes of "
+                           "torchrun: give at least one image per process")
+    if not distributed.is_main():  # the other ranks train on the folder rank 0 holds
+        return _train(cfg, args, device, pset, None)
     with OutputFolder(args.o, TRAIN_RESULTS, inputs=[args.i, args.volume], force=args.force,
                       resume=resume) as folder:
         _train(cfg, args, device, pset, folder)
 
 
 def _train(cfg, args, device, pset, folder):
-    out = folder.path
+    """The training; `folder` None on the ranks other than 0 (they write nothing)."""
+    out = folder.path if folder else args.o
     mode = _resolve_mode(cfg, args)
     radius = mask_radius_px(cfg, pset.box, pset.apix)
     mask = background_mask(pset.box, radius, device)
     runlog = RunLog("denoise train", config_to_dict(cfg), mode=mode, input=args.i,
                     n_particles=pset.n, box=pset.box, apix=pset.apix,
                     mask_diameter_A=round(2 * radius * pset.apix, 3),
-                    mask_radius_px=round(radius, 4))
+                    mask_radius_px=round(radius, 4), world_size=distributed.world_size())
     log(f"denoise train: {pset.n} particles, box {pset.box} px, {pset.apix:g} Å/px, "
         f"mode {mode}, device {device}")
     extra = {"mask_radius_px": radius, "mask_diameter_A": 2 * radius * pset.apix}
@@ -274,9 +294,11 @@ def _train(cfg, args, device, pset, folder):
         trainer.load_state_dict(state["trainer"])
         start, history = state["epoch"], state["history"]
         log(f"resumed after epoch {start}")
-    folder.begin()  # a refused resume leaves the folder as it was
+    if folder:
+        folder.begin()  # a refused resume leaves the folder as it was
     steps = max(1, cfg.images_per_epoch // cfg.batch_size)
     progress = Progress(f"denoise {mode}", (cfg.epochs - start) * steps)
+    progress.update = distributed.main_only(progress.update)
     runlog.start("train")
     for epoch in range(start, cfg.epochs):
         base = (epoch - start) * steps
@@ -288,9 +310,12 @@ def _train(cfg, args, device, pset, folder):
         history.append(stats)
         log(f"epoch {epoch + 1}/{cfg.epochs} " + " ".join(f"{k}={v:.4g}"
                                                          for k, v in stats.items()))
-        save_checkpoint(ckpt_path, {"epoch": epoch + 1, "history": history, "job": job,
-                                    "trainer": trainer.state_dict()})
+        if folder:  # every rank holds the same state: rank 0 writes it
+            save_checkpoint(ckpt_path, {"epoch": epoch + 1, "history": history, "job": job,
+                                        "trainer": trainer.state_dict()})
     runlog.stop("train")
+    if folder is None:
+        return
     for stats in history:
         for k, v in stats.items():
             runlog.curve(k, v)
@@ -327,25 +352,42 @@ def apply(cfg, args, device):
     if flip and pset.ctf is None:
         raise SimcryoError(f"model in {args.model} works on phase-flipped particles, but "
                            f"{args.i} has no CTF columns")
+    radius = model_mask_radius_px(record, args.model)
+    background_mask(pset.box, radius, device, pset.apix)  # fails clearly before any work
+    if not distributed.is_main():  # the other ranks denoise their blocks into rank 0's stack
+        _denoise_rows(cfg, device, pset, G, flip, radius, None)
+        return
     with OutputFolder(args.o, APPLY_RESULTS, inputs=[args.i], input_dirs=[args.model],
                       force=args.force) as folder:
         folder.begin()
-        _apply(cfg, args, device, pset, record, G, flip, folder.path)
+        _apply(cfg, args, device, pset, record, G, flip, radius, folder.path)
 
 
-def _apply(cfg, args, device, pset, record, G, flip, out):
+def _denoise_rows(cfg, device, pset, G, flip, radius, stack):
+    """This rank's block of the particles into the stack (rank 0's StackWriter temporary,
+    whose name `stack` rank 0 shares), then a barrier: every row is written."""
+    path = distributed.broadcast_object(stack.tmp if stack else None)
+    progress = Progress("denoise apply", pset.n)
+    world = distributed.world_size()
+    with StackRows(path, pset.n, pset.box) as rows:
+        denoise_particles(G, pset, radius / (pset.box / 2), rows, cfg.apply_batch, device,
+                          on_batch=distributed.main_only(
+                              lambda done: progress.update(min(pset.n, done * world))),
+                          flip=flip)
+    distributed.barrier()
+
+
+def _apply(cfg, args, device, pset, record, G, flip, radius, out):
     stack_path = os.path.join(out, "particles.mrcs")
     runlog = RunLog("denoise apply", config_to_dict(cfg), input=args.i,
-                    model=os.path.abspath(args.model), mode=record["mode"], n_particles=pset.n)
-    progress = Progress("denoise apply", pset.n)
+                    model=os.path.abspath(args.model), mode=record["mode"], n_particles=pset.n,
+                    world_size=distributed.world_size())
     t0 = time.time()
-    radius = model_mask_radius_px(record, args.model)
     runlog["mask_radius_px"] = round(radius, 4)
     runlog["mask_diameter_A"] = round(2 * radius * pset.apix, 3)
-    background_mask(pset.box, radius, device, pset.apix)  # fails clearly before any work
+    # a rank that fails leaves the stack a temporary, removed by the StackWriter
     with StackWriter(stack_path, pset.n, pset.box, pset.apix) as writer:
-        denoise_particles(G, pset, radius / (pset.box / 2), writer, cfg.apply_batch, device,
-                          on_batch=lambda done: progress.update(done), flip=flip)
+        _denoise_rows(cfg, device, pset, G, flip, radius, writer)
     elapsed = time.time() - t0
     names = [f"{i + 1}@particles.mrcs" for i in range(pset.n)]
     write_particles(os.path.join(out, "particles.star"), pset, image_names=names)

@@ -1,7 +1,11 @@
 """Applying a trained denoiser: background-normalise, run the generator, undo the
-normalisation, so the output keeps the input's units, offset and scale."""
+normalisation, so the output keeps the input's units, offset and scale.
+
+Under torchrun each rank denoises its block of the particles (distributed.shard) straight
+into the output stack that rank 0 created (simcryo.io.mrc.StackRows)."""
 import torch
 
+from simcryo import distributed
 from simcryo.denoise.noise import background_mask, normalize
 from simcryo.denoise.pairs import ctf_signs, phase_flip
 from simcryo.image.preprocess import check_not_constant
@@ -25,15 +29,17 @@ def denoise_images(G, images, mask_radius, device=None, signs=None):
 
 def denoise_particles(G, pset, mask_radius, writer, batch_size, device, on_batch=None,
                       flip=False):
-    """Denoise every particle of `pset` in input order into `writer` (a StackWriter);
-    `flip`: the model works phase-flipped (needs pset.ctf)."""
+    """Denoise this rank's particles of `pset` (all in one process) in input order into
+    `writer` (`write(start, images)`: a StackWriter or StackRows); `flip`: the model works
+    phase-flipped (needs pset.ctf). Returns the count denoised here."""
     done = 0
-    for idx, imgs in pset.iter_batches(batch_size):
-        t = torch.from_numpy(imgs)
+    for idx in distributed.shard_blocks(pset.n, batch_size):
+        t = torch.from_numpy(pset.images(idx))
         check_not_constant(t, idx)
         signs = ctf_signs(pset.ctf.take(idx), pset.box, pset.apix, device) if flip else None
-        writer.write(done, denoise_images(G, t, mask_radius, device, signs).numpy())
+        writer.write(int(idx[0]), denoise_images(G, t, mask_radius, device, signs).numpy())
         done += len(idx)
         if on_batch:
             on_batch(done)
     return done
+

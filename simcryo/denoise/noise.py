@@ -16,6 +16,9 @@ Here the noise comes from the particles' background (pixels outside a circular m
 
 The signal power is what is left inside the mask once the noise power is removed; it fixes the
 scale of the clean projections so that the training pairs have the data's SNR.
+
+Under torchrun (simcryo.distributed) each rank reads and normalises its block of the measured
+particles, the blocks are shared (exact) and every rank computes the same statistics.
 """
 from dataclasses import dataclass
 
@@ -23,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from simcryo import distributed
 from simcryo.errors import SimcryoError
 from simcryo.image.mask import background_stats, circular_mask
 
@@ -55,10 +59,15 @@ class NoiseModel:
     def box(self):
         return self.psd.shape[-1]
 
-    def sample(self, n, generator=None):
+    def sample(self, n, generator=None, rows=None):
+        """n noise images, or only those of `rows` among them (data parallel: every rank
+        draws the whole batch's white noise, so the generator advances alike, and colours
+        its own rows)."""
         # drawn on the CPU so that one seeded CPU generator drives every device
-        white = torch.randn((n, self.box, self.box), generator=generator,
-                            dtype=torch.float32).to(self.psd.device)
+        white = torch.randn((n, self.box, self.box), generator=generator, dtype=torch.float32)
+        if rows is not None:
+            white = white[torch.as_tensor(rows, dtype=torch.long)]
+        white = white.to(self.psd.device)
         colored = torch.fft.ifft2(torch.fft.fft2(white) * self.psd.sqrt())
         return colored.real.contiguous()
 
@@ -137,11 +146,10 @@ def measure_data(read_images, n, mask, n_stats, seed, device):
     """read_images(indices) -> float32 (k, box, box) numpy; uses up to n_stats particles."""
     rng = np.random.default_rng(seed)
     idx = np.sort(rng.choice(n, size=min(n, n_stats), replace=False))
-    chunks = []
-    for s in range(0, len(idx), 1024):
-        imgs = torch.from_numpy(read_images(idx[s:s + 1024])).to(device)
-        chunks.append(normalize(imgs, mask)[0])
-    images = torch.cat(chunks)
+    images = torch.zeros((len(idx),) + tuple(mask.shape), device=device)
+    for rows in distributed.shard_blocks(len(idx), 1024):  # this rank's block, then all
+        images[rows] = normalize(torch.from_numpy(read_images(idx[rows])).to(device), mask)[0]
+    distributed.share_all(images)
     power, se = signal_power_with_error(images, mask)
     return DataStats(noise=estimate_noise_model(images, mask),
                      signal_power=power, signal_power_se=se,

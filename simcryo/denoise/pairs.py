@@ -19,10 +19,15 @@ produces the same quantity, so the two modes are interchangeable and comparable.
 `polarity` (+1/-1) matches the data's contrast (particles bright or dark); both are fixed by
 `calibrate`, which also removes from the noise spectrum the part that is delocalised signal
 (the background periodogram of the scaled projections).
+
+Data parallel (simcryo.distributed): `sample(n, generator, rows)` draws every random number
+of the n pairs, as one process does, and builds only the pairs `rows`, this rank's block of
+the batch; `refresh` projects this rank's block of the bank and shares it.
 """
 import numpy as np
 import torch
 
+from simcryo import distributed
 from simcryo.denoise.noise import normalize, remove_signal
 from simcryo.errors import SimcryoError
 from simcryo.image import ctf as ctf_mod
@@ -71,35 +76,42 @@ class ReferencePairs:
 
     def refresh(self, n, generator):
         """Project the volume at n fresh random orientations into the bank that `clean`
-        draws from (projecting every pair costs more than the network step)."""
-        rot = self.rotations(n, generator=generator).to(self.device)
-        self.bank = self.projector(self.volume, rot)
+        draws from (projecting every pair costs more than the network step); under
+        torchrun each rank projects its block of the orientations."""
+        rot = self.rotations(n, generator=generator)
+        mine = distributed.shard(n)
+        own = self.projector(self.volume, rot[mine].to(self.device))
+        bank = own.new_zeros((n,) + tuple(own.shape[1:]))
+        bank[mine] = own
+        self.bank = distributed.share_all(bank)
 
-    def projections(self, n, generator):
-        """n projections: from the bank, each turned by a random multiple of 90 degrees
-        (an exact in-plane rotation, i.e. another valid view), or fresh when no bank."""
+    def projections(self, n, generator, rows=None):
+        """n projections (or those of `rows` among them): from the bank, each turned by a
+        random multiple of 90 degrees (an exact in-plane rotation, i.e. another valid view),
+        or fresh when no bank."""
         if self.bank is None:
-            rot = self.rotations(n, generator=generator).to(self.device)
+            rot = _own(self.rotations(n, generator=generator), rows).to(self.device)
             return self.projector(self.volume, rot)
-        proj = self.bank[torch.randint(len(self.bank), (n,), generator=generator)]
-        turns = torch.randint(4, (n,), generator=generator)
+        pick = _own(torch.randint(len(self.bank), (n,), generator=generator), rows)
+        turns = _own(torch.randint(4, (n,), generator=generator), rows)
+        proj = self.bank[pick]
         for k in range(1, 4):
             sel = (turns == k).nonzero()[:, 0]
             if len(sel):
                 proj[sel] = torch.rot90(proj[sel], k, dims=(-2, -1))
         return proj
 
-    def clean(self, n, generator, with_ctf=False):
+    def clean(self, n, generator, with_ctf=False, rows=None):
         """Unscaled CTF-modulated, shifted projections (n, box, box) [and their CTFParams or
-        None]."""
-        proj = self.projections(n, generator)
+        None]; only those of `rows` among the n when given."""
+        proj = self.projections(n, generator, rows)
         if self.max_shift > 0:
             shifts = (torch.rand((n, 2), generator=generator) * 2 - 1) * self.max_shift
-            proj = shift_images(proj, shifts.to(self.device))
+            proj = shift_images(proj, _own(shifts, rows).to(self.device))
         ctf = None
         if self.ctf_params is not None and len(self.ctf_params):
             idx = torch.randint(len(self.ctf_params), (n,), generator=generator).numpy()
-            ctf = self.ctf_params.take(idx)
+            ctf = self.ctf_params.take(_own(idx, rows))
             proj = ctf_mod.apply_ctf_padded(proj, ctf, self.apix)
         return (proj, ctf) if with_ctf else proj
 
@@ -123,13 +135,15 @@ class ReferencePairs:
         self.noise = remove_signal(self.raw_noise.psd, c * self.scale, self.mask)
         return self.scale, self.polarity
 
-    def sample(self, n, generator):
-        clean, ctf = self.clean(n, generator, with_ctf=True)
+    def sample(self, n, generator, rows=None):
+        """n (noisy, clean) pairs, or only those of `rows` among them (the same pairs one
+        process draws: every random number of the n is drawn)."""
+        clean, ctf = self.clean(n, generator, with_ctf=True, rows=rows)
         clean = clean * (self.scale * self.polarity)
         if self.empty_fraction > 0:
-            keep = torch.rand(n, generator=generator) >= self.empty_fraction
+            keep = _own(torch.rand(n, generator=generator) >= self.empty_fraction, rows)
             clean = clean * keep.to(clean)[:, None, None]
-        noisy = clean + self.noise.sample(n, generator)
+        noisy = clean + self.noise.sample(n, generator, rows)
         noisy, mean, std = normalize(noisy, self.mask)
         clean = (clean - mean[:, None, None]) / std[:, None, None]
         if self.phase_flip and ctf is not None:
@@ -139,3 +153,8 @@ class ReferencePairs:
 
     def state_dict(self):
         return {"scale": self.scale, "polarity": self.polarity}
+
+
+def _own(values, rows):
+    """`values` (one per pair of a batch) restricted to `rows` (None: all)."""
+    return values if rows is None else values[rows]

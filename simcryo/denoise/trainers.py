@@ -24,6 +24,14 @@ full resolution; SURE beat that low-pass by about 2 dB. SURE assumes Gaussian no
 measured spectrum (independent of the signal); Neighbor2Neighbor assumes only noise
 independent between neighbouring pixels, so it remains the choice when the background noise
 model is doubtful (e.g. tiny backgrounds).
+
+Data parallel under torchrun (simcryo.distributed): every rank draws the same batches,
+pairs, probe noise and augmentations (generators seeded by (seed, stream, epoch), never by
+rank) but builds and runs only its block of each batch (`distributed.shard`); each loss is
+the block's share of the batch mean (losses.batch_mean), the gradients are summed over the
+ranks before each step and the discriminator's BatchNorm normalises over the whole batch
+(`distributed.sync_batch_norms`), so N ranks train the networks one process trains, up to
+the order of float sums. Validation is sharded and summed; the logged losses are reduced.
 """
 import math
 
@@ -31,8 +39,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from simcryo import distributed
 from simcryo.denoise import noise as noise_mod
-from simcryo.denoise.losses import content_loss, n2n_loss, sure_loss
+from simcryo.denoise.losses import batch_mean, content_loss, n2n_loss, sure_loss
 from simcryo.denoise.model_io import arch_of, build_generator
 from simcryo.denoise.networks import Discriminator
 from simcryo.denoise.pairs import ctf_signs, phase_flip
@@ -55,6 +64,28 @@ def _schedule_lr(optimizer, cfg, epoch):
         group["lr"] = cfg.lr * lr_factor(epoch, cfg.epochs, cfg.lr_final)
 
 
+def _step(optimizer, loss):
+    """One optimiser step on this rank's share of the batch loss, gradients summed over
+    the ranks (every rank then takes the same step)."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    distributed.all_reduce_grads([p for g in optimizer.param_groups for p in g["params"]])
+    optimizer.step()
+
+
+def _summed(*values):
+    """Floats summed over the ranks (the ranks' shares of batch means: the means)."""
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64)
+    return distributed.all_reduce_sum(t).tolist()
+
+
+def _bce(logits, real, n):
+    """Binary cross entropy of patch logits against all-real (or all-fake) labels, as a
+    share of the mean over a batch of n."""
+    target = torch.full_like(logits, 1.0 if real else 0.0)
+    return batch_mean(F.binary_cross_entropy_with_logits(logits, target, reduction="none"), n)
+
+
 class ReferenceTrainer:
     """GAN training on `ReferencePairs`."""
 
@@ -62,13 +93,13 @@ class ReferenceTrainer:
         self.cfg, self.pairs, self.device = cfg, pairs, device
         torch.manual_seed(cfg.seed)
         self.G = build_generator(arch_of(cfg)).to(device)
-        self.D = Discriminator(cfg.disc_width).to(device)
+        self.D = distributed.sync_batch_norms(Discriminator(cfg.disc_width).to(device))
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr)
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.disc_lr, betas=(0.5, 0.999))
         gen = epoch_generator(cfg.seed, VAL_STREAM, 0)
         pairs.refresh(cfg.projections_per_epoch, gen)
-        noisy, clean = pairs.sample(cfg.val_images, gen)
-        self.val = (noisy.to(device), clean.to(device))
+        noisy, clean = pairs.sample(cfg.val_images, gen, distributed.shard(cfg.val_images))
+        self.val = (noisy.to(device), clean.to(device))  # this rank's block of them
 
     def train_epoch(self, epoch, on_step=None):
         cfg = self.cfg
@@ -77,49 +108,45 @@ class ReferenceTrainer:
         gen = epoch_generator(cfg.seed, TRAIN_STREAM, epoch)
         self.pairs.refresh(cfg.projections_per_epoch, gen)
         steps = max(1, cfg.images_per_epoch // cfg.batch_size)
+        n, rows = cfg.batch_size, distributed.shard(cfg.batch_size)
         self.G.train()
         self.D.train()
         sums = {"content": 0.0, "adversarial": 0.0, "disc": 0.0}
         for step in range(steps):
-            noisy, clean = self.pairs.sample(cfg.batch_size, gen)
+            noisy, clean = self.pairs.sample(n, gen, rows)
             noisy, clean = noisy.to(self.device), clean.to(self.device)
+            d_loss = adv = torch.zeros(())
             if use_gan:
                 with torch.no_grad():
                     fake = self.G(noisy)
-                real_logits, fake_logits = self.D(clean), self.D(fake)
-                d_loss = (F.binary_cross_entropy_with_logits(real_logits,
-                                                             torch.ones_like(real_logits))
-                          + F.binary_cross_entropy_with_logits(fake_logits,
-                                                               torch.zeros_like(fake_logits)))
-                self.opt_d.zero_grad(set_to_none=True)
-                d_loss.backward()
-                self.opt_d.step()
-                sums["disc"] += float(d_loss.detach())
+                d_loss = _bce(self.D(clean), True, n) + _bce(self.D(fake), False, n)
+                _step(self.opt_d, d_loss)
             out = self.G(noisy)
-            content = content_loss(out, clean, cfg.content_loss)
+            content = content_loss(out, clean, cfg.content_loss, n)
             loss = cfg.content_weight * content
             if use_gan:
-                logits = self.D(out)
-                adv = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
+                adv = _bce(self.D(out), True, n)
                 loss = loss + cfg.adversarial_weight * adv
-                sums["adversarial"] += float(adv.detach())
-            self.opt_g.zero_grad(set_to_none=True)
-            loss.backward()
-            self.opt_g.step()
-            sums["content"] += float(content.detach())
+            _step(self.opt_g, loss)
+            c, a, d = _summed(content.detach(), adv.detach(), d_loss.detach())
+            sums["content"] += c
+            sums["adversarial"] += a
+            sums["disc"] += d
             if on_step:
-                on_step(step + 1, steps, float(content.detach()))
+                on_step(step + 1, steps, c)
         stats = {k: v / steps for k, v in sums.items()}
         stats["val"] = self.validate()
         return stats
 
     @torch.no_grad()
     def validate(self):
+        """Content loss on the fixed validation pairs (each rank its block, summed)."""
         self.G.eval()
         noisy, clean = self.val
-        losses = [content_loss(self.G(noisy[i:i + 64]), clean[i:i + 64], self.cfg.content_loss)
-                  * len(noisy[i:i + 64]) for i in range(0, len(noisy), 64)]
-        return float(sum(losses) / len(noisy))
+        share = sum(float(content_loss(self.G(noisy[i:i + 64]), clean[i:i + 64],
+                                       self.cfg.content_loss, self.cfg.val_images))
+                    for i in range(0, len(noisy), 64))
+        return _summed(share)[0]
 
     def state_dict(self):
         return {"G": self.G.state_dict(), "D": self.D.state_dict(),
@@ -159,23 +186,28 @@ class SelfTrainer:
     def refine_noise(self):
         """SURE: remove from the background noise spectrum the signal that the current
         denoiser finds there (CTF-delocalised signal). The denoised images underestimate the
-        signal, so the correction stays conservative; it tightens as training proceeds."""
+        signal, so the correction stays conservative; it tightens as training proceeds.
+        Each rank denoises its block of the particles; the blocks are shared."""
         self.G.eval()
-        outs = []
-        for s in range(0, len(self.stats_idx), 256):
-            idx = self.stats_idx[s:s + 256]
+        outs = torch.zeros((len(self.stats_idx),) + tuple(self.mask.shape), device=self.device)
+        for rows in distributed.shard_blocks(len(self.stats_idx), 256):
+            idx = self.stats_idx[rows]
             imgs = torch.from_numpy(self.read(idx)).to(self.device)
             z = self._flip(noise_mod.normalize(imgs, self.mask)[0], idx)
-            outs.append(self._flip(self.G(z[:, None])[:, 0], idx))
-        self.noise = noise_mod.remove_signal(self.raw_noise.psd, torch.cat(outs), self.mask)
+            outs[rows] = self._flip(self.G(z[:, None])[:, 0], idx)
+        distributed.share_all(outs)
+        self.noise = noise_mod.remove_signal(self.raw_noise.psd, outs, self.mask)
 
-    def _batch(self, idx, generator, augment):
+    def _batch(self, idx, generator, augment, rows=None):
         """Normalised particles (k, 1, box, box) and, for SURE, probe noise with the same
-        covariance (drawn from the noise model, then turned/flipped like the images)."""
+        covariance (drawn from the noise model, then turned/flipped like the images); only
+        the rows `rows` of the sorted batch when given (the random numbers of the whole
+        batch are drawn)."""
         idx = np.sort(idx)
+        own = idx if rows is None else idx[rows]
         imgs = self._flip(noise_mod.normalize(
-            torch.from_numpy(self.read(idx)).to(self.device), self.mask)[0], idx)[:, None]
-        probe = (self.noise.sample(len(imgs), generator)[:, None]
+            torch.from_numpy(self.read(own)).to(self.device), self.mask)[0], own)[:, None]
+        probe = (self.noise.sample(len(idx), generator, rows)[:, None]
                  if self.cfg.self_method == "sure" else None)
         if augment:  # the 8 symmetries of the square: free extra data
             k = int(torch.randint(4, (1,), generator=generator))
@@ -194,10 +226,11 @@ class SelfTrainer:
     def gamma(self, epoch):
         return self.cfg.n2n_gamma * (epoch + 1) / self.cfg.epochs
 
-    def _loss(self, imgs, probe, generator, gamma):
+    def _loss(self, imgs, probe, generator, gamma, n=None, rows=None):
+        """The loss of rows `rows` of a batch of n, as their share of the batch mean."""
         if self.cfg.self_method == "sure":
-            return sure_loss(self.G, imgs, probe, float(self.noise.psd.mean()))
-        return n2n_loss(self.G, imgs, generator, gamma)[0]
+            return sure_loss(self.G, imgs, probe, float(self.noise.psd.mean()), n=n)
+        return n2n_loss(self.G, imgs, generator, gamma, n, rows)[0]
 
     def train_epoch(self, epoch, on_step=None):
         cfg = self.cfg
@@ -216,27 +249,30 @@ class SelfTrainer:
         total = 0.0
         for step in range(steps):
             idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-            imgs, probe = self._batch(idx, gen, augment=True)
-            loss = self._loss(imgs, probe, gen, gamma)
-            self.opt_g.zero_grad(set_to_none=True)
-            loss.backward()
-            self.opt_g.step()
-            total += float(loss.detach())
+            rows = distributed.shard(len(idx))
+            imgs, probe = self._batch(idx, gen, augment=True, rows=rows)
+            loss = self._loss(imgs, probe, gen, gamma, len(idx), rows)
+            _step(self.opt_g, loss)
+            value = _summed(loss.detach())[0]
+            total += value
             if on_step:
-                on_step(step + 1, steps, float(loss.detach()))
+                on_step(step + 1, steps, value)
         return {cfg.self_method: total / steps, "val": self.validate(epoch)}
 
     @torch.no_grad()
     def validate(self, epoch):
         """Validation loss; for SURE an unbiased estimate of the MSE to the clean images (in
-        units of the noise variance)."""
+        units of the noise variance). Each rank takes its block of every chunk."""
         self.G.eval()
         gen = epoch_generator(self.cfg.seed, VAL_STREAM, 0)
         total = 0.0
         for s in range(0, len(self.val_idx), 64):
-            imgs, probe = self._batch(self.val_idx[s:s + 64], gen, augment=False)
-            total += float(self._loss(imgs, probe, gen, self.cfg.n2n_gamma)) * len(imgs)
-        return total / len(self.val_idx)
+            chunk = self.val_idx[s:s + 64]
+            rows = distributed.shard(len(chunk))
+            imgs, probe = self._batch(chunk, gen, augment=False, rows=rows)
+            total += float(self._loss(imgs, probe, gen, self.cfg.n2n_gamma, len(chunk),
+                                      rows)) * len(chunk)
+        return _summed(total)[0] / len(self.val_idx)
 
     def state_dict(self):
         return {"G": self.G.state_dict(), "opt_g": self.opt_g.state_dict()}

@@ -131,6 +131,41 @@ class StackWriter:
             self.abort()
 
 
+class StackRows:
+    """Writes rows of an (n, box, box) float32 MRC stack that another process created (a
+    StackWriter's file on rank 0), with positioned writes: the data are the file's last
+    bytes. Not a memory map: ranks on other nodes of a shared file system then never
+    write back a whole page that holds another rank's rows."""
+
+    def __init__(self, path, n, box):
+        self.row = 4 * box * box
+        self.fd = os.open(path, os.O_WRONLY)
+        self.offset = os.fstat(self.fd).st_size - n * self.row
+        if self.offset < 0:
+            os.close(self.fd)
+            raise ValueError(f"{path} is smaller than a {n} x {box} x {box} stack")
+
+    def write(self, start, images):
+        view = memoryview(np.ascontiguousarray(images, dtype=np.float32)).cast("B")
+        pos = self.offset + start * self.row
+        while len(view):
+            written = os.pwrite(self.fd, view, pos)
+            view, pos = view[written:], pos + written
+
+    def close(self):
+        """The rows on disk (visible to rank 0, also on another node), the file closed."""
+        if self.fd is not None:
+            os.fsync(self.fd)
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
 class StackCache:
     """Keeps a bounded number of stacks open (RELION projects have one stack per micrograph)."""
 
