@@ -182,6 +182,16 @@ def test_error_lines_one_per_failure(monkeypatch):
     assert distributed.error_prefix(ValueError()) == "(rank 1) "
 
 
+def _script_job(job, out):
+    """This file run by torchrun on 2 ranks as the script of `job` (see __main__), writing
+    to `out`; returns the finished process."""
+    cmd, env = _torchrun()
+    cmd = cmd[:cmd.index("-m")] + [os.path.abspath(__file__), job, out]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
 def _em_job(out=None):
     """Refiner.run on 160 noisy copies of four shapes (tests/engine/test_classify.py), 20 %
     wrong labels, pruned search (2 of 4 classes; the first EM iteration's 2 from the coarse
@@ -211,10 +221,7 @@ def _em_job(out=None):
 
 def test_em_two_ranks_match_one_process(tmp_path):
     out = str(tmp_path / "em.npz")
-    cmd, env = _torchrun()
-    cmd = cmd[:cmd.index("-m")] + [os.path.abspath(__file__), "em", out]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = _script_job("em", out)
     two = np.load(out)
     one = _em_job()
     assert int(two["world_size"]) == 2
@@ -348,10 +355,7 @@ def test_training_two_ranks_match_one_process(tmp_path):
     PRE_BATCHNORM; without the synchronised BatchNorm, or without the gradient sum, 1.1e-2
     apart)."""
     out = str(tmp_path / "train.npz")
-    cmd, env = _torchrun()
-    cmd = cmd[:cmd.index("-m")] + [os.path.abspath(__file__), "train", out]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    _script_job("train", out)
     two = np.load(out)
     one = _training_job()
     assert int(two["world_size"]) == 2
@@ -383,10 +387,7 @@ def _replicated_job(out):
 
 def test_replicated_block_runs_whole_then_shares_rank0_weights(tmp_path):
     out = str(tmp_path / "rep.npz")
-    cmd, env = _torchrun()
-    cmd = cmd[:cmd.index("-m")] + [os.path.abspath(__file__), "replicated", out]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    _script_job("replicated", out)
     r0, r1 = (np.load(out.replace(".npz", f"_{r}.npz")) for r in (0, 1))
     for r in (r0, r1):
         assert r["inside"].tolist() == [1, 10, 0]  # whole data, no collective inside
