@@ -42,7 +42,7 @@ STAGE_PARAMS = {
                "refine_seed_candidates", "refine_ctf", "refine_angles", "refine_shift",
                "refine_temperature", "refine_ctf_epsilon", "refine_min_posterior",
                "refine_search_classes", "refine_first_search_classes",
-               "refine_prescreen_box"),
+               "refine_prescreen_box", "refine_mask_scale"),
     "averages": ("average_iterations", "average_box", "sort_classes"),
 }
 # parameters that do not change the result (where and how fast it runs, file names; the
@@ -53,7 +53,8 @@ STAGE_MODELS = {"pretext": ("backbone", "proj_head", "pretext_opt"),
                 "scan": ("scan_heads", "scan_opt"), "selflabel": ("label_head", "label_opt")}
 STAGE_STATE = {"preprocess": ("geometry",), "pretext": ("pretext_images", "pretext_seconds"),
                "features": (), "scan": ("scan_head_losses", "scan_best_head"),
-               "selflabel": (), "refine": ("refine_state", "refine_result"), "averages": ()}
+               "selflabel": (), "refine": ("refine_state", "refine_result", "refine_geometry"),
+               "averages": ()}
 CURVE_STAGE = {"pretext_loss": "pretext", "scan_loss_best": "scan",
                "selflabel_loss": "selflabel", "selflabel_confident": "selflabel",
                "refine_loglik": "refine", "refine_changed": "refine"}

@@ -20,6 +20,8 @@ from simcryo.errors import SimcryoError
 from simcryo.outputs import allocate, atomic_path
 
 CACHE_NAME = "preprocessed.f32"
+REFINE_CACHE = "refine_cache.f32"  # the EM's wider cache (refine_mask_scale > 1)
+CACHES = (CACHE_NAME, REFINE_CACHE)  # removed when a run ends, rebuilt by a resume
 
 
 def shell_index(box):
@@ -60,12 +62,13 @@ def resolution_shell(ssnr, threshold=0.05):
 class Geometry:
     """Box sizes of the pipeline: input box -> crop window -> working box, and mask radii."""
 
-    def __init__(self, box, apix, radius_px, working_box, shift_margin=0.08, max_freq=0.5):
+    def __init__(self, box, apix, radius_px, working_box, shift_margin=0.08, max_freq=0.5,
+                 window_scale=1.0):
         self.box = box
         self.apix = apix
         self.radius_px = radius_px
-        window = int(np.ceil(2 * radius_px * (1 + shift_margin))) + 4
-        window = min(box, window + window % 2)
+        self.window_scale = window_scale  # the crop window covers window_scale x the radius
+        window = crop_window(box, radius_px * window_scale, shift_margin)
         self.window = window
         # highest frequency with measurable signal (cycles per input px), for the record
         self.max_freq = max_freq
@@ -74,8 +77,24 @@ class Geometry:
         self.work_radius = radius_px * self.scale
         self.work_apix = apix / self.scale
 
+    def widened(self, window_scale):
+        """The geometry of a wider crop window (`window_scale` x the particle radius) at
+        this one's pixel size, same radius and spectral SNR (the EM's own cache)."""
+        window = crop_window(self.box, self.radius_px * window_scale)
+        wb = int(round(window * self.scale))
+        g = Geometry(self.box, self.apix, self.radius_px, wb + wb % 2, max_freq=self.max_freq,
+                     window_scale=window_scale)
+        g.ssnr = getattr(self, "ssnr", None)
+        return g
+
     def as_dict(self):
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in vars(self).items()}
+
+
+def crop_window(box, radius_px, shift_margin=0.08):
+    """Even crop window in px that holds a disc of `radius_px` and room for shifts."""
+    window = int(np.ceil(2 * radius_px * (1 + shift_margin))) + 4
+    return min(box, window + window % 2)
 
 
 def center_crop(images, window):
@@ -133,15 +152,17 @@ def lowpass(x, apix, resolution):
     return torch.fft.ifft2(torch.fft.fft2(x) * filt).real
 
 
-def build_cache(pset, cfg, out_dir, device, log=print, batch=512):
-    """Preprocess every particle once into OUT/preprocessed.f32 (memory-mapped).
+def build_cache(pset, cfg, out_dir, device, log=print, batch=512, geom=None, name=CACHE_NAME):
+    """Preprocess every particle once into OUT/`name` (memory-mapped), with `geom` or the
+    Geometry measured on the data (cache_geometry).
 
     Returns (memmap (N, wb, wb) float32, Geometry). Under torchrun rank 0 measures the
     geometry and owns the file; every rank fills its block of the particles."""
-    geom = distributed.broadcast_object(cache_geometry(pset, cfg) if distributed.is_main()
-                                        else None)
+    if geom is None:
+        geom = distributed.broadcast_object(cache_geometry(pset, cfg) if distributed.is_main()
+                                            else None)
     wb = geom.working_box
-    path = os.path.join(out_dir, CACHE_NAME)
+    path = os.path.join(out_dir, name)
     # a partial cache never has the cache's name; rank 0 moves it into place when all filled
     with (atomic_path(path) if distributed.is_main() else contextlib.nullcontext()) as tmp:
         if distributed.is_main():

@@ -28,8 +28,8 @@ from simcryo.classify import invariant, pretext, references, scan, selflabel
 from simcryo.classify.augment import Augmenter
 from simcryo.classify.checkpoint import file_identity
 from simcryo.classify.neighbors import knn_cosine
-from simcryo.classify.preprocess import (CACHE_NAME, Geometry, apply_filter, build_cache,
-                                        wiener_filter)
+from simcryo.classify.preprocess import (CACHE_NAME, REFINE_CACHE, Geometry, apply_filter,
+                                        build_cache, wiener_filter)
 from simcryo.classify.refine import Refiner
 from simcryo.image import ctf as ctfmod
 from simcryo.image.fourier import fourier_crop
@@ -45,9 +45,10 @@ def preprocess(pipe, saved):
     equals the removed one). Returns True when it was built. Under torchrun rank 0 decides,
     and every rank fills its block (preprocess.build_cache)."""
     t = time.time()
-    if distributed.broadcast_object(_cache_reusable(pipe, saved) if distributed.is_main()
-                                    else None):
-        _open_cache(pipe, pipe.state["geometry"])
+    if distributed.broadcast_object(_cache_reusable(pipe, pipe.state.get("geometry")
+                                                    if saved is not None else None)
+                                    if distributed.is_main() else None):
+        pipe.images, pipe.geom = _opened_cache(pipe, pipe.state["geometry"])
         return False
     pipe.images, pipe.geom = build_cache(pipe.pset, pipe.cfg, pipe.out, pipe.device,
                                          log=pipe.log)
@@ -60,20 +61,22 @@ def preprocess(pipe, saved):
     return True
 
 
-def _cache_reusable(pipe, saved):
-    cache_path = os.path.join(pipe.out, CACHE_NAME)
-    recorded = pipe.state.get("artefacts", {}).get(CACHE_NAME)
-    return bool(saved is not None and pipe.state.get("geometry") and recorded
-                and os.path.exists(cache_path) and file_identity(cache_path) == list(recorded))
+def _cache_reusable(pipe, geometry, name=CACHE_NAME):
+    """True when the checkpoint holds the `geometry` of cache `name` and the file it
+    recorded is there unchanged (size and modification time)."""
+    cache_path = os.path.join(pipe.out, name)
+    recorded = pipe.state.get("artefacts", {}).get(name)
+    return bool(geometry and recorded and os.path.exists(cache_path)
+                and file_identity(cache_path) == list(recorded))
 
 
-def _open_cache(pipe, geometry):
+def _opened_cache(pipe, geometry, name=CACHE_NAME):
+    """(memmap of cache `name`, its Geometry from the checkpoint's dict)."""
     g = Geometry.__new__(Geometry)
     g.__dict__.update(geometry)
     wb = g.working_box
-    pipe.geom = g
-    pipe.images = np.memmap(os.path.join(pipe.out, CACHE_NAME), dtype=np.float32, mode="r",
-                            shape=(pipe.pset.n, wb, wb))
+    return np.memmap(os.path.join(pipe.out, name), dtype=np.float32, mode="r",
+                     shape=(pipe.pset.n, wb, wb)), g
 
 
 def pretext_box(pipe):
@@ -325,11 +328,13 @@ def selflabel_stage(pipe, head, f, saved):
     return head
 
 
-def working_ctf(pipe):
-    """|CTF| of particles at the working box (rfft2 layout), or None without CTF."""
+def working_ctf(pipe, geom=None):
+    """|CTF| of particles at the working box of `geom` (default: the cache's; rfft2
+    layout), or None without CTF."""
     if pipe.pset.ctf is None or not pipe.cfg.phase_flip:
         return None
-    ctf, wb, apix = pipe.pset.ctf, pipe.geom.working_box, pipe.geom.work_apix
+    geom = geom or pipe.geom
+    ctf, wb, apix = pipe.pset.ctf, geom.working_box, geom.work_apix
 
     def fn(idx):
         return ctfmod.ctf_2d(ctf.take(np.asarray(idx)), wb, apix, device=pipe.device,
@@ -347,7 +352,8 @@ def refine_stage(pipe, probs, feats, saved, candidates=None, ranking=None):
     cfg = pipe.cfg
     if pipe.state["stage"] == "done" and "refine_result" in pipe.state:
         r = pipe.state["refine_result"]
-        return _refined(pipe, r["weights"], r["psi"], r["shift"])
+        return _refined(r["weights"], r["psi"], r["shift"],
+                        pipe.state.get("refine_geometry", vars(pipe.geom))["scale"])
     ranking = probs if ranking is None else ranking
     labels = probs.argmax(1)
     if cfg.refine_init == "random":
@@ -357,11 +363,12 @@ def refine_stage(pipe, probs, feats, saved, candidates=None, ranking=None):
     if cfg.refine_iterations < 1:
         pipe.state.update(stage="done")
         return probs, None
-    max_shift = max(1.0, cfg.refine_shift * pipe.geom.working_box)
-    refiner = Refiner(pipe.images, cfg.K, pipe.geom.work_radius, pipe.device,
+    images, geom = refine_cache(pipe)
+    max_shift = max(1.0, cfg.refine_shift * geom.working_box)
+    refiner = Refiner(images, cfg.K, em_mask_radius(geom), pipe.device,
                       n_angles=cfg.refine_angles, max_shift=max_shift,
                       temperature=cfg.refine_temperature, log=pipe.log,
-                      ctf=working_ctf(pipe) if cfg.refine_ctf else None,
+                      ctf=working_ctf(pipe, geom) if cfg.refine_ctf else None,
                       ctf_epsilon=cfg.refine_ctf_epsilon,
                       min_posterior=cfg.refine_min_posterior)
     seeds = None
@@ -398,7 +405,37 @@ def refine_stage(pipe, probs, feats, saved, candidates=None, ranking=None):
     pipe.state["refine_result"] = {"weights": weights, "psi": psi, "shift": shift}
     pipe.state.update(stage="done", epoch=0)
     pipe.save()
-    return _refined(pipe, weights, psi, shift)
+    return _refined(weights, psi, shift, geom.scale)
+
+
+def em_mask_radius(geom):
+    """The EM's mask radius in working px: the particle radius, or on the wider cache
+    refine_mask_scale (its window_scale) x the radius, inside the box."""
+    scale = getattr(geom, "window_scale", 1.0)
+    if scale <= 1:
+        return geom.work_radius
+    return min(geom.work_radius * scale, geom.working_box / 2 - 3)
+
+
+def refine_cache(pipe):
+    """The EM's images and geometry: the cache, or with refine_mask_scale > 1 a wider one at
+    the same pixel size (REFINE_CACHE), reused while the checkpoint records it unchanged."""
+    scale = pipe.cfg.refine_mask_scale
+    if scale <= 1:
+        return pipe.images, pipe.geom
+    saved = pipe.state.get("refine_geometry")
+    if distributed.broadcast_object(_cache_reusable(pipe, saved, REFINE_CACHE)
+                                    if distributed.is_main() else None):
+        return _opened_cache(pipe, saved, REFINE_CACHE)
+    t = time.time()
+    images, geom = build_cache(pipe.pset, pipe.cfg, pipe.out, pipe.device, log=pipe.log,
+                               geom=pipe.geom.widened(scale), name=REFINE_CACHE)
+    pipe.state["refine_geometry"] = dict(vars(geom))
+    pipe.checkpoint.record_artefact(pipe.state, REFINE_CACHE)
+    pipe.log(f"[classify] the EM's cache: crop {geom.window} -> working box "
+             f"{geom.working_box} px, mask radius {em_mask_radius(geom):.1f} px "
+             f"({time.time() - t:.1f} s)")
+    return images, geom
 
 
 def reference_stage(pipe):
@@ -426,9 +463,10 @@ def reference_stage(pipe):
     return np.eye(cfg.K)[labels], candidates, ncc
 
 
-def _refined(pipe, weights, psi, shift):
-    # the refinement works in the working box: shifts back to px of the input box
-    return weights.numpy(), (psi.numpy(), shift.numpy() / pipe.geom.scale)
+def _refined(weights, psi, shift, scale):
+    # the refinement works in its working box (scale: its px per input px): shifts back to
+    # px of the input box
+    return weights.numpy(), (psi.numpy(), shift.numpy() / scale)
 
 
 def class_averages(pipe, labels, probs, poses=None):

@@ -25,7 +25,7 @@ from simcryo import distributed
 from simcryo.classify.config import ClassifyConfig
 from simcryo.classify.neighbors import neighbor_purity
 from simcryo.classify.pipeline import CHECKPOINT, Classifier
-from simcryo.classify.preprocess import CACHE_NAME
+from simcryo.classify.preprocess import CACHES
 from simcryo.config import add_config_arguments, config_from_args, config_to_dict, radius_px
 from simcryo.errors import SimcryoError
 from simcryo.io.mrc import open_stack, write_stack
@@ -133,7 +133,8 @@ def run(cfg):
             return _run(cfg, pset, device, folder, t0)
         except (SimcryoError, OSError):
             # a failed run (full disk, bad input) frees the cache's space; a resume rebuilds it
-            discard(os.path.join(folder.path, CACHE_NAME))
+            for name in CACHES:
+                discard(os.path.join(folder.path, name))
             raise
 
 
@@ -195,7 +196,8 @@ def _run(cfg, pset, device, folder, t0):
         log("[classify] vs _simcryoTrueClass: " + " ".join(
             f"{k}={v:.3f}" for k, v in runlog["metrics"].items()))
     runlog.data["timings_s"]["total"] = round(time.time() - t0, 3)
-    discard(os.path.join(out, CACHE_NAME))
+    for name in CACHES:
+        discard(os.path.join(out, name))
     runlog.write(os.path.join(out, COMPLETE))  # last: the completion marker
     log(f"[classify] wrote {out}/particles.star, class_averages.mrcs, run.json "
         f"({time.time() - t0:.1f} s; pretext {result['pretext_images_per_s']:.0f} img/s; "

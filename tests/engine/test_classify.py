@@ -14,6 +14,8 @@ from simcryo.classify.augment import Augmenter
 from simcryo.classify.checkpoint import Checkpoint
 from simcryo.classify.config import ClassifyConfig
 from simcryo.classify.neighbors import knn_cosine, neighbor_purity
+from simcryo.classify.preprocess import CACHES, Geometry
+from simcryo.classify.stages import em_mask_radius
 from simcryo.classify.pretext import nt_xent
 from simcryo.classify.scan import scan_loss
 from simcryo.commands.classify import run
@@ -159,6 +161,43 @@ def test_resume_with_a_new_K_reuses_the_network_and_equals_a_fresh_run(star, tmp
     b = json.loads((tmp_path / "fresh" / "run.json").read_text())
     assert a["metrics"] == b["metrics"] and a["config"]["K"] == 4
     assert a["curves"] == b["curves"]
+
+
+def test_wider_em_cache_keeps_the_pixel_size_and_masks_wider():
+    base = Geometry(128, 2.0, 20.0, 32)
+    wide = base.widened(1.5)
+    assert wide.window >= 2 * 20.0 * 1.5 and wide.window % 2 == 0 and wide.working_box % 2 == 0
+    assert abs(wide.work_apix - base.work_apix) <= 0.05 * base.work_apix
+    assert em_mask_radius(base) == pytest.approx(base.work_radius)
+    assert em_mask_radius(wide) == pytest.approx(min(1.5 * wide.work_radius,
+                                                     wide.working_box / 2 - 3))
+    assert em_mask_radius(wide) > 1.4 * em_mask_radius(base) * wide.scale / base.scale
+    with pytest.raises(SimcryoError, match="--refine-mask-scale"):
+        _cfg("x", "y", refine_mask_scale=0.8)
+
+
+def test_resume_with_a_wider_em_mask_recomputes_the_em_on_its_own_cache(star, tmp_path,
+                                                                        capsys):
+    """refine_mask_scale > 1: the EM alone runs on a second cache; a resume that changes it
+    recomputes from the refinement and equals a fresh run; both caches are removed at the
+    end."""
+    run(_cfg(star, tmp_path / "p"))
+    capsys.readouterr()
+    resumed = run(_cfg(star, tmp_path / "p", resume=True, refine_mask_scale=1.4))
+    out = capsys.readouterr().out
+    assert "recomputing from refine (changed: refine_mask_scale 1 -> 1.4)" in out
+    assert "[classify] the EM's cache: crop " in out
+    fresh = run(_cfg(star, tmp_path / "fresh", refine_mask_scale=1.4))
+    for key in ("features", "probabilities", "psi", "shift", "averages"):
+        np.testing.assert_array_equal(fresh[key], resumed[key], err_msg=key)
+    curves = [json.loads((tmp_path / d / "run.json").read_text())["curves"]["refine_loglik"]
+              for d in ("p", "fresh")]
+    assert curves[0] == curves[1]
+    run(_cfg(star, tmp_path / "default"))
+    default = json.loads((tmp_path / "default" / "run.json").read_text())["curves"]
+    assert default["refine_loglik"] != curves[1]  # the EM saw other images
+    assert not any((tmp_path / d / name).exists() for d in ("p", "fresh", "default")
+                   for name in CACHES)
 
 
 def test_resume_without_a_checkpoint_starts_fresh(star, tmp_path, capsys):
