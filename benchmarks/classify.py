@@ -12,8 +12,8 @@ set, method and seed, then the means per data set.
 
 With --ablate (issue 13) it also runs, per data set and seed, the variants of classify
 (`VARIANTS`: the default trained invariant encoder, --pretext-epochs 0, --encoder resnet,
---refine-init random) and prints one table per data set with top-10 neighbour purity (pur10:
-of neighbors.npy, the neighbours SCAN used; fpur10: of the cosine kNN of features.npy), ACC
+--refine-init random, --refine-mask-scale 1.67) and prints one table per data set with
+top-10 neighbour purity (pur10: of neighbors.npy, the neighbours SCAN used; fpur10: of the cosine kNN of features.npy), ACC
 without the EM (run.json's before_refine_acc), full ACC and wall time, then the means over
 seeds with the min-max spread of ACC. Rows without a run of their own: the invariant input
 alone (cosine kNN on the default run's invariants.npy; its rotational_neighbors.npy), ASPIRE
@@ -64,7 +64,9 @@ VARIANTS = (("trained (default)", "simcryo", [], ""),
             ("untrained", "simcryo_untrained", ["--pretext-epochs", "0"], ""),
             ("resnet", "simcryo_resnet", ["--encoder", "resnet"], ""),
             ("random-init EM", "simcryo_random_init", ["--refine-init", "random"],
-             "ACC noEM: the clustering the EM did not start from"))
+             "ACC noEM: the clustering the EM did not start from"),
+            ("wide EM mask", "simcryo_wide_em", ["--refine-mask-scale", "1.67"],
+             "opt-in: the EM on its own wider cache"))
 ASPIRE_PYTHON = os.environ.get("SIMCRYO_ASPIRE_PYTHON", "/work/aspire-venv/bin/python")
 ORACLE_ANGLES = 72      # oracle's in-plane grid (5 deg)
 ORACLE_SHIFT_SIGMAS = 4  # oracle marginalises shifts up to this many simulated sigmas

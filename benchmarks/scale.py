@@ -10,7 +10,8 @@ command's wall time (process start to exit, so it includes torch's import and to
 rendezvous), particles/s = particles x passes / wall time (classify: one pass), for align
 the median particles/s of one search-box iteration from run.json (rank 0's pass time,
 all-reduce included), for classify the EM's and the other stages' seconds (run.json
-timings) and the share of assignments equal to world size 1's, and the peak resident memory
+timings) and the share of assignments equal to world size 1's (after matching the
+labels), and the peak resident memory
 of the largest process (getrusage of a wrapper that only runs the command: torchrun's
 launcher counts too, but is smaller than a rank). The speed-up is against world size 1.
 On GPUs give --device cuda and --world-sizes up to the number of GPUs.
@@ -33,6 +34,7 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from simcryo.evaluation.metrics import accuracy  # noqa: E402
 from simcryo.io.star import read_star, write_star  # noqa: E402
 
 TORCHRUN = os.path.join(os.path.dirname(sys.executable), "torchrun")
@@ -112,7 +114,7 @@ def main():
             base = base or wall
             passes, rate, em, other = _split(run, args.command)
             print(f"{world:>5} {wall:8.1f} {passes:>6} {n * passes / wall:9.0f} {rate:11.0f} "
-                  f"{em:7.1f} {other:7.1f} {_agreement(labels0, labels):6.4f} {rss:9.0f} "
+                  f"{em:7.1f} {other:7.1f} {accuracy(labels, labels0):6.4f} {rss:9.0f} "
                   f"{base / wall:7.2f}", flush=True)
 
 
@@ -128,15 +130,6 @@ def _split(run, command):
     return 1, nan, t["refine"], t["classify_total"] - t["refine"]
 
 
-def _agreement(a, b):
-    """Share of particles in the same class, after matching the labels (Hungarian)."""
-    from scipy.optimize import linear_sum_assignment
-    a, b = np.asarray(a) - 1, np.asarray(b) - 1
-    k = max(a.max(), b.max()) + 1
-    counts = np.zeros((k, k))
-    np.add.at(counts, (a, b), 1)
-    rows, cols = linear_sum_assignment(-counts)
-    return counts[rows, cols].sum() / len(a)
 
 if __name__ == "__main__":
     main()

@@ -335,6 +335,16 @@ def _four_shapes(n=80, noise=0.3):
     return x.numpy(), truth, rng
 
 
+def _four_shapes_wrong_start(wrong_count=12):
+    """`_four_shapes` with a start partition where `wrong_count` particles (`wrong`) are in
+    the next class: (x, truth, start, wrong, the generator for further draws)."""
+    x, truth, rng = _four_shapes()
+    start = truth.copy()
+    wrong = rng.choice(len(x), wrong_count, replace=False)
+    start[wrong] = (start[wrong] + 1) % 4
+    return x, truth, start, wrong, rng
+
+
 def test_pruned_em_step_with_every_class_equals_the_full_search():
     from simcryo.classify.refine import Refiner
     x, truth, _ = _four_shapes()
@@ -375,10 +385,7 @@ def test_alignment_only_step_scoring_the_own_class_equals_scoring_every_class():
 
 def test_pruned_em_scores_own_and_best_ranked_classes_and_still_separates():
     from simcryo.classify.refine import Refiner
-    x, truth, rng = _four_shapes()
-    start = truth.copy()
-    wrong = rng.choice(len(x), 12, replace=False)
-    start[wrong] = (start[wrong] + 1) % 4
+    x, truth, start, wrong, rng = _four_shapes_wrong_start()
     # the clustering's ranking: the true class second best where the start is wrong
     ranking = np.full((len(x), 4), 0.1, dtype=np.float32)
     ranking[np.arange(len(x)), start] = 0.6
@@ -413,10 +420,7 @@ def test_prescreen_ranks_by_the_data_where_the_clustering_ranking_misleads():
     recovers the wrong starts only when its candidates come from the prescreen (measured:
     ACC 0.94 against 0.80)."""
     from simcryo.classify.refine import Refiner
-    x, truth, rng = _four_shapes()
-    start = truth.copy()
-    wrong = rng.choice(len(x), 12, replace=False)
-    start[wrong] = (start[wrong] + 1) % 4
+    x, truth, start, wrong, rng = _four_shapes_wrong_start()
     ranking = np.full((len(x), 4), 0.2, dtype=np.float32)
     ranking[np.arange(len(x)), start] = 0.6
     ranking[np.arange(len(x)), truth] = 0.0       # the true class last where start is wrong
@@ -439,10 +443,7 @@ def test_prescreen_ranks_by_the_data_where_the_clustering_ranking_misleads():
 def test_pruned_run_with_every_class_equals_the_full_run():
     """M = K in every iteration (and in the first EM iteration) is the full search."""
     from simcryo.classify.refine import Refiner
-    x, truth, rng = _four_shapes()
-    start = truth.copy()
-    wrong = rng.choice(len(x), 12, replace=False)
-    start[wrong] = (start[wrong] + 1) % 4
+    x, truth, start, wrong, rng = _four_shapes_wrong_start()
     seeds = [int(np.nonzero(start == c)[0][0]) for c in range(4)]
     ranking = rng.random((len(x), 4)).astype(np.float32)
 
