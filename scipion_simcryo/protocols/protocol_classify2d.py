@@ -198,6 +198,13 @@ class ProtSimcryoClassify2D(ProtSimcryoBase, ProtClassify2D):
                              expertLevel=LEVEL_ADVANCED, validators=[params.GE(0)],
                              help='What keeps K = 50-200 affordable: the cost of the EM '
                                   'grows with M, not K.')
+        self._addEngineParam(form, 'refineSubset', params.IntParam, 'refine_subset',
+                             'Particles in the early EM iterations',
+                             expertLevel=LEVEL_ADVANCED, validators=[params.GE(0)])
+        self._addEngineParam(form, 'refineFullIterations', params.IntParam,
+                             'refine_full_iterations', 'Last EM iterations on all particles',
+                             expertLevel=LEVEL_ADVANCED, validators=[params.GE(1)],
+                             condition='refineSubset > 0')
         self._addEngineParam(form, 'refineAngles', params.IntParam, 'refine_angles',
                              'In-plane angles searched', expertLevel=LEVEL_ADVANCED,
                              validators=[params.GE(4)],

@@ -42,7 +42,8 @@ STAGE_PARAMS = {
                "refine_seed_candidates", "refine_ctf", "refine_angles", "refine_shift",
                "refine_temperature", "refine_ctf_epsilon", "refine_min_posterior",
                "refine_search_classes", "refine_first_search_classes",
-               "refine_prescreen_box", "refine_mask_scale"),
+               "refine_prescreen_box", "refine_mask_scale", "refine_subset",
+               "refine_full_iterations"),
     "averages": ("average_iterations", "average_box", "sort_classes"),
 }
 # parameters that do not change the result (where and how fast it runs, file names; the

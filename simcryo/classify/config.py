@@ -143,6 +143,19 @@ class ClassifyConfig:
                                    "clustering probabilities, which missed too many "
                                    "(4,000 particles, K=20, 5 candidates: ACC 0.574 vs "
                                    "0.627 with the coarse search)")
+    refine_subset: int = _f(20000, "particles the EM iterations before the last "
+                            "--refine-full-iterations score: a random subset of this many "
+                            "(drawn with --seed) builds the averages, as cryoSPARC's batches "
+                            "do; then every particle is scored. 0 (or at least the number "
+                            "of particles): all in every iteration. Bounds the EM's cost "
+                            "at 10^5-10^6 particles; runs of up to this many particles are "
+                            "unchanged. Measured (simulated phantom, uniform views, 15 %% "
+                            "junk, SNR 0.05, K=100, 2 idle cores): 10^5 particles classified "
+                            "in 2,290 s, the EM 1,769 s; 10^4 particles with a subset of "
+                            "5,000 against all: oracle-selection recall 0.999 / 0.998, "
+                            "contamination 0.022 / 0.025, EM 317 / 426 s")
+    refine_full_iterations: int = _f(2, "last EM iterations that score every particle when "
+                                     "--refine-subset is in effect (at least 1)")
     refine_mask_scale: float = _f(1.0, "the EM's mask radius and crop window, times the "
                                   "particle radius; above 1 the EM runs on a second, wider "
                                   "cache at the same pixel size (refine_cache.f32), the "
@@ -195,6 +208,11 @@ class ClassifyConfig:
         for name in ("invariant_angular", "invariant_dim", "invariant_candidates"):
             if getattr(self, name) < 1:
                 raise SimcryoError(f"--{name.replace('_', '-')} must be positive")
+        if self.refine_subset < 0:
+            raise SimcryoError(f"--refine-subset must be 0 or positive (got {self.refine_subset})")
+        if self.refine_full_iterations < 1:
+            raise SimcryoError(f"--refine-full-iterations must be at least 1 (got "
+                               f"{self.refine_full_iterations})")
         if self.refine_mask_scale < 1:
             raise SimcryoError(f"--refine-mask-scale must be at least 1 (got "
                                f"{self.refine_mask_scale})")

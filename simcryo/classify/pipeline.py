@@ -109,21 +109,30 @@ class Classifier:
                 "features": feats, "neighbors": neighbors, "geometry": self.geom,
                 "pretext_images_per_s": rate, "curves": self.state["curves"],
                 "timings": dict(self.state["timings"], classify_total=time.time() - t0),
-                "scan_head_losses": self.state.get("scan_head_losses")}
+                "scan_head_losses": self.state.get("scan_head_losses"),
+                "refine_history": self.state.get("refine_result", {}).get("history")}
 
     def _cluster(self, saved):
         """The contrastive stages: (clustering probabilities (N, K), features, neighbours)."""
-        backbone = stages.pretext_stage(self, saved)
+        backbone = self._timed("pretext", stages.pretext_stage, self, saved)
         feats, neighbors = stages.features_stage(self, backbone)
         f = torch.as_tensor(feats, device=self.device)
-        head = stages.scan_stage(self, feats, neighbors, saved)
-        head = stages.selflabel_stage(self, head, f, saved)
+        head = self._timed("scan", stages.scan_stage, self, feats, neighbors, saved)
+        head = self._timed("selflabel", stages.selflabel_stage, self, head, f, saved)
         with torch.no_grad():
             head.eval()
             probs = F.softmax(head(f), -1).cpu().double()
         # every rank holds the same head (summed gradients); rank 0's partition for all, so
         # that no device's nondeterministic kernel can make the ranks' EM start apart
         return distributed.broadcast(probs).numpy(), feats, neighbors
+
+    def _timed(self, name, stage, *args):
+        """stage(*args), its seconds kept as timings[name] (the first run's on a resume that
+        reuses the stage; with the invariant encoder "pretext" includes "invariants")."""
+        t = time.time()
+        out = stage(*args)
+        self.state["timings"].setdefault(name, time.time() - t)
+        return out
 
     def averages(self, labels, probs):
         """(psi (N,), shift (N, 2) px, averages (K, box, box)) for the final classes, in

@@ -17,6 +17,7 @@ from simcryo.image import preprocess as pp
 from simcryo.image.fourier import fourier_crop, radial_frequency, radial_index
 from simcryo.image.mask import normalize_background, soft_mask
 from simcryo.errors import SimcryoError
+from simcryo.io.pages import StreamedRows, release_pages
 from simcryo.outputs import allocate, atomic_path
 
 CACHE_NAME = "preprocessed.f32"
@@ -156,7 +157,7 @@ def build_cache(pset, cfg, out_dir, device, log=print, batch=512, geom=None, nam
     """Preprocess every particle once into OUT/`name` (memory-mapped), with `geom` or the
     Geometry measured on the data (cache_geometry).
 
-    Returns (memmap (N, wb, wb) float32, Geometry). Under torchrun rank 0 measures the
+    Returns (the cache's rows (N, wb, wb) float32, `open_cache`, Geometry). Under torchrun rank 0 measures the
     geometry and owns the file; every rank fills its block of the particles."""
     if geom is None:
         geom = distributed.broadcast_object(cache_geometry(pset, cfg) if distributed.is_main()
@@ -170,7 +171,14 @@ def build_cache(pset, cfg, out_dir, device, log=print, batch=512, geom=None, nam
             allocate(tmp, pset.n * wb * wb * 4, "the preprocessed image cache")
         _fill_cache(distributed.broadcast_object(tmp), pset, cfg, geom, device, batch)
     distributed.barrier()
-    return np.memmap(path, dtype=np.float32, mode="r", shape=(pset.n, wb, wb)), geom
+    return open_cache(path, pset.n, wb), geom
+
+
+def open_cache(path, n, working_box):
+    """The cache file as (n, wb, wb) float32 rows, read through a memory map whose pages
+    are released as the rows stream (simcryo.io.pages), so RSS does not grow with N."""
+    return StreamedRows(np.memmap(path, dtype=np.float32, mode="r",
+                                  shape=(n, working_box, working_box)))
 
 
 def cache_geometry(pset, cfg):
@@ -210,6 +218,7 @@ def _fill_cache(path, pset, cfg, geom, device, batch):
         raw = torch.from_numpy(pset.images(idx)).to(device)
         ctf = pset.ctf.take(idx) if pset.ctf is not None else None
         mm[idx] = prepare_batch(raw, ctf, apix, geom, cfg, idx).cpu().numpy()
+        release_pages(mm)  # written pages stay in the page cache, not in this process
     mm.flush()
     distributed.barrier()  # every rank's rows are in the file
     # one global scale: the network sees unit-variance inputs whatever the data's noise level
@@ -219,6 +228,7 @@ def _fill_cache(path, pset, cfg, geom, device, batch):
     distributed.barrier()  # every rank has read the rows of the scale before any divides
     for idx in distributed.shard_blocks(pset.n, 4096):
         mm[idx] /= scale
+        release_pages(mm)
     mm.flush()
     del mm
     distributed.barrier()

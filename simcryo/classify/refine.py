@@ -76,33 +76,41 @@ class Refiner:
         acc.shift(-density_centroid(avg))
         return spectra_to_images(acc.corrected(eps)) * self.mask
 
-    def averages(self, labels, weights, psi, shift):
+    def averages(self, labels, weights, psi, shift, rows=None):
         """Weighted averages (K, b, b) of particles aligned with their poses (RELION):
-        labels (N,), weights (N,), psi (N,) deg, shift (N, 2) px."""
+        labels (N,), weights (N,), psi (N,) deg, shift (N, 2) px; only `rows` (indices,
+        the same on every rank; None: all) are read."""
         acc = ClassAccumulator(self.k, self.b, self.dev)
         lab = torch.as_tensor(labels, dtype=torch.long)
         w = torch.as_tensor(weights, dtype=torch.float32)
-        for idx in _blocks(distributed.shard(self.n), 256):
+        rows = np.arange(self.n) if rows is None else np.asarray(rows)
+        for idx in _blocks(rows[distributed.shard(len(rows))], 256):
             a = warp_to_reference(self._particles(idx), psi[idx].to(self.dev),
                                   shift[idx].to(self.dev))
             acc.add(torch.fft.rfft2(a), lab[idx], w[idx], torch.zeros(len(idx)))
         return self._references(acc.all_reduce())
 
     @torch.no_grad()
-    def em_step(self, refs, log_prior, fixed=None, classes=None):
+    def em_step(self, refs, log_prior, fixed=None, classes=None, groups=None):
         """One EM iteration with poses marginalised (as RELION's 2D classification).
 
         E: posterior of every (class, angle, shift) per particle under a Gaussian white noise
         model of variance sigma2 (times `temperature`). M: each average becomes the
-        posterior-weighted sum of all particles over all their poses: per (class, angle),
-        the particles averaged over their shift posteriors (the aligner's
+        posterior-weighted sum of the scored particles over all their poses: per (class,
+        angle), the particles averaged over their shift posteriors (the aligner's
         marginal_spectra), accumulated per (class, angle) frame and folded into the class
         frames (ClassAccumulator.fold_frames). `fixed` (N,) keeps particles in given classes
         (alignment-only iterations). `classes` (N, M) scores particle i only against
-        classes[i] (the pruned search; the others get posterior 0). Returns (new refs, class
-        posteriors (N, K), best psi (N, K), best shift (N, K, 2) (RELION), mean
-        log-likelihood); in the pruned search the poses of the unscored classes are NaN."""
+        classes[i] (the pruned search; the others get posterior 0). `groups`, a list of
+        (rows, classes or None), scores only those particles, each group against its own
+        classes (None: [(all, classes)]). Returns (new refs, class posteriors (N, K), best
+        psi (N, K), best shift (N, K, 2) (RELION), mean log-likelihood of the scored rows);
+        unscored particles have posterior 0 and the poses of unscored classes are NaN."""
         K, A, S = self.k, len(self.psi_grid), len(self.shift_grid)
+        groups = [(np.arange(self.n), classes)] if groups is None else groups
+        scored = np.concatenate([np.asarray(rows) for rows, _ in groups])
+        group_of = np.concatenate([np.full(len(rows), j) for j, (rows, _) in enumerate(groups)])
+        mine = distributed.shard(len(scored))
         prepared = self.aligner.prepare(refs)
         frames = ClassAccumulator(K * A, self.b, self.dev)
         weights = torch.zeros(self.n, K)
@@ -111,37 +119,40 @@ class Refiner:
         self.best_score = torch.full((self.n, K), -float("inf"))
         resid, lse_all = torch.zeros(self.n), torch.zeros(self.n)
         sigma2 = self.sigma2
-        if sigma2 is None:  # the first iteration: from the first batch of all the particles
-            sigma2 = float(self._score(np.arange(min(self.batch, self.n)), prepared,
-                                       classes)[-1].mean()) / float(self.mask.sum())
-        for idx in _blocks(distributed.shard(self.n), self.batch):
-            x, c, cls, score, best, arg, resid[idx] = self._score(idx, prepared, classes)
-            m = len(idx)
-            logp = score / (sigma2 * self.temperature) - math.log(A * S)
-            logp = logp + log_prior[cls][:, :, None]
-            if fixed is not None:
-                own = torch.as_tensor(fixed[idx], device=self.dev)
-                keep = cls == own[:, None]
-                logp = torch.where(keep[:, :, None], logp, torch.full_like(logp, -float("inf")))
-            lse = torch.logsumexp(logp.reshape(m, -1), -1)
-            lse_all[idx] = lse.cpu()
-            post = torch.exp(logp - lse[:, None, None]).view(m, -1, A, S)
-            rows = torch.as_tensor(idx)[:, None]
-            cls_cpu = cls.cpu()
-            weights[rows, cls_cpu] = post.sum((-1, -2)).cpu()
-            self._accumulate(frames, x, c, post, cls)
-            self.best_score[rows, cls_cpu] = best.cpu()
-            best_psi[rows, cls_cpu] = self.psi_grid[arg // S].cpu()
-            best_shift[rows, cls_cpu] = self.shift_grid[arg % S].cpu()
-        everyone = np.arange(self.n)
+        if sigma2 is None:  # the first iteration: from the first batch of the scored particles
+            rows, cls = groups[0]
+            sigma2 = float(self._score(np.asarray(rows)[:self.batch], prepared,
+                                       cls)[-1].mean()) / float(self.mask.sum())
+        for j, (_, group_classes) in enumerate(groups):
+            for idx in _blocks(scored[mine][group_of[mine] == j], self.batch):
+                x, c, cls, score, best, arg, resid[idx] = self._score(idx, prepared,
+                                                                      group_classes)
+                m = len(idx)
+                logp = score / (sigma2 * self.temperature) - math.log(A * S)
+                logp = logp + log_prior[cls][:, :, None]
+                if fixed is not None:
+                    own = torch.as_tensor(fixed[idx], device=self.dev)
+                    keep = cls == own[:, None]
+                    logp = torch.where(keep[:, :, None], logp,
+                                       torch.full_like(logp, -float("inf")))
+                lse = torch.logsumexp(logp.reshape(m, -1), -1)
+                lse_all[idx] = lse.cpu()
+                post = torch.exp(logp - lse[:, None, None]).view(m, -1, A, S)
+                rows = torch.as_tensor(idx)[:, None]
+                cls_cpu = cls.cpu()
+                weights[rows, cls_cpu] = post.sum((-1, -2)).cpu()
+                self._accumulate(frames, x, c, post, cls)
+                self.best_score[rows, cls_cpu] = best.cpu()
+                best_psi[rows, cls_cpu] = self.psi_grid[arg // S].cpu()
+                best_shift[rows, cls_cpu] = self.shift_grid[arg % S].cpu()
         for t in (weights, best_psi, best_shift, self.best_score, resid, lse_all):
-            distributed.share_rows(t, everyone)
+            distributed.share_rows(t, scored)
         frames.all_reduce()
-        # summed per batch of all the particles, as one process always has
-        loglik = sum(float(lse_all[idx].sum()) for idx in _blocks(everyone, self.batch))
-        self.sigma2 = max(float(resid.mean()) / float(self.mask.sum()), 1e-6)
+        # summed per batch of all the scored particles, as one process always has
+        loglik = sum(float(lse_all[idx].sum()) for idx in _blocks(scored, self.batch))
+        self.sigma2 = max(float(resid[scored].mean()) / float(self.mask.sum()), 1e-6)
         new_refs = self._references(frames.fold_frames(self.psi_grid))
-        return new_refs, weights, best_psi, best_shift, loglik / self.n
+        return new_refs, weights, best_psi, best_shift, loglik / len(scored)
 
     def _score(self, idx, prepared, classes):
         """E-step scores of the particles idx: (images, |CTF| or None, classes scored
@@ -197,48 +208,45 @@ class Refiner:
         return order.gather(1, pick)
 
     @torch.no_grad()
-    def prescreen(self, refs, box):
+    def prescreen(self, refs, box, rows=None, out=None):
         """(N, K) coarse scores of every particle against every class: the best
         -||x - C T(A)||^2 / 2 over the poses, with the masked particles and references
         Fourier-cropped to `box` px, the shifts scaled with it and the angular step too (the
         same arc at the particle's edge in px): ~(box / b)^3 of one full iteration. Ranks the
-        classes for the first EM iteration, as no fine score of the other classes exists."""
+        classes for the first EM iteration, as no fine score of the other classes exists.
+        Only `rows` (None: all) are scored, into `out` (N, K) if given (else zeros)."""
         box = min(box, self.b)
         scale = box / self.b
         aligner = ExhaustiveAligner(ExhaustiveParams(
             n_angles=max(8, round(len(self.psi_grid) * scale)),
             max_shift=max(1.0, self.aligner.p.max_shift * scale), interpolation="bilinear"))
         prepared = aligner.prepare(fourier_crop(refs, box))
-        out = torch.zeros(self.n, self.k)
-        for idx in _blocks(distributed.shard(self.n), self.batch):
+        out = torch.zeros(self.n, self.k) if out is None else out
+        rows = np.arange(self.n) if rows is None else np.asarray(rows)
+        for idx in _blocks(rows[distributed.shard(len(rows))], self.batch):
             x = fourier_crop(self._particles(idx), box)
             c = (None if self.ctf is None
                  else crop_spectrum(self.ctf(idx).to(self.dev), box) / scale ** 2)
             cc, power = aligner.scores(x, prepared, ctf=c)
             out[idx] = (cc - 0.5 * power[..., None]).flatten(2).max(-1).values.cpu()
-        distributed.share_rows(out, np.arange(self.n))
+        distributed.share_rows(out, rows)
         return out
 
-    def _classes_searched(self, it, align_iterations, search_classes, first):
-        """How many classes iteration `it` scores per particle (run's M; K: all)."""
-        if it < align_iterations:
-            return 1  # fixed labels: the other classes' scores would go unused
-        if not 0 < search_classes < self.k:
-            return self.k
-        return first if it == align_iterations else search_classes
-
-    def revive_empty(self, refs, weights, psi, shift, min_share=0.25):
-        """A class holding less than `min_share` of an equal share gets a new reference: the
-        aligned average of the worse-fitting half of the largest class (EM cannot split a
-        class by itself, and an empty class is wasted)."""
-        mass = weights.sum(0)
-        lab = weights.argmax(1)
+    def revive_empty(self, refs, weights, psi, shift, rows=None, min_share=0.25):
+        """A class holding less than `min_share` of an equal share of the scored `rows`
+        (None: all) gets a new reference: the aligned average of the worse-fitting half of
+        the largest class (EM cannot split a class by itself, and an empty class is
+        wasted)."""
+        rows = torch.arange(self.n) if rows is None else torch.as_tensor(rows)
+        mass = weights[rows].sum(0)
+        lab = torch.full((self.n,), -1, dtype=torch.long)
+        lab[rows] = weights[rows].argmax(1)
         refs = refs.clone()
         self.revived = []
         # the pruned search leaves the poses of unscored classes NaN; they get weight 0 here
         psi, shift = torch.nan_to_num(psi), torch.nan_to_num(shift)
-        for c in torch.nonzero(mass < min_share * self.n / self.k).flatten().tolist():
-            big = int(torch.bincount(lab, minlength=self.k).argmax())
+        for c in torch.nonzero(mass < min_share * len(rows) / self.k).flatten().tolist():
+            big = int(torch.bincount(lab[rows], minlength=self.k).argmax())
             members = torch.nonzero(lab == big).flatten()
             if len(members) < 4:
                 break
@@ -247,7 +255,7 @@ class Refiner:
             w = torch.zeros(self.n)
             w[worse] = 1.0
             own = torch.full((self.n,), c, dtype=torch.long)
-            refs[c] = self.averages(own, w, psi[:, big], shift[:, big])[c]
+            refs[c] = self.averages(own, w, psi[:, big], shift[:, big], rows=worse.numpy())[c]
             lab[worse] = c
             self.revived.append(c)
             self.log(f"[refine] class {c + 1} was empty: re-seeded from half of class {big + 1}")
@@ -289,9 +297,29 @@ class Refiner:
             seeds.append(int(cand[int(torch.nanmean(score, 0).argmax())]))
         return seeds
 
+    def subset_rows(self, subset, seed):
+        """The particles of the subset iterations: `subset` of them drawn at random (fixed by
+        `seed`), sorted; None (all) when `subset` is 0 or at least N."""
+        if not 0 < subset < self.n:
+            return None
+        return np.sort(np.random.default_rng(seed).choice(self.n, subset, replace=False))
+
+    def _groups(self, active, align_only, state, table, rank, before, widths):
+        """em_step's groups: the particles `active` split into those having their first EM
+        iteration (widths[0] classes each, M1) and the others (widths[1], M); the
+        alignment-only iterations score the own class only (the other classes' scores would
+        go unused with the labels fixed)."""
+        if align_only:
+            return [(active, self.search_classes(table, rank, before, 1))]
+        seen = state["em_scored"][torch.as_tensor(active)].numpy()
+        return [(rows, self.search_classes(table, rank, before, width))
+                for rows, width in ((active[~seen], widths[0]), (active[seen], widths[1]))
+                if len(rows)]
+
     def run(self, labels, iterations, seeds=None, align_iterations=3, progress=None,
             state=None, on_iteration=None, search_classes=0, ranking=None,
-            first_search_classes=0, prescreen_box=0):
+            first_search_classes=0, prescreen_box=0, subset=0, full_iterations=2,
+            subset_seed=0):
         """Refine from hard labels; returns (weights (N, K), psi (N,), shift (N, 2), history).
 
         The first `align_iterations` keep the classes fixed and only align: each class starts
@@ -302,12 +330,15 @@ class Refiner:
         posterior. `search_classes` M (0: all K) prunes the search: each particle is scored
         against its own class and the M - 1 classes it scored best against when last scored;
         classes never scored follow in the order of `ranking` (N, K), e.g. the clustering
-        probabilities. The first EM iteration has no scores of other classes yet: it scores
-        the own class and the `first_search_classes` - 1 first in `ranking` (0: all K), or,
-        with `prescreen_box` > 0, first by the coarse scores of `prescreen` at that box;
-        later iterations choose among the classes scored so far. A re-seeded class is
-        scored against every particle in the next iteration. `state` (from
-        `on_iteration(state)`) resumes after a completed iteration."""
+        probabilities. A particle's first EM iteration has no scores of other classes yet:
+        it scores the own class and the `first_search_classes` - 1 first in `ranking` (0:
+        all K), or, with `prescreen_box` > 0, first by the coarse scores of `prescreen` at
+        that box; later iterations choose among the classes scored so far. A re-seeded
+        class is scored against every particle in the next iteration. `subset` > 0 (fewer
+        than N) runs every iteration but the last `full_iterations` on that many particles
+        drawn at random (`subset_seed`), as cryoSPARC's batches: the averages are then as
+        well determined at a fraction of the cost, and the last iterations score everyone.
+        `state` (from `on_iteration(state)`) resumes after a completed iteration."""
         lab0 = torch.as_tensor(np.asarray(labels), dtype=torch.long)
         fixed = torch.nn.functional.one_hot(lab0, self.k).float()
         if state is None:
@@ -319,7 +350,10 @@ class Refiner:
             state = {"iteration": 0, "weights": fixed, "history": [], "sigma2": None,
                      "refs": self._particles(np.asarray(seeds)).cpu(),
                      "psi": torch.zeros(self.n, self.k), "shift": torch.zeros(self.n, self.k, 2),
-                     "table": torch.full((self.n, self.k), -float("inf")), "ranking": rank}
+                     "table": torch.full((self.n, self.k), -float("inf")), "ranking": rank,
+                     "em_scored": torch.zeros(self.n, dtype=torch.bool)}
+        # a checkpoint of an older run: every particle had its EM iterations together
+        state.setdefault("em_scored", torch.full((self.n,), state["iteration"] > align_iterations))
         self.sigma2 = state["sigma2"]
         refs = state["refs"].to(self.dev)
         weights = state["weights"]
@@ -327,42 +361,64 @@ class Refiner:
         table, rank = state["table"], state["ranking"]
         total = align_iterations + iterations
         fixed_labels = lab0.numpy()
-        first = first_search_classes if 0 < first_search_classes < self.k else self.k
-        if 0 < search_classes < self.k:
+        pruned = 0 < search_classes < self.k
+        first = first_search_classes if pruned and 0 < first_search_classes < self.k else self.k
+        widths = (first, search_classes if pruned else self.k)
+        if pruned:
             self.log(f"[refine] pruned search: each particle against {search_classes} of "
-                     f"{self.k} classes ({first} in the first EM iteration)")
+                     f"{self.k} classes ({first} in its first EM iteration)")
+        sub = self.subset_rows(subset, subset_seed)
+        last_subset = total - max(1, full_iterations)
+        if sub is not None and last_subset > 0:
+            self.log(f"[refine] iterations 1-{last_subset} on a random subset of {len(sub)} "
+                     f"of {self.n} particles, the last {total - last_subset} on all")
+
+        def rows_of(it):
+            return None if sub is None or it >= last_subset else sub
         for it in range(state["iteration"], total):
-            prior = weights.mean(0).clamp_min(1e-3)
+            t0 = time.perf_counter()
+            prev = rows_of(it - 1) if it > 0 else None
+            prior = (weights if prev is None else weights[prev]).mean(0).clamp_min(1e-3)
             align_only = it < align_iterations
             before = weights.argmax(1)
-            if it == align_iterations and prescreen_box > 0 and (
-                    0 < search_classes < self.k and first < self.k):
-                t0 = time.perf_counter()
-                rank = state["ranking"] = self.prescreen(refs, prescreen_box)
-                self.log(f"[refine] first EM iteration: candidates from a coarse search of "
-                         f"every class at {min(prescreen_box, self.b)} px "
-                         f"({time.perf_counter() - t0:.1f} s)")
-            m = self._classes_searched(it, align_iterations, search_classes, first)
+            rows = rows_of(it)
+            active = np.arange(self.n) if rows is None else rows
+            fresh = ([] if align_only else
+                     active[~state["em_scored"][torch.as_tensor(active)].numpy()])
+            if len(fresh) and prescreen_box > 0 and pruned and first < self.k:
+                t1 = time.perf_counter()
+                rank = state["ranking"] = self.prescreen(refs, prescreen_box, rows=fresh,
+                                                         out=rank.clone())
+                self.log(f"[refine] first EM iteration of {len(fresh)} particles: candidates "
+                         f"from a coarse search of every class at {min(prescreen_box, self.b)} "
+                         f"px ({time.perf_counter() - t1:.1f} s)")
             # each class re-seeded last iteration is scored on top of the M (with many
             # re-seeded classes they would otherwise take every slot after the own class,
             # and no particle could reach a real class)
-            m += 0 if align_only else state.get("revived", 0)
-            classes = self.search_classes(table, rank, before, m)
-            refs, post, psi, shift, ll = self.em_step(
+            extra = 0 if align_only else state.get("revived", 0)
+            groups = self._groups(active, align_only, state, table, rank, before,
+                                  [w + extra for w in widths])
+            refs, post, psi_it, shift_it, ll = self.em_step(
                 refs, torch.log(prior / prior.sum()).to(self.dev),
-                fixed=fixed_labels if align_only else None, classes=classes)
+                fixed=fixed_labels if align_only else None, groups=groups)
             scored = torch.isfinite(self.best_score)
             table = torch.where(scored, self.best_score, table)
-            weights = fixed if align_only else post
+            weights, psi, shift = self._merged(rows, (weights, psi, shift),
+                                               (fixed if align_only else post, psi_it, shift_it))
+            if not align_only:
+                state["em_scored"][torch.as_tensor(active)] = True
             self.revived = []
             if not align_only and it < total - 2:
-                refs = self.revive_empty(refs, weights, psi, shift)
-                table[:, self.revived] = 1e30   # below only the particle's own class
+                refs = self.revive_empty(refs, weights, psi, shift, rows=rows)
+                if self.revived:   # below only the particle's own class
+                    table[torch.as_tensor(active)[:, None], torch.as_tensor(self.revived)] = 1e30
             changed = int((weights.argmax(1) != before).sum())
+            searched = max(self.k if c is None else c.shape[1] for _, c in groups)
             state["history"].append({"iteration": it + 1, "loglik": ll, "changed": changed,
                                      "sigma2": self.sigma2, "align_only": align_only,
-                                     "classes_searched": self.k if classes is None
-                                     else classes.shape[1], "revived": list(self.revived)})
+                                     "classes_searched": searched, "particles": len(active),
+                                     "revived": list(self.revived),
+                                     "seconds": round(time.perf_counter() - t0, 3)})
             state.update(iteration=it + 1, weights=weights, refs=refs.cpu(), psi=psi,
                          shift=shift, sigma2=self.sigma2, table=table,
                          revived=len(self.revived))
@@ -373,3 +429,17 @@ class Refiner:
         lab = weights.argmax(1)
         rows = torch.arange(self.n)
         return weights, psi[rows, lab], shift[rows, lab], state["history"]
+
+    @staticmethod
+    def _merged(rows, old, new):
+        """The per-particle arrays after an iteration that scored `rows` (None: all): the
+        new values there, the old ones elsewhere."""
+        if rows is None:
+            return new
+        r = torch.as_tensor(rows)
+        out = []
+        for a, b in zip(old, new):
+            a = a.clone()
+            a[r] = b[r]
+            out.append(a)
+        return tuple(out)

@@ -29,7 +29,7 @@ from simcryo.classify.augment import Augmenter
 from simcryo.classify.checkpoint import file_identity
 from simcryo.classify.neighbors import knn_cosine
 from simcryo.classify.preprocess import (CACHE_NAME, REFINE_CACHE, Geometry, apply_filter,
-                                        build_cache, wiener_filter)
+                                        build_cache, open_cache, wiener_filter)
 from simcryo.classify.refine import Refiner
 from simcryo.image import ctf as ctfmod
 from simcryo.image.fourier import fourier_crop
@@ -71,12 +71,11 @@ def _cache_reusable(pipe, geometry, name=CACHE_NAME):
 
 
 def _opened_cache(pipe, geometry, name=CACHE_NAME):
-    """(memmap of cache `name`, its Geometry from the checkpoint's dict)."""
+    """(rows of cache `name` (preprocess.open_cache), its Geometry from the checkpoint's
+    dict)."""
     g = Geometry.__new__(Geometry)
     g.__dict__.update(geometry)
-    wb = g.working_box
-    return np.memmap(os.path.join(pipe.out, name), dtype=np.float32, mode="r",
-                     shape=(pipe.pset.n, wb, wb)), g
+    return open_cache(os.path.join(pipe.out, name), pipe.pset.n, g.working_box), g
 
 
 def pretext_box(pipe):
@@ -400,9 +399,11 @@ def refine_stage(pipe, probs, feats, saved, candidates=None, ranking=None):
         align_iterations=cfg.refine_align_iterations, progress=report, state=start,
         on_iteration=save, search_classes=cfg.refine_search_classes, ranking=ranking,
         first_search_classes=cfg.refine_first_search_classes,
-        prescreen_box=cfg.refine_prescreen_box)
+        prescreen_box=cfg.refine_prescreen_box, subset=cfg.refine_subset,
+        full_iterations=cfg.refine_full_iterations, subset_seed=cfg.seed)
     pipe.state.pop("refine_state", None)
-    pipe.state["refine_result"] = {"weights": weights, "psi": psi, "shift": shift}
+    pipe.state["refine_result"] = {"weights": weights, "psi": psi, "shift": shift,
+                                   "history": history}
     pipe.state.update(stage="done", epoch=0)
     pipe.save()
     return _refined(weights, psi, shift, geom.scale)

@@ -181,6 +181,8 @@ def _run(cfg, pset, device, folder, t0):
     runlog["class_sizes"] = np.bincount(labels, minlength=cfg.K).tolist()
     warn_empty_classes(runlog["class_sizes"])
     runlog["scan_head_losses"] = result["scan_head_losses"]
+    if result["refine_history"]:
+        runlog["refine_history"] = result["refine_history"]
     runlog["classes_from"] = result_stage(cfg)
     for name, values in result["curves"].items():
         runlog.data["curves"][name] = values

@@ -7,6 +7,7 @@ import mrcfile
 import numpy as np
 
 from simcryo.errors import SimcryoError
+from simcryo.io.pages import StreamedRows
 from simcryo.outputs import (allocate, atomic_path, check_free_space, discard, temp_name,
                              umask)
 
@@ -177,7 +178,7 @@ class StackCache:
         if path in self._open:
             self._open.move_to_end(path)
             return self._open[path]
-        stack = open_stack(path)
+        stack = StreamedRows(open_stack(path))  # RSS stays flat while a stack streams
         self._open[path] = stack
         if len(self._open) > self.max_open:
             self._open.popitem(last=False)

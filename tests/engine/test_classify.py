@@ -462,6 +462,57 @@ def test_pruned_run_with_every_class_equals_the_full_run():
                                                first_search_classes=2)[3]] == [1, 2, 3, 3]
 
 
+class _ReadRecorder:
+    """An image stack that records which rows each read asked for."""
+
+    def __init__(self, x):
+        self.x, self.shape, self.reads = x, x.shape, []
+
+    def __getitem__(self, idx):
+        self.reads.append(np.atleast_1d(np.asarray(idx)).copy())
+        return self.x[idx]
+
+
+def test_subset_iterations_read_only_the_subset_then_score_every_particle():
+    """refine_subset: the iterations before the last `full_iterations` read only the random
+    subset's images; the last ones score every particle, so most of those outside the
+    subset that start in a wrong class end in the right one, as in the full run. A subset
+    of at least N is the full run."""
+    from simcryo.classify.refine import Refiner
+    x, truth, rng = _four_shapes(n=160, noise=0.2)
+    start = truth.copy()
+    wrong = rng.choice(len(x), 32, replace=False)
+    start[wrong] = (start[wrong] + 1) % 4
+    images = _ReadRecorder(x)
+    r = Refiner(images, 4, 10.0, torch.device("cpu"), n_angles=36, max_shift=3.0)
+    sub = r.subset_rows(80, seed=0)
+    outside = np.setdiff1d(np.arange(len(x)), sub)
+    wrong_outside = np.intersect1d(wrong, outside)
+    assert len(wrong_outside) >= 10
+    seeds = [int(np.intersect1d(np.nonzero(start == c)[0], sub)[0]) for c in range(4)]
+    marks = []
+    w, psi, _, hist = r.run(start, 4, seeds=seeds, align_iterations=2, subset=80,
+                            full_iterations=2, subset_seed=0,
+                            on_iteration=lambda state: marks.append(len(images.reads)))
+    assert [h["particles"] for h in hist] == [80, 80, 80, 80, 160, 160]
+    assert np.isin(np.concatenate(images.reads[:marks[3]]), sub).all()
+    assert np.isin(outside, np.concatenate(images.reads[marks[3]:])).all()
+    assert torch.isfinite(psi).all()
+    lab = w.argmax(1).numpy()
+    # measured: 11 of the 12 wrong starts outside the subset corrected, as in the full run
+    assert (lab[wrong_outside] == truth[wrong_outside]).mean() >= 0.8
+
+    def plain(**kw):
+        return Refiner(x, 4, 10.0, torch.device("cpu"), n_angles=36, max_shift=3.0).run(
+            start, 4, seeds=seeds, align_iterations=2, **kw)
+    full, everyone = plain(), plain(subset=len(x), full_iterations=1)
+    for a, b in zip(full[:3], everyone[:3]):
+        assert torch.equal(a, b)
+    full_lab = full[0].argmax(1).numpy()
+    assert (lab[outside] == truth[outside]).mean() >= (
+        full_lab[outside] == truth[outside]).mean() - 0.02
+
+
 def test_re_seeded_classes_are_scored_on_top_of_the_pruned_search():
     """Classes re-seeded after an EM iteration are scored by every particle in the next one,
     in addition to its M classes: with as many re-seeded classes as free slots, no

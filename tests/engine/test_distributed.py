@@ -195,7 +195,9 @@ def _script_job(job, out):
 def _em_job(out=None):
     """Refiner.run on 160 noisy copies of four shapes (tests/engine/test_classify.py), 20 %
     wrong labels, pruned search (2 of 4 classes; the first EM iteration's 2 from the coarse
-    prescreen, sharded too): (weights, psi, shift, log-likelihoods);
+    prescreen, sharded too), the iterations before the last 2 on a subset of 100 (so the
+    first full iteration shards two groups: the subset and the particles new to the EM):
+    (weights, psi, shift, log-likelihoods);
     saved to `out` (rank 0) when given."""
     import torch
     from simcryo import distributed
@@ -211,7 +213,9 @@ def _em_job(out=None):
                 log=distributed.main_only(print))
     seeds = r.choose_seeds(start, [np.nonzero(start == c)[0][:8] for c in range(4)])
     w, psi, shift, hist = r.run(start, 4, seeds=seeds, align_iterations=2, search_classes=2,
-                                ranking=ranking, first_search_classes=2, prescreen_box=12)
+                                ranking=ranking, first_search_classes=2, prescreen_box=12,
+                                subset=100, full_iterations=2)
+    assert [h["particles"] for h in hist] == [100] * 4 + [160] * 2
     result = dict(w=w.numpy(), psi=psi.numpy(), shift=shift.numpy(),
                   ll=np.array([h["loglik"] for h in hist]), truth=truth)
     if out and distributed.is_main():
