@@ -157,8 +157,9 @@ def build_cache(pset, cfg, out_dir, device, log=print, batch=512, geom=None, nam
     """Preprocess every particle once into OUT/`name` (memory-mapped), with `geom` or the
     Geometry measured on the data (cache_geometry).
 
-    Returns (the cache's rows (N, wb, wb) float32, `open_cache`, Geometry). Under torchrun rank 0 measures the
-    geometry and owns the file; every rank fills its block of the particles."""
+    Returns (the cache's rows (N, wb, wb) float32, as `open_cache` gives them, Geometry).
+    Under torchrun rank 0 measures the geometry and owns the file; every rank fills its
+    block of the particles."""
     if geom is None:
         geom = distributed.broadcast_object(cache_geometry(pset, cfg) if distributed.is_main()
                                             else None)

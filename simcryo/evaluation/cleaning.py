@@ -58,11 +58,12 @@ def _angles_to_means(directions, labels):
     return np.degrees(np.arccos(cos))
 
 
-def view_spread(directions, labels):
-    """Median angle (deg) between each direction (n, 3) and its class's mean direction."""
+def view_spread(directions, labels, percentile=50):
+    """Median (or another `percentile`) of the angles (deg) between each direction (n, 3)
+    and its class's mean direction."""
     if len(labels) == 0:
         return None
-    return float(np.median(_angles_to_means(directions, labels)))
+    return float(np.percentile(_angles_to_means(directions, labels), percentile))
 
 
 def spherical_kmeans(directions, k, seed=0, iterations=50, restarts=4):
@@ -111,6 +112,7 @@ def spread_report(pred, junk, directions, kept):
     sel = np.isin(pred, np.asarray(sorted(kept), dtype=np.int64)) & ~junk
     k = len(np.unique(pred[sel]))
     return dict(view_spread_deg=view_spread(directions[sel], pred[sel]),
+                view_spread_p90_deg=view_spread(directions[sel], pred[sel], 90),
                 kmeans_floor_deg=kmeans_view_spread(directions[sel], k) if k else None,
                 classes=k, particles=int(sel.sum()))
 

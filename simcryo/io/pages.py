@@ -14,7 +14,7 @@ import mmap
 
 import numpy as np
 
-BUDGET = 64 << 20   # bytes read between releases
+BUDGET = 64 << 20   # bytes of the file spanned by reads between releases
 
 
 def mapping_of(array):

@@ -247,6 +247,7 @@ def test_select_and_evaluate_commands(toy, capsys):
     assert c["selected"]["junk_rejected"] == 1.0
     assert c["oracle"]["fidelity"] > 0.3
     assert c["oracle"]["kmeans_floor_deg"] <= c["oracle"]["view_spread_deg"] + 1e-6
+    assert c["oracle"]["view_spread_p90_deg"] >= c["oracle"]["view_spread_deg"]
     assert "oracle" in capsys.readouterr().out
 
 
