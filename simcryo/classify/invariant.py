@@ -63,7 +63,7 @@ class RingSpectra:
         distributed.share_all(coef, self.shifts)
         # the k = 0 term of every ring carries the common radial profile: remove it
         coef[:, :, 0] -= coef[:, :, 0].mean(0, keepdim=True)
-        self.coef = coef / self.norm(coef)[:, None, None].clamp_min(1e-12)
+        self.coef = coef.div_(self.norm(coef)[:, None, None].clamp_min(1e-12))  # no 2nd copy
 
     def _spectra(self, x):
         s = centre_of_mass(x, radius=self.radius, lowpass_sigma=CENTRE_LOWPASS)
@@ -149,8 +149,11 @@ def rotational_knn(coef, k, exact_limit, n_candidates, basis=None, device="cpu",
     if n > exact_limit:
         leading = basis.project(coef, dims=CANDIDATE_DIMS, whiten=False)
         candidates, _ = knn_cosine(leading.numpy(), min(max(k, n_candidates), n - 1), device)
-        candidates = torch.from_numpy(candidates)
-    base = _real(coef).to(device)
+        candidates = torch.from_numpy(candidates.astype(np.int32))   # (N, 200): half the bytes
+        del leading
+    # all pairs: every particle's real vector at once; candidates: only each block's (a
+    # copy of all would be another (N, R, angular) array at 10^5 particles)
+    base = _real(coef).to(device) if candidates is None else None
     out = np.empty((n, k), np.int64)
     for idx in distributed.shard_blocks(n, block):
         q = _rotated(coef[idx]).to(device)
@@ -159,10 +162,11 @@ def rotational_knn(coef, k, exact_limit, n_candidates, basis=None, device="cpu",
             score[torch.arange(len(idx)), torch.as_tensor(idx)] = -float("inf")
             out[idx] = score.topk(k, dim=1).indices.cpu().numpy()
         else:
-            cand = candidates[idx].to(device)
-            score = torch.einsum("bad,bcd->bac", q, base[cand]).amax(1)
-            best = score.topk(k, dim=1).indices
-            out[idx] = torch.gather(cand, 1, best).cpu().numpy()
+            cand = candidates[idx].long()
+            others = _real(coef[cand.flatten()]).view(len(idx), cand.shape[1], -1).to(device)
+            score = torch.einsum("bad,bcd->bac", q, others).amax(1)
+            best = score.topk(k, dim=1).indices.cpu()
+            out[idx] = torch.gather(cand, 1, best).numpy()
     return distributed.share_all(out)
 
 

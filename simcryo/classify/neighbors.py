@@ -1,10 +1,13 @@
-"""Stage 2: top-k cosine neighbours, in blocks on the device (memory O(N*k + block*N)).
-Under torchrun each rank answers the queries of its block of the rows, against all rows."""
+"""Stage 2: top-k cosine neighbours, in blocks on the device (memory O(N*k), plus one
+block's similarities, at most BLOCK_VALUES whatever N). Under torchrun each rank answers the
+queries of its block of the rows, against all rows."""
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from simcryo import distributed
+
+BLOCK_VALUES = 1 << 25   # similarities held at once (128 MB); a block of rows fits in it
 
 
 def knn_cosine(features, k, device="cpu", block=1024):
@@ -14,6 +17,7 @@ def knn_cosine(features, k, device="cpu", block=1024):
                                         device=device), dim=1)
     n = feats.shape[0]
     k = int(min(k, n - 1))
+    block = max(1, min(block, BLOCK_VALUES // max(n, 1)))
     idx = np.empty((n, k), np.int64)
     sim = np.empty((n, k), np.float32)
     for rows in distributed.shard_blocks(n, block):

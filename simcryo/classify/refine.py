@@ -91,7 +91,7 @@ class Refiner:
         return self._references(acc.all_reduce())
 
     @torch.no_grad()
-    def em_step(self, refs, log_prior, fixed=None, classes=None, groups=None):
+    def em_step(self, refs, log_prior, fixed=None, classes=None, groups=None, poses=None):
         """One EM iteration with poses marginalised (as RELION's 2D classification).
 
         E: posterior of every (class, angle, shift) per particle under a Gaussian white noise
@@ -105,7 +105,9 @@ class Refiner:
         (rows, classes or None), scores only those particles, each group against its own
         classes (None: [(all, classes)]). Returns (new refs, class posteriors (N, K), best
         psi (N, K), best shift (N, K, 2) (RELION), mean log-likelihood of the scored rows);
-        unscored particles have posterior 0 and the poses of unscored classes are NaN."""
+        unscored particles have posterior 0 and the poses of unscored classes are NaN.
+        `poses` (psi (N, K), shift (N, K, 2)), if given, are written in place at the scored
+        rows and returned, the other rows kept (no second set of (N, K) pose arrays)."""
         K, A, S = self.k, len(self.psi_grid), len(self.shift_grid)
         groups = [(np.arange(self.n), classes)] if groups is None else groups
         scored = np.concatenate([np.asarray(rows) for rows, _ in groups])
@@ -114,8 +116,13 @@ class Refiner:
         prepared = self.aligner.prepare(refs)
         frames = ClassAccumulator(K * A, self.b, self.dev)
         weights = torch.zeros(self.n, K)
-        best_psi = torch.full((self.n, K), float("nan"))
-        best_shift = torch.full((self.n, K, 2), float("nan"))
+        if poses is None:
+            best_psi = torch.full((self.n, K), float("nan"))
+            best_shift = torch.full((self.n, K, 2), float("nan"))
+        else:
+            best_psi, best_shift = poses
+            best_psi[torch.as_tensor(scored)] = float("nan")
+            best_shift[torch.as_tensor(scored)] = float("nan")
         self.best_score = torch.full((self.n, K), -float("inf"))
         resid, lse_all = torch.zeros(self.n), torch.zeros(self.n)
         sigma2 = self.sigma2
@@ -181,18 +188,22 @@ class Refiner:
         if c is not None:
             xf = xf * c  # numerator CTF * F, denominator CTF^2 (Wiener)
         pi, pj = torch.nonzero(post.sum((-1, -2)) > self.min_posterior, as_tuple=True)
-        pk = cls[pi, pj]
-        cell = post[pi, pj]                                   # (P, A, S)
-        mass = cell.sum(-1)                                   # (P, A)
-        spectra = self.aligner.marginal_spectra(xf[pi], cell)
-        # ClassAccumulator weighs spectra: pass the shift-averaged particle, weight = mass
-        spectra = spectra / mass.clamp_min(1e-30)[..., None, None]
-        frame = (pk[:, None] * A + torch.arange(A, device=self.dev)[None]).reshape(-1)
-        ctf2 = None if c is None else (c[pi] ** 2)[:, None].expand(-1, A, -1, -1)
-        b, m = spectra.shape[-2:]
-        frames.add(spectra.reshape(-1, b, m), frame, mass.reshape(-1),
-                   torch.zeros(len(frame), dtype=torch.long),
-                   None if ctf2 is None else ctf2.reshape(-1, b, m))
+        # pairs in chunks: each holds A shift-weight maps and spectra, and while posteriors
+        # are spread a batch has up to (particles x classes searched) pairs
+        chunk = max(1, self.aligner.p.chunk_values // (A * self.b * self.b))
+        for s in range(0, len(pi), chunk):
+            i, j = pi[s:s + chunk], pj[s:s + chunk]
+            cell = post[i, j]                                 # (P, A, S)
+            mass = cell.sum(-1)                               # (P, A)
+            spectra = self.aligner.marginal_spectra(xf[i], cell)
+            # ClassAccumulator weighs spectra: pass the shift-averaged particle, weight = mass
+            spectra = spectra / mass.clamp_min(1e-30)[..., None, None]
+            frame = (cls[i, j][:, None] * A + torch.arange(A, device=self.dev)[None]).reshape(-1)
+            ctf2 = None if c is None else (c[i] ** 2)[:, None].expand(-1, A, -1, -1)
+            b, m = spectra.shape[-2:]
+            frames.add(spectra.reshape(-1, b, m), frame, mass.reshape(-1),
+                       torch.zeros(len(frame), dtype=torch.long),
+                       None if ctf2 is None else ctf2.reshape(-1, b, m))
 
     def search_classes(self, table, ranking, labels, m):
         """The pruned search's classes (N, m): each particle's own class, then the classes
@@ -201,11 +212,15 @@ class Refiner:
         never scored, those first in `ranking` (N, K). None (every class) when m >= K."""
         if m <= 0 or m >= self.k:
             return None
-        order = torch.argsort(ranking, dim=1, descending=True, stable=True)
-        key = table.gather(1, order)
-        key = torch.where(order == labels[:, None], torch.full_like(key, float("inf")), key)
-        pick = torch.argsort(key, dim=1, descending=True, stable=True)[:, :m]
-        return order.gather(1, pick)
+        out = torch.empty(self.n, m, dtype=torch.long)
+        for s in range(0, self.n, 4096):   # row blocks: all rows' sort keys and orders
+            rows = slice(s, s + 4096)
+            order = torch.argsort(ranking[rows], dim=1, descending=True, stable=True)
+            key = table[rows].gather(1, order)
+            key = torch.where(order == labels[rows, None], float("inf"), key)
+            pick = torch.argsort(key, dim=1, descending=True, stable=True)[:, :m]
+            out[rows] = order.gather(1, pick)
+        return out
 
     @torch.no_grad()
     def prescreen(self, refs, box, rows=None, out=None):
@@ -345,8 +360,9 @@ class Refiner:
             if seeds is None:
                 seeds = [int(torch.nonzero(lab0 == c)[0]) if (lab0 == c).any() else 0
                          for c in range(self.k)]
-            rank = fixed if ranking is None else torch.as_tensor(np.asarray(ranking),
-                                                                  dtype=torch.float32)
+            # its own copy: the prescreen rewrites rows of it in place
+            rank = fixed.clone() if ranking is None else torch.tensor(np.asarray(ranking),
+                                                                      dtype=torch.float32)
             state = {"iteration": 0, "weights": fixed, "history": [], "sigma2": None,
                      "refs": self._particles(np.asarray(seeds)).cpu(),
                      "psi": torch.zeros(self.n, self.k), "shift": torch.zeros(self.n, self.k, 2),
@@ -388,7 +404,7 @@ class Refiner:
             if len(fresh) and prescreen_box > 0 and pruned and first < self.k:
                 t1 = time.perf_counter()
                 rank = state["ranking"] = self.prescreen(refs, prescreen_box, rows=fresh,
-                                                         out=rank.clone())
+                                                         out=rank)
                 self.log(f"[refine] first EM iteration of {len(fresh)} particles: candidates "
                          f"from a coarse search of every class at {min(prescreen_box, self.b)} "
                          f"px ({time.perf_counter() - t1:.1f} s)")
@@ -398,13 +414,13 @@ class Refiner:
             extra = 0 if align_only else state.get("revived", 0)
             groups = self._groups(active, align_only, state, table, rank, before,
                                   [w + extra for w in widths])
-            refs, post, psi_it, shift_it, ll = self.em_step(
+            refs, post, psi, shift, ll = self.em_step(
                 refs, torch.log(prior / prior.sum()).to(self.dev),
-                fixed=fixed_labels if align_only else None, groups=groups)
+                fixed=fixed_labels if align_only else None, groups=groups, poses=(psi, shift))
             scored = torch.isfinite(self.best_score)
-            table = torch.where(scored, self.best_score, table)
-            weights, psi, shift = self._merged(rows, (weights, psi, shift),
-                                               (fixed if align_only else post, psi_it, shift_it))
+            table[scored] = self.best_score[scored]
+            # the labels stay fixed while only aligning: every particle's weights are `fixed`
+            weights = fixed if align_only else self._merged(rows, weights, post)
             if not align_only:
                 state["em_scored"][torch.as_tensor(active)] = True
             self.revived = []
@@ -432,14 +448,12 @@ class Refiner:
 
     @staticmethod
     def _merged(rows, old, new):
-        """The per-particle arrays after an iteration that scored `rows` (None: all): the
-        new values there, the old ones elsewhere."""
+        """The (N, K) weights after an iteration that scored `rows` (None: all): the new
+        values there, the old ones elsewhere (written into `new`, em_step's own array: a
+        copy of the old one would be a third (N, K) array at the peak)."""
         if rows is None:
             return new
-        r = torch.as_tensor(rows)
-        out = []
-        for a, b in zip(old, new):
-            a = a.clone()
-            a[r] = b[r]
-            out.append(a)
-        return tuple(out)
+        others = torch.ones(len(old), dtype=torch.bool)
+        others[torch.as_tensor(rows)] = False
+        new[others] = old[others]
+        return new

@@ -6,7 +6,7 @@ import torch
 
 from simcryo.align.average import (ClassAccumulator, centre_of_mass, normalize_weights,
                                    rotational_average, spectra_to_images)
-from simcryo.align.aligner import make_aligner, warp_to_reference
+from simcryo.align.aligner import make_aligner, warp_to_reference, wrap_angle
 from simcryo.align import ClassAligner, ClassAlignParams, ParticleSource
 from simcryo.align.rings import AlignParams
 from simcryo.align.scores import normalized_correlation
@@ -415,3 +415,36 @@ def test_search_chunks_do_not_change_the_poses():
     assert np.abs(_angle_diff(psi0, psi1)).max() < 1e-3
     assert (sh0 - sh1).abs().max() < 1e-4
     assert (avg0 - avg1).abs().max() < 1e-4 * avg0.abs().max()
+
+
+def test_em_scores_are_the_same_in_any_chunking():
+    """ExhaustiveAligner.scores in chunks of a few particles (the memory bound) gives the
+    scores of one pass, with and without per-particle classes and CTF, and each particle's
+    best cell is its true pose (a grid cell) against its own reference."""
+    from simcryo.align import ExhaustiveAligner, ExhaustiveParams
+    g = torch.Generator().manual_seed(3)
+    refs = torch.stack([asymmetric_image(), asymmetric_image().flip(-1),
+                        asymmetric_image().transpose(0, 1)])
+    n = 10
+    lab = torch.arange(n) % 3
+    psi = (torch.randint(0, 36, (n,), generator=g) * 10.0 - 180.0)
+    whole = ExhaustiveAligner(ExhaustiveParams(n_angles=36, max_shift=2.0))
+    shift = whole.shifts()[torch.randint(0, len(whole.shifts()), (n,), generator=g)]
+    parts = transform_images(refs[lab], psi, shift)
+    du = np.linspace(10000, 20000, n)
+    ctf = ctf_2d(CTFParams(du, du, np.zeros(n), np.full(n, 300.0), np.full(n, 2.7),
+                           np.full(n, 0.1), np.zeros(n), np.zeros(n)), BOX, 2.0, rfft=True).abs()
+    classes = torch.stack([lab, (lab + 1) % 3], 1)
+    prepared = whole.prepare(refs)
+    one = ExhaustiveParams(n_angles=36, max_shift=2.0, chunk_values=36 * BOX * BOX)
+    for c, cls in ((None, None), (ctf, None), (ctf, classes)):
+        cc, power = whole.scores(parts, prepared, ctf=c, classes=cls)
+        cc1, power1 = ExhaustiveAligner(one).scores(parts, prepared, ctf=c, classes=cls)
+        torch.testing.assert_close(cc1, cc, rtol=1e-5, atol=1e-3)
+        torch.testing.assert_close(power1, power)
+    cc, power = whole.scores(parts, prepared, classes=classes)
+    score = (cc - 0.5 * power[..., None])[:, 0].flatten(1)   # own class
+    cell = score.argmax(1)
+    s = len(whole.shifts())
+    torch.testing.assert_close(whole.psi()[cell // s], wrap_angle(psi))
+    torch.testing.assert_close(whole.shifts()[cell % s], shift)

@@ -277,6 +277,32 @@ def test_losses_and_neighbours():
     assert (np.diff(sim, axis=1) <= 1e-6).all()
 
 
+def test_neighbours_and_head_losses_are_the_same_in_any_batching(monkeypatch):
+    """knn_cosine with its similarity budget down to one row per block, and the SCAN head
+    losses over anchor batches of 3, equal the one-pass values (the memory bounds change
+    no result)."""
+    from simcryo.classify import neighbors
+    from simcryo.classify.scan import evaluate_heads, make_heads
+    rng = np.random.default_rng(4)
+    feats = rng.standard_normal((40, 6)).astype(np.float32)
+    nb, sim = knn_cosine(feats, 5)
+    monkeypatch.setattr(neighbors, "BLOCK_VALUES", 40)
+    nb1, sim1 = knn_cosine(feats, 5)
+    np.testing.assert_array_equal(nb1, nb)
+    np.testing.assert_allclose(sim1, sim, rtol=1e-6)
+    heads = make_heads(6, 4, 3, 0, torch.device("cpu"))
+    f = torch.as_tensor(feats)
+    with torch.no_grad():
+        p = torch.softmax(heads(f), -1)
+    # the SCAN loss written out: -mean log <p_i, p_j> over (anchor, neighbour) - w H(mean p)
+    dots = torch.einsum("hnk,hnjk->hnj", p, p[:, torch.as_tensor(nb)]).clamp_min(1e-8)
+    mean = p.mean(1)
+    want = -torch.log(dots).mean((1, 2)) + 2.0 * (mean * torch.log(mean)).sum(-1)
+    for batch in (1024, 3):
+        np.testing.assert_allclose(evaluate_heads(heads, f, nb, 2.0, batch=batch),
+                                   want.numpy(), rtol=1e-5)
+
+
 def test_refinement_recovers_classes_and_relion_poses():
     """Two distinct shapes under random poses: the EM refinement, started from a poor
     partition, separates them, and its poses follow simcryo.image.geometry's convention."""
