@@ -135,7 +135,7 @@ class InvariantBasis:
         for idx in distributed.shard_blocks(len(coef), batch):
             out[idx] = (cross_invariants(coef[idx]) - self.mean) @ comp.T
         distributed.share_all(out)
-        return out / self.scale[:len(comp)] if whiten else out
+        return out.div_(self.scale[:len(comp)]) if whiten else out  # no 2nd (N, dims)
 
 
 def rotational_knn(coef, k, exact_limit, n_candidates, basis=None, device="cpu", block=64):
@@ -148,8 +148,9 @@ def rotational_knn(coef, k, exact_limit, n_candidates, basis=None, device="cpu",
     candidates = None
     if n > exact_limit:
         leading = basis.project(coef, dims=CANDIDATE_DIMS, whiten=False)
-        candidates, _ = knn_cosine(leading.numpy(), min(max(k, n_candidates), n - 1), device)
-        candidates = torch.from_numpy(candidates.astype(np.int32))   # (N, 200): half the bytes
+        candidates, _ = knn_cosine(leading.numpy(), min(max(k, n_candidates), n - 1), device,
+                                   index_dtype=np.int32, similarities=False)  # (N, 200)
+        candidates = torch.from_numpy(candidates)
         del leading
     # all pairs: every particle's real vector at once; candidates: only each block's (a
     # copy of all would be another (N, R, angular) array at 10^5 particles)

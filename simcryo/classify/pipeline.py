@@ -121,7 +121,7 @@ class Classifier:
         head = self._timed("selflabel", stages.selflabel_stage, self, head, f, saved)
         with torch.no_grad():
             head.eval()
-            probs = F.softmax(head(f), -1).cpu().double()
+            probs = F.softmax(head(f), -1).cpu()  # float32: (N, K) lives through the EM
         # every rank holds the same head (summed gradients); rank 0's partition for all, so
         # that no device's nondeterministic kernel can make the ranks' EM start apart
         return distributed.broadcast(probs).numpy(), feats, neighbors

@@ -91,7 +91,8 @@ class Refiner:
         return self._references(acc.all_reduce())
 
     @torch.no_grad()
-    def em_step(self, refs, log_prior, fixed=None, classes=None, groups=None, poses=None):
+    def em_step(self, refs, log_prior, fixed=None, classes=None, groups=None, poses=None,
+                weights=None, table=None):
         """One EM iteration with poses marginalised (as RELION's 2D classification).
 
         E: posterior of every (class, angle, shift) per particle under a Gaussian white noise
@@ -106,8 +107,11 @@ class Refiner:
         classes (None: [(all, classes)]). Returns (new refs, class posteriors (N, K), best
         psi (N, K), best shift (N, K, 2) (RELION), mean log-likelihood of the scored rows);
         unscored particles have posterior 0 and the poses of unscored classes are NaN.
-        `poses` (psi (N, K), shift (N, K, 2)), if given, are written in place at the scored
-        rows and returned, the other rows kept (no second set of (N, K) pose arrays)."""
+        `poses` (psi (N, K), shift (N, K, 2)), `weights` (N, K) and `table` (N, K), if
+        given, are written in place and returned, so that no second (N, K) array exists:
+        the poses and weights at the scored rows (the other rows kept), the best scores at
+        the scored (particle, class) pairs (the others kept; without `table` they are
+        -inf). `self.best_score` is the array of best scores."""
         K, A, S = self.k, len(self.psi_grid), len(self.shift_grid)
         groups = [(np.arange(self.n), classes)] if groups is None else groups
         scored = np.concatenate([np.asarray(rows) for rows, _ in groups])
@@ -115,7 +119,10 @@ class Refiner:
         mine = distributed.shard(len(scored))
         prepared = self.aligner.prepare(refs)
         frames = ClassAccumulator(K * A, self.b, self.dev)
-        weights = torch.zeros(self.n, K)
+        if weights is None:
+            weights = torch.zeros(self.n, K)
+        else:
+            weights[torch.as_tensor(scored)] = 0.0
         if poses is None:
             best_psi = torch.full((self.n, K), float("nan"))
             best_shift = torch.full((self.n, K, 2), float("nan"))
@@ -123,7 +130,7 @@ class Refiner:
             best_psi, best_shift = poses
             best_psi[torch.as_tensor(scored)] = float("nan")
             best_shift[torch.as_tensor(scored)] = float("nan")
-        self.best_score = torch.full((self.n, K), -float("inf"))
+        self.best_score = torch.full((self.n, K), -float("inf")) if table is None else table
         resid, lse_all = torch.zeros(self.n), torch.zeros(self.n)
         sigma2 = self.sigma2
         if sigma2 is None:  # the first iteration: from the first batch of the scored particles
@@ -355,15 +362,17 @@ class Refiner:
         well determined at a fraction of the cost, and the last iterations score everyone.
         `state` (from `on_iteration(state)`) resumes after a completed iteration."""
         lab0 = torch.as_tensor(np.asarray(labels), dtype=torch.long)
-        fixed = torch.nn.functional.one_hot(lab0, self.k).float()
         if state is None:
             if seeds is None:
                 seeds = [int(torch.nonzero(lab0 == c)[0]) if (lab0 == c).any() else 0
                          for c in range(self.k)]
+            one_hot = torch.nn.functional.one_hot(lab0, self.k).float()
             # its own copy: the prescreen rewrites rows of it in place
-            rank = fixed.clone() if ranking is None else torch.tensor(np.asarray(ranking),
-                                                                      dtype=torch.float32)
-            state = {"iteration": 0, "weights": fixed, "history": [], "sigma2": None,
+            rank = one_hot.clone() if ranking is None else torch.tensor(np.asarray(ranking),
+                                                                        dtype=torch.float32)
+            # the one-hot weights of the alignment-only iterations; the EM iterations then
+            # write theirs into this array
+            state = {"iteration": 0, "weights": one_hot, "history": [], "sigma2": None,
                      "refs": self._particles(np.asarray(seeds)).cpu(),
                      "psi": torch.zeros(self.n, self.k), "shift": torch.zeros(self.n, self.k, 2),
                      "table": torch.full((self.n, self.k), -float("inf")), "ranking": rank,
@@ -414,14 +423,14 @@ class Refiner:
             extra = 0 if align_only else state.get("revived", 0)
             groups = self._groups(active, align_only, state, table, rank, before,
                                   [w + extra for w in widths])
-            refs, post, psi, shift, ll = self.em_step(
+            # the labels stay fixed while only aligning: the weights stay the one-hot ones
+            refs, weights, psi, shift, ll = self.em_step(
                 refs, torch.log(prior / prior.sum()).to(self.dev),
-                fixed=fixed_labels if align_only else None, groups=groups, poses=(psi, shift))
-            scored = torch.isfinite(self.best_score)
-            table[scored] = self.best_score[scored]
-            # the labels stay fixed while only aligning: every particle's weights are `fixed`
-            weights = fixed if align_only else self._merged(rows, weights, post)
-            if not align_only:
+                fixed=fixed_labels if align_only else None, groups=groups, poses=(psi, shift),
+                weights=None if align_only else weights, table=table)
+            if align_only:
+                weights = state["weights"]
+            else:
                 state["em_scored"][torch.as_tensor(active)] = True
             self.revived = []
             if not align_only and it < total - 2:
@@ -445,15 +454,3 @@ class Refiner:
         lab = weights.argmax(1)
         rows = torch.arange(self.n)
         return weights, psi[rows, lab], shift[rows, lab], state["history"]
-
-    @staticmethod
-    def _merged(rows, old, new):
-        """The (N, K) weights after an iteration that scored `rows` (None: all): the new
-        values there, the old ones elsewhere (written into `new`, em_step's own array: a
-        copy of the old one would be a third (N, K) array at the peak)."""
-        if rows is None:
-            return new
-        others = torch.ones(len(old), dtype=torch.bool)
-        others[torch.as_tensor(rows)] = False
-        new[others] = old[others]
-        return new

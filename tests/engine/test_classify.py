@@ -290,6 +290,9 @@ def test_neighbours_and_head_losses_are_the_same_in_any_batching(monkeypatch):
     nb1, sim1 = knn_cosine(feats, 5)
     np.testing.assert_array_equal(nb1, nb)
     np.testing.assert_allclose(sim1, sim, rtol=1e-6)
+    nb2, none = knn_cosine(feats, 5, index_dtype=np.int32, similarities=False)
+    assert none is None and nb2.dtype == np.int32
+    np.testing.assert_array_equal(nb2, nb)
     heads = make_heads(6, 4, 3, 0, torch.device("cpu"))
     f = torch.as_tensor(feats)
     with torch.no_grad():
@@ -384,6 +387,33 @@ def test_pruned_em_step_with_every_class_equals_the_full_search():
     for a, b in zip(full[:4], pruned[:4]):
         assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
     assert abs(full[4] - pruned[4]) < 1e-3 * abs(full[4])
+
+
+def test_em_step_in_place_arrays_equal_fresh_ones_at_the_scored_rows():
+    """em_step writing weights and best scores into the caller's (N, K) arrays (Refiner.run:
+    no second array at 10^5 particles) gives the fresh arrays' values at the scored rows and
+    pairs, and leaves the other rows as they were."""
+    from simcryo.classify.refine import Refiner
+    x, truth, _ = _four_shapes()
+    r = Refiner(x, 4, 10.0, torch.device("cpu"), n_angles=12, max_shift=3.0)
+    refs = r._particles(np.array([0, 1, 2, 3]))
+    prior = torch.log(torch.full((4,), 0.25))
+    rows = np.arange(0, len(x), 2)
+    classes = np.stack([truth, (truth + 1) % 4], 1)   # 2 of the 4 classes per particle
+    r.sigma2 = 0.1
+    fresh = r.em_step(refs, prior, groups=[(rows, classes)])
+    fresh_score = r.best_score.clone()
+    weights, table = torch.full((len(x), 4), 7.0), torch.full((len(x), 4), 5.0)
+    r.sigma2 = 0.1
+    out = r.em_step(refs, prior, groups=[(rows, classes)], weights=weights, table=table)
+    assert out[1] is weights and r.best_score is table
+    assert torch.equal(weights[rows], fresh[1][rows])
+    assert (weights[1::2] == 7.0).all()
+    scored = torch.isfinite(fresh_score)
+    assert scored.sum() == 2 * len(rows)
+    assert torch.equal(table[scored], fresh_score[scored])
+    assert (table[~scored] == 5.0).all()
+    assert torch.allclose(out[0], fresh[0])
 
 
 def test_alignment_only_step_scoring_the_own_class_equals_scoring_every_class():

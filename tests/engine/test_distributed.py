@@ -238,11 +238,13 @@ def test_em_two_ranks_match_one_process(tmp_path):
     assert proc.stdout.count("[refine] pruned search") == 1  # rank 0's log only
 
 
-CLASSIFY_FLAGS = ["--K", "3", "--width", "4", "--working-box", "16", "--batch-size", "32",
-                  "--pretext-epochs", "2", "--tta-rotations", "2", "--knn", "5",
-                  "--scan-heads", "2", "--scan-epochs", "3", "--selflabel-epochs", "2",
-                  "--average-iterations", "1", "--refine-iterations", "2",
-                  "--refine-align-iterations", "1", "--refine-angles", "12", "--threads", "1",
+# The stages at their defaults but for a short EM: on this machine the earlier shortened
+# flags (working box 16, 2 pretext epochs, 5 neighbours, 2 SCAN heads x 3 epochs, 12 EM
+# angles) gave the one-process run ACC 0.49-0.81 on `easy` over seeds 1-3, too near the
+# guard below; these gave 1.000 on all three (about 6 s each)
+CLASSIFY_FLAGS = ["--K", "3", "--batch-size", "32", "--pretext-epochs", "20",
+                  "--tta-rotations", "2", "--average-iterations", "1",
+                  "--refine-iterations", "2", "--refine-align-iterations", "1", "--threads", "1",
                   "--seed", "1", "--confidence", "0.34"]  # self-labelling gets particles
 
 
@@ -302,8 +304,8 @@ def test_classify_two_ranks_match_one_process(easy, classified, tmp_path):
     # rank 0 alone writes: the files one process leaves, no other rank's temporaries
     assert sorted(os.listdir(out)) == sorted(os.listdir(classified))
     # progress from rank 0 only: each line once
-    assert proc.stdout.count("[pretext] 1/2 ") == 1, proc.stdout
-    assert re.search(r"\[selflabel\] 1/2 loss=\S+ confident=[1-9]", proc.stdout), proc.stdout
+    assert proc.stdout.count("[pretext] 1/20 ") == 1, proc.stdout
+    assert re.search(r"\[selflabel\] 1/\d+ loss=\S+ confident=[1-9]", proc.stdout), proc.stdout
     assert proc.stdout.count("[classify] wrote ") == 1
 
 
