@@ -9,8 +9,8 @@ CTF with defocus 0.8-3.8 µm, per-image contrast sigma 0.2. On the same STAR it 
   relion_refine is on PATH (and not --no-relion),
 then for each classification `simcryo select` (automatic selection, default threshold) and
 `simcryo evaluate --volume --selection` (oracle selection: classes with < 50 % junk; recall,
-contamination, junk rejected, view spread and its spherical k-means floor, size-weighted
-class-average fidelity of the kept classes).
+contamination, junk rejected, view spread (median and 90th percentile) and its spherical
+k-means floor, size-weighted class-average fidelity of the kept classes).
 
 Prints one table (a row per volume, seed and method; then the means per volume and method).
 Exit status 1 below the bar, checked on the means per volume:
@@ -41,8 +41,8 @@ VOLUMES = {"phantom": None, "hand": HAND}
 SIM_ARGS = ["--views", "uniform", "--classes", "20", "--junk-kinds", "empty,blob,offcentre",
             "--noise", "coloured", "--defocus-min", "0.8", "--defocus-max", "3.8",
             "--contrast-sigma", "0.2"]
-FIGURES = ("recall", "contamination", "junk_rejected", "view_spread_deg", "kmeans_floor_deg",
-           "fidelity")
+FIGURES = ("recall", "contamination", "junk_rejected", "view_spread_deg", "view_spread_p90_deg",
+           "kmeans_floor_deg", "fidelity")
 
 
 def simcryo(args, log_path, threads):
@@ -121,6 +121,7 @@ def _row(volume, seed, method, r):
     f = lambda v, spec=".3f": "-" if v is None else format(v, spec)  # noqa: E731
     return (f"{volume:>8} {seed:>4} {method:>8} | {f(o['recall'])} {f(o['contamination'])} "
             f"{f(o['junk_rejected'])} {f(o['view_spread_deg'], '6.1f')} "
+            f"{f(o.get('view_spread_p90_deg'), '5.1f')} "
             f"{f(o['kmeans_floor_deg'], '6.1f')} {f(o.get('fidelity'))} | "
             f"{f(s['recall'])} {f(s['contamination'])} {f(s['junk_rejected'])} | "
             f"{r['wall_s']:7.0f} {r['peak_mem_mb']:7.0f}")
@@ -177,7 +178,7 @@ def main(argv=None):
     if args.volumes.count("hand") and not os.path.exists(HAND):
         sys.exit(f"realistic.py: {HAND} not found (../shared/data); use --volumes phantom")
     print(f"{'volume':>8} {'seed':>4} {'method':>8} | oracle: recall contam. rejected spread "
-          "floor fidelity | auto: recall contam. rejected | wall_s peak_MB", flush=True)
+          "p90 floor fidelity | auto: recall contam. rejected | wall_s peak_MB", flush=True)
     failures = []
     for volume in args.volumes:
         by_method = {}
