@@ -7,6 +7,8 @@ CTF with defocus 0.8-3.8 µm, per-image contrast sigma 0.2. On the same STAR it 
 - `simcryo classify --K 20` (defaults, --threads), timed with its peak memory,
 - RELION 3.1 2D (benchmarks/relion.py: 25 iterations, same K, same threads, --ctf) when
   relion_refine is on PATH (and not --no-relion),
+with --ablate also classify's ABLATIONS (`randinit`: --refine-init random, the EM without
+the clustering; `noEM`: --refine-iterations 0, the clustering without the EM), scored alike,
 then for each classification `simcryo select` (automatic selection, default threshold) and
 `simcryo evaluate --volume --selection` (oracle selection: classes with < 50 % junk; recall,
 contamination, junk rejected, view spread (median and 90th percentile) and its spherical
@@ -41,6 +43,9 @@ VOLUMES = {"phantom": None, "hand": HAND}
 SIM_ARGS = ["--views", "uniform", "--classes", "20", "--junk-kinds", "empty,blob,offcentre",
             "--noise", "coloured", "--defocus-min", "0.8", "--defocus-max", "3.8",
             "--contrast-sigma", "0.2"]
+# --ablate: what each stage adds to the cleaning (rows beside the default; no bar on them)
+ABLATIONS = (("randinit", ["--refine-init", "random"]),   # the EM without the clustering
+             ("noEM", ["--refine-iterations", "0"]))      # the clustering without the EM
 FIGURES = ("recall", "contamination", "junk_rejected", "view_spread_deg", "view_spread_p90_deg",
            "kmeans_floor_deg", "fidelity")
 
@@ -83,13 +88,14 @@ def score(classified_star, averages, sim, out, args):
     return json.load(open(report))["cleaning"]
 
 
-def run_simcryo(star, sim, out, args):
+def run_simcryo(star, sim, out, args, extra=()):
+    """Default `simcryo classify` (or with the `extra` flags of an ablation), scored."""
     cls = os.path.join(out, "classify")
     timing = os.path.join(out, "timing.json")
     if not (args.reuse and os.path.exists(timing)):
         wall, peak = simcryo(["classify", "--i", star, "--o", cls, "--K", str(args.K),
-                              "--threads", str(args.threads), "--seed", "0", "--force"],
-                             os.path.join(out, "classify.log"), args.threads)
+                              "--threads", str(args.threads), "--seed", "0", "--force",
+                              *extra], os.path.join(out, "classify.log"), args.threads)
         json.dump(dict(wall_s=wall, peak_mem_mb=peak), open(timing, "w"))
     t = json.load(open(timing))
     return dict(t, **score(os.path.join(cls, "particles.star"),
@@ -171,6 +177,8 @@ def main(argv=None):
     ap.add_argument("--volumes", nargs="+", default=list(VOLUMES), choices=list(VOLUMES))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-relion", action="store_true", help="skip RELION even if installed")
+    ap.add_argument("--ablate", action="store_true",
+                    help="also run the ABLATIONS variants of classify (random-init EM, no EM)")
     ap.add_argument("--reuse", action="store_true",
                     help="reuse finished classify and RELION runs (select and evaluate rerun)")
     ap.add_argument("--o", default="bench_output/realistic", help="output folder")
@@ -186,8 +194,10 @@ def main(argv=None):
             out = os.path.join(args.o, f"{volume}_n{args.n}_s{seed}")
             sim = os.path.join(out, "sim")
             star = simulate(sim, VOLUMES[volume], seed, args)
-            runs = {"simcryo": run_simcryo(star, sim, os.path.join(out, "simcryo"), args),
-                    "relion": run_relion(star, sim, os.path.join(out, "relion"), args)}
+            runs = {"simcryo": run_simcryo(star, sim, os.path.join(out, "simcryo"), args)}
+            for method, flags in (ABLATIONS if args.ablate else ()):
+                runs[method] = run_simcryo(star, sim, os.path.join(out, method), args, flags)
+            runs["relion"] = run_relion(star, sim, os.path.join(out, "relion"), args)
             for method, r in runs.items():
                 if r is not None:
                     by_method.setdefault(method, []).append(r)

@@ -126,9 +126,10 @@ def prepare_batch(images, ctf, apix, geom, cfg, indices=None):
 def wiener_filter(geom, device=None):
     """(wb, wb) fft2-layout filter SSNR / (1 + SSNR) from the spectral SNR measured on the data.
 
-    The cache keeps whitened (unfiltered) images for the likelihood-based refinement; the
-    contrastive stage sees them through this filter, which removes the noise-only frequencies
-    a network would otherwise use to tell particles apart."""
+    The cache keeps unfiltered images (not whitened: the EM's noise model is white) for the
+    likelihood-based refinement; the contrastive stage sees them through this filter, which
+    removes the noise-only frequencies a network would otherwise use to tell particles
+    apart."""
     wb = geom.working_box
     ssnr = torch.as_tensor(geom.ssnr, dtype=torch.float32, device=device)
     # frequency of the working box in shells of the input box
