@@ -9,6 +9,8 @@ CTF with defocus 0.8-3.8 µm, per-image contrast sigma 0.2. On the same STAR it 
   relion_refine is on PATH (and not --no-relion),
 with --ablate also classify's ABLATIONS (`randinit`: --refine-init random, the EM without
 the clustering; `noEM`: --refine-iterations 0, the clustering without the EM), scored alike,
+and the default classification selected without the member-consistency term (`noConsist`:
+select --consistency-full 0; its oracle figures are the default's),
 then for each classification `simcryo select` (automatic selection, default threshold) and
 `simcryo evaluate --volume --selection` (oracle selection: classes with < 50 % junk; recall,
 contamination, junk rejected, view spread (median and 90th percentile) and its spherical
@@ -46,6 +48,8 @@ SIM_ARGS = ["--views", "uniform", "--classes", "20", "--junk-kinds", "empty,blob
 # --ablate: what each stage adds to the cleaning (rows beside the default; no bar on them)
 ABLATIONS = (("randinit", ["--refine-init", "random"]),   # the EM without the clustering
              ("noEM", ["--refine-iterations", "0"]))      # the clustering without the EM
+# select without its member-consistency term
+SELECT_ABLATIONS = (("noConsist", ["--consistency-full", "0"]),)
 FIGURES = ("recall", "contamination", "junk_rejected", "view_spread_deg", "view_spread_p90_deg",
            "kmeans_floor_deg", "fidelity")
 
@@ -75,12 +79,14 @@ def simulate(out, volume, seed, args, box=64):
     return star
 
 
-def score(classified_star, averages, sim, out, args):
-    """select + evaluate of one classification -> dict of oracle and selected figures."""
-    sel = os.path.join(out, "select")
+def score(classified_star, averages, sim, out, args, select_flags=(), name="select"):
+    """select (with `select_flags`, into out/`name`) + evaluate of one classification ->
+    dict of oracle and selected figures."""
+    sel = os.path.join(out, name)
     simcryo(["select", "--i", classified_star, "--averages", averages, "--o", sel, "--force",
-             "--threads", str(args.threads)], os.path.join(out, "select.log"), args.threads)
-    report = os.path.join(out, "evaluate.json")
+             "--threads", str(args.threads), *select_flags], os.path.join(out, name + ".log"),
+            args.threads)
+    report = os.path.join(out, "evaluate.json" if name == "select" else f"evaluate_{name}.json")
     simcryo(["evaluate", "--i", classified_star, "--truth", os.path.join(sim, "particles.star"),
              "--averages", averages, "--volume", os.path.join(sim, "volume.mrc"),
              "--selection", os.path.join(sel, "class_scores.star"), "--o", report,
@@ -88,8 +94,9 @@ def score(classified_star, averages, sim, out, args):
     return json.load(open(report))["cleaning"]
 
 
-def run_simcryo(star, sim, out, args, extra=()):
-    """Default `simcryo classify` (or with the `extra` flags of an ablation), scored."""
+def run_simcryo(star, sim, out, args, extra=(), select_variant=()):
+    """Default `simcryo classify` (or with the `extra` flags of an ablation), scored
+    (`select_variant`: (select flags, folder name) of a selection ablation)."""
     cls = os.path.join(out, "classify")
     timing = os.path.join(out, "timing.json")
     if not (args.reuse and os.path.exists(timing)):
@@ -99,7 +106,8 @@ def run_simcryo(star, sim, out, args, extra=()):
         json.dump(dict(wall_s=wall, peak_mem_mb=peak), open(timing, "w"))
     t = json.load(open(timing))
     return dict(t, **score(os.path.join(cls, "particles.star"),
-                           os.path.join(cls, "class_averages.mrcs"), sim, out, args))
+                           os.path.join(cls, "class_averages.mrcs"), sim, out, args,
+                           *select_variant))
 
 
 def run_relion(star, sim, out, args):
@@ -197,6 +205,11 @@ def main(argv=None):
             runs = {"simcryo": run_simcryo(star, sim, os.path.join(out, "simcryo"), args)}
             for method, flags in (ABLATIONS if args.ablate else ()):
                 runs[method] = run_simcryo(star, sim, os.path.join(out, method), args, flags)
+            for method, flags in (SELECT_ABLATIONS if args.ablate else ()):
+                # the default classification, selected without one of select's terms
+                runs[method] = run_simcryo(star, sim, os.path.join(out, "simcryo"),
+                                           argparse.Namespace(**dict(vars(args), reuse=True)),
+                                           select_variant=(flags, "select_" + method))
             runs["relion"] = run_relion(star, sim, os.path.join(out, "relion"), args)
             for method, r in runs.items():
                 if r is not None:

@@ -129,9 +129,12 @@ def readSetOfParticles(starFile, partSet, apix=None):
 
 # Columns of `simcryo select`'s class_scores.star -> per-class extras of the output classes
 # (attribute '_' + label). The selection flag is not copied: every output class is selected.
+# simcryoConsistency is written only when the particles had poses: a run's rows all have it
+# or all lack it, so every item of one output set has the same attributes.
 CLASS_SCORE_LABELS = {'simcryoClassScore': Float, 'simcryoClassRank': Integer,
                       'simcryoContrast': Float, 'simcryoCentring': Float,
-                      'simcryoProfile': Float, 'simcryoSize': Float}
+                      'simcryoProfile': Float, 'simcryoSize': Float,
+                      'simcryoConsistency': Float}
 
 
 class ClassScores:
@@ -157,5 +160,7 @@ class ClassScores:
         item gets the same attributes: the first defines the sqlite schema)."""
         row = self._byNumber[int(number)]
         for label, objClass in CLASS_SCORE_LABELS.items():
+            if label not in row:
+                continue
             value = float(row[label])
             setattr(item, '_' + label, objClass(int(value) if objClass is Integer else value))

@@ -22,18 +22,22 @@ class ProtSimcryoSelectClasses(ProtSimcryoBase, ProtProcessParticles):
 
     Works on any SetOfClasses2D (this plugin, RELION, CryoSPARC, CL2D, ...): its
     representatives are the class averages. Each class gets a quality score in [0, 1], the
-    product of four saturating terms measured on its average and size: contrast (std inside
+    product of saturating terms measured on its average and size: contrast (std inside
     the mask of the low-passed average, relative to the classes' size-weighted median),
     centring (how far the density's centre of mass lies from the box centre), profile
     likeness (correlation of the average's radial profile with the classes' median profile)
-    and class size (relative to N / K). Empty boxes average to flat images, off-centre picks
-    to density at the mask edge, ice and aggregates to other radial profiles. Classes whose
-    score is at least the threshold are selected.
+    and class size (relative to N / K); when the classes have 2D alignment, also member
+    consistency (mean correlation of the particles with their average at their poses, CTF
+    applied when known, relative to the classes' median), which catches classes of ice or
+    aggregate blobs whose smeared average passes the other terms. Empty boxes average to
+    flat images, off-centre picks to density at the mask edge, ice and aggregates to other
+    radial profiles. Classes whose score is at least the threshold are selected.
 
     Outputs (as RELION's 2D class ranker): the selected classes (SetOfClasses2D, input
     representatives and particles, each class with its score _simcryoClassScore, its rank
-    _simcryoClassRank and the four features _simcryoContrast, _simcryoCentring,
-    _simcryoProfile, _simcryoSize) and the particles of the selected classes (SetOfParticles).
+    _simcryoClassRank and the features _simcryoContrast, _simcryoCentring,
+    _simcryoProfile, _simcryoSize and, with alignment, _simcryoConsistency) and the
+    particles of the selected classes (SetOfParticles).
     The viewer shows every class ranked, with its score and kept / rejected.
     """
     _label = 'rank and select 2D classes'
@@ -87,10 +91,13 @@ class ProtSimcryoSelectClasses(ProtSimcryoBase, ProtProcessParticles):
 
     def _convertInput(self):
         classes = self.inputClasses.get()
-        # No CTF: the score uses the averages and the class sizes only (and particles with
-        # CTF but no acquisition would be refused for nothing).
+        # The poses (when the classes have 2D alignment) and the CTF feed the member
+        # consistency term; without an acquisition the CTF is left out rather than refused.
+        particles = classes.getImages()
+        withCtf = (particles.hasCTF() and
+                   not convert.missingAcquisition(particles.getAcquisition()))
         _, numbering = convert.writeClassesStar(classes, self._getFileName('input_star'),
-                                                writeAlignment=False, writeCtf=False)
+                                                writeAlignment=True, writeCtf=withCtf)
         averages = self._getFileName('input_averages')
         if os.path.exists(averages):   # ImageHandler writes into an existing stack
             os.remove(averages)
@@ -192,6 +199,9 @@ class ProtSimcryoSelectClasses(ProtSimcryoBase, ProtProcessParticles):
         selected, total, kept, particles, threshold = counts
         summary.append('Selected %d of %d classes (score >= %g): %d of %d particles.'
                        % (selected, total, threshold, kept, particles))
+        consistency = self._readRunLog().get('consistency')
+        if consistency and consistency != 'used':
+            summary.append('Member consistency not used: %s.' % consistency)
         if not selected:
             summary.append('No class reached the threshold: no output; lower it.')
         summary += self._maskSummary()
@@ -203,10 +213,13 @@ class ProtSimcryoSelectClasses(ProtSimcryoBase, ProtProcessParticles):
             return []
         selected, total, kept, particles, threshold = counts
         mask = self._maskText()
+        used = self._readRunLog().get('consistency') == 'used'
         return ['The classes of %s were ranked by a class quality score (contrast, centring '
-                'and radial-profile likeness of each class average%s, and class size) and '
+                'and radial-profile likeness of each class average%s, class size%s) and '
                 'the %d of %d classes scoring at least %g kept (%d of %d particles), with '
                 'the %s.' % (self.getObjectTag('inputClasses'),
                              ' inside a circular mask of %s' % mask if mask else '',
+                             ', and the consistency of its particles with the average at '
+                             'their poses' if used else '',
                              selected, total, threshold, kept, particles,
                              self._methodsIntro())]

@@ -98,8 +98,11 @@ class TestSimcryoSelectClasses(SimcryoTestBase):
                                    float(row['simcryoClassScore']), places=5)
             self.assertGreaterEqual(cls.getAttributeValue(SCORE_ATTR), prot.threshold.get())
             self.assertEqual(cls.getAttributeValue(RANK_ATTR), int(row['simcryoClassRank']))
-            for label in convert.CLASS_SCORE_LABELS:
-                self.assertTrue(cls.hasAttribute('_' + label), label)
+            for label in convert.CLASS_SCORE_LABELS:   # consistency only with poses
+                self.assertEqual(cls.hasAttribute('_' + label), label in row, label)
+        # these truth classes carry no 2D alignment: no member consistency, and it is said
+        self.assertIn('no poses', runLog['consistency'])
+        self.assertTrue(any('consistency not used' in line for line in prot.summary()))
         # the particles keep their truth extras (realistic simulation columns included)
         first = prot.outputParticles.getFirstItem()
         for attr in (cts.TRUE_CLASS, cts.TRUE_KIND, cts.TRUE_CONTRAST):

@@ -414,6 +414,17 @@ class TestRealisticCleaningWorkflow(SimcryoTestBase):
         self.assertEqual(sum(int(r[1]) for r in perClass.rows),
                          self.sim.outputParticles.getSize())
 
+    def test_select_uses_the_classes_poses(self):
+        """Classes with 2D alignment (and CTF): select scores member consistency too."""
+        self.assertEqual(self.select._readRunLog()['consistency'], 'used')
+        for cls in self.select.outputClasses.iterItems():
+            self.assertTrue(cls.hasAttribute('_simcryoConsistency'))
+        self.assertIn('consistency of its particles', ' '.join(self.select.methods()))
+        with open(self.select._getFileName('input_star')) as fh:
+            header = fh.read(4000)
+        self.assertIn('_rlnAnglePsi', header)
+        self.assertIn('_rlnDefocusU', header)
+
     def test_selection_must_be_a_subset(self):
         other = addClassesOutput(self.sim, self.sim.outputParticles,
                                  lambda p: p.getObjId() % 2 + 1, 'otherClasses')

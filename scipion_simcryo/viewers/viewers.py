@@ -553,6 +553,8 @@ def rankedClasses(selectProt):
                          centring=float(row['simcryoCentring']),
                          profile=float(row['simcryoProfile']),
                          size=float(row['simcryoSize']),
+                         consistency=(float(row['simcryoConsistency'])
+                                      if 'simcryoConsistency' in row else None),
                          kept=bool(int(row['simcryoSelected'])),
                          image=int(row['rlnReferenceImage'].split('@')[0])))
     return rows
@@ -631,10 +633,12 @@ class SimcryoSelectViewer(ProtocolViewer):
             return _message(self, 'No class scores yet: run the protocol first.')
         text = [(r['rank'], r['classId'], r['particles'], '%.3f' % r['score'],
                  '%.3f' % r['contrast'], '%.3f' % r['centring'], '%.3f' % r['profile'],
-                 '%.2f' % r['size'], _keptText(r['kept'])) for r in rows]
+                 '%.2f' % r['size'],
+                 '-' if r['consistency'] is None else '%.3f' % r['consistency'],
+                 _keptText(r['kept'])) for r in rows]
         return [MetricsTableView(text, self._title('class scores', rows), header=(
             'rank', 'class', 'particles', 'score', 'contrast', 'centring', 'profile',
-            'size (x N/K)', 'selection'))]
+            'size (x N/K)', 'consistency', 'selection'))]
 
     def _showClasses(self, paramName=None):
         classes = getattr(self.protocol, 'outputClasses', None)

@@ -179,8 +179,9 @@ class ClassifyConfig:
     average_box: int = _f(64, "largest search box of that class aligner, px (Fourier crop)")
     sort_classes: bool = _f(True, "number the classes best first by the quality score of "
                             "`simcryo select` (contrast, centring, radial profile and size "
-                            "of each average; ties: larger first); run.json class_scores "
-                            "holds the scores in the written order")
+                            "of each average, consistency of its members with it at their "
+                            "poses; ties: larger first); run.json class_scores holds the "
+                            "scores in the written order")
     # --- run
     seed: int = _f(0, "random seed (results are reproducible for a given seed and device)")
     device: str = _f("cpu", "torch device: cpu or cuda:N")

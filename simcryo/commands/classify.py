@@ -99,12 +99,19 @@ def with_reference_count(cfg):
     return dataclasses.replace(cfg, K=k)
 
 
-def class_order(averages, labels, k, radius):
+def class_order(averages, labels, k, radius, pset=None, poses=None):
     """(order, scores): class indices best first by simcryo.selection's quality score (ties:
-    the larger class first), and the scores in that order."""
-    from simcryo.selection import class_features, score_classes
+    the larger class first), and the scores in that order. With `pset` and `poses` (psi
+    (N,), shift (N, 2) px, RELION) the score includes the members' consistency, as
+    `simcryo select` computes it."""
+    from simcryo.selection import (class_consistency, class_features, member_correlations,
+                                   score_classes)
     sizes = np.bincount(labels, minlength=k)
-    scores = score_classes(class_features(averages, sizes, radius))
+    feats = class_features(averages, sizes, radius)
+    if pset is not None and poses is not None:
+        corr = member_correlations(pset, labels, poses[0], poses[1], averages, radius)
+        feats["consistency"] = class_consistency(corr, labels, k)
+    scores = score_classes(feats)
     order = np.lexsort((-sizes, -scores))
     return order, scores[order]
 
@@ -156,7 +163,8 @@ def _run(cfg, pset, device, folder, t0):
     if folder is None:  # the last collective is behind: rank 0 writes the results
         return result
     if cfg.sort_classes:
-        order, scores = class_order(averages, labels, cfg.K, result["geometry"].radius_px)
+        order, scores = class_order(averages, labels, cfg.K, result["geometry"].radius_px,
+                                    pset, (psi, shift))
         rank = np.empty(cfg.K, np.int64)
         rank[order] = np.arange(cfg.K)
         labels, probs, averages = rank[labels], probs[:, order], averages[order]

@@ -32,6 +32,7 @@ import torch
 from simcryo.evaluation import metrics
 from simcryo.config import add_config_arguments, config_from_args, config_to_dict
 from simcryo.errors import SimcryoError
+from simcryo.io.particles import star_poses
 from simcryo.io.star import read_star
 from simcryo.runtime import atomic_write_text, json_default, log, set_threads
 
@@ -161,20 +162,6 @@ def _apix(cfg, tables):
             if a and a != 1.0:
                 return a
     return None
-
-
-def _poses(table, psi_label, x_label, y_label, apix):
-    """(psi deg, shift px (n, 2)) or None when the columns are absent. Shift columns are in Å;
-    RELION 3.0 pixel origins (_rlnOriginX/Y) are used when the Å ones are absent."""
-    if psi_label not in table:
-        return None
-    if x_label in table and y_label in table:
-        shift = np.stack([table.as_float(x_label), table.as_float(y_label)], axis=1) / apix
-    elif x_label == "rlnOriginXAngst" and "rlnOriginX" in table and "rlnOriginY" in table:
-        shift = np.stack([table.as_float("rlnOriginX"), table.as_float("rlnOriginY")], axis=1)
-    else:
-        return None
-    return table.as_float(psi_label), shift
 
 
 def _stack(path, what):
@@ -396,12 +383,12 @@ def _finite(x):
 def _pose_report(table, ttable, mode, pred, matched, apix):
     if apix is None:
         return dict(available=False, reason="pixel size unknown")
-    predicted = _poses(table, "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst", apix)
+    predicted = star_poses(table, "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst", apix)
     if mode == "true":
-        truth = _poses(ttable, "simcryoTruePsi", "simcryoTrueOriginXAngst",
+        truth = star_poses(ttable, "simcryoTruePsi", "simcryoTrueOriginXAngst",
                        "simcryoTrueOriginYAngst", apix)
     else:
-        truth = _poses(ttable, "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst", apix)
+        truth = star_poses(ttable, "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst", apix)
     if predicted is None or truth is None:
         return dict(available=False, reason="predicted or true poses missing")
     ang, sh, offsets = metrics.pose_errors(pred, predicted[0], predicted[1], truth[0], truth[1],

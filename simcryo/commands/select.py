@@ -4,13 +4,15 @@ Reads any tool's classification (RELION's included): --i particles.star with _rl
 and --averages class_averages.mrcs (class k at index k; default: beside --i, or RELION's
 run_it*_classes.mrcs given explicitly). Each class gets the quality score of
 simcryo.selection (contrast, centring and radial-profile likeness of its average, size of
-the class); the classes whose
-score is >= --threshold are selected.
+the class, and, when --i holds the particles' poses, the consistency of its members with the
+average, CTF applied when --i has it); the classes whose score is >= --threshold are
+selected.
 
 Writes in --o: class_scores.star (data_classes, best first: _rlnClassNumber,
 _rlnReferenceImage into class_averages_ranked.mrcs, _rlnClassDistribution, _simcryoClassScore,
 _simcryoClassRank, _simcryoSelected 1/0 and the features _simcryoContrast, _simcryoCentring,
-_simcryoProfile, _simcryoSize), class_averages_ranked.mrcs (the averages sorted by score),
+_simcryoProfile, _simcryoSize and, when measured, _simcryoConsistency),
+class_averages_ranked.mrcs (the averages sorted by score),
 particles.star (the particles of the selected classes, every input column kept), run.json.
 """
 import os
@@ -57,6 +59,11 @@ class SelectConfig:
                 "classes' size-weighted median profile) that scores fully"})
     size_full: float = field(default=DEFAULTS.size_full, metadata={
         "help": "class size (x N / K) that scores fully"})
+    consistency_full: float = field(default=DEFAULTS.consistency_full, metadata={
+        "help": "member consistency (mean correlation of a class's particles with their "
+                "average at their poses, x the classes' size-weighted median) that scores "
+                "fully; needs _rlnAnglePsi and origins in --i (else the term is left out and "
+                "the log says so); 0: term off"})
     threads: int = field(default=0, metadata={"help": "CPU threads for torch (0: default)"})
 
     def validate(self):
@@ -74,11 +81,14 @@ class SelectConfig:
                  "size_full"):
             if not getattr(self, name) > 0:
                 raise SimcryoError(f"--{name.replace('_', '-')} must be > 0")
+        if self.consistency_full < 0:
+            raise SimcryoError("--consistency-full must be >= 0 (0: term off)")
 
     def score_params(self):
         return ScoreParams(lowpass_fraction=self.lowpass_fraction,
                            contrast_full=self.contrast_full, centring_full=self.centring_full,
-                           profile_full=self.profile_full, size_full=self.size_full)
+                           profile_full=self.profile_full, size_full=self.size_full,
+                           consistency_full=self.consistency_full)
 
 
 def add_arguments(parser):
@@ -109,6 +119,22 @@ def _subset(pset, rows):
     return ParticleSet(pset.source, pset.particles.take(rows), pset.optics, pset.stack_paths,
                        pset.stack_ids[rows], pset.slices[rows], pset.box, pset.apix,
                        pset.ctf.take(rows) if pset.ctf is not None else None)
+
+
+def _consistency(cfg, pset, labels, avgs, radius):
+    """(K,) member consistency of the classes, or why it is not measured (a str)."""
+    from simcryo.io.particles import star_poses
+    from simcryo.selection import class_consistency, member_correlations
+    if cfg.consistency_full == 0:
+        return "--consistency-full 0"
+    poses = star_poses(pset.particles, "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst",
+                       pset.apix)
+    if poses is None:
+        return f"{cfg.i} has no poses (_rlnAnglePsi, _rlnOriginXAngst/YAngst)"
+    if avgs.shape[-1] != pset.box:
+        return f"the averages are {avgs.shape[-1]} px, the particles {pset.box} px"
+    corr = member_correlations(pset, labels - 1, poses[0], poses[1], avgs, radius)
+    return class_consistency(corr, labels - 1, len(avgs))
 
 
 def run(cfg):
@@ -147,6 +173,13 @@ def _run(cfg, pset, labels, avgs, avg_path, out):
     sizes = np.bincount(labels - 1, minlength=K)
     params = cfg.score_params()
     feats = class_features(avgs, sizes, radius, params)
+    consistency = _consistency(cfg, pset, labels, avgs, radius)
+    if isinstance(consistency, str):
+        log(f"[select] member consistency not used: {consistency}")
+        runlog["consistency"] = consistency
+    else:
+        feats["consistency"] = consistency
+        runlog["consistency"] = "used"
     scores = score_classes(feats, params)
     order = rank_classes(scores)
     chosen = auto_select(scores, cfg.threshold)
@@ -161,8 +194,10 @@ def _run(cfg, pset, labels, avgs, avg_path, out):
              "rlnClassDistribution": [round(float(v), 6) for v in sizes[order] / len(labels)],
              "simcryoClassScore": [round(float(v), 5) for v in scores[order]],
              "simcryoClassRank": rank[order], "simcryoSelected": selected[order].astype(int)}
-    for name in ("contrast", "centring", "profile", "size"):
-        table["simcryo" + name.capitalize()] = [round(float(v), 5) for v in feats[name][order]]
+    for name in ("contrast", "centring", "profile", "size", "consistency"):
+        if name in feats:
+            table["simcryo" + name.capitalize()] = [round(float(v), 5)
+                                                    for v in feats[name][order]]
     write_star(os.path.join(out, "class_scores.star"), {"classes": StarBlock(table)})
     rows = np.flatnonzero(selected[labels - 1])
     write_particles(os.path.join(out, "particles.star"), _subset(pset, rows))

@@ -281,6 +281,21 @@ def _pixel_size_source(particles, optics, path, apix, header_apix):
                        "magnification/detector pixel, no MRC header value); give --apix")
 
 
+def star_poses(table, psi_label, x_label, y_label, apix):
+    """(psi deg (n,), shift px (n, 2)) of a particle table (RELION's convention), or None
+    when the columns are absent. Shift columns are in Å; RELION 3.0 pixel origins
+    (_rlnOriginX/Y) are used when the Å ones are absent."""
+    if psi_label not in table:
+        return None
+    if x_label in table and y_label in table:
+        shift = np.stack([table.as_float(x_label), table.as_float(y_label)], axis=1) / apix
+    elif x_label == "rlnOriginXAngst" and "rlnOriginX" in table and "rlnOriginY" in table:
+        shift = np.stack([table.as_float("rlnOriginX"), table.as_float("rlnOriginY")], axis=1)
+    else:
+        return None
+    return table.as_float(psi_label), shift
+
+
 def load_particles(path, apix=None, require_ctf=False):
     """Open a RELION STAR (3.0 or 3.1) or a bare MRC stack as a ParticleSet."""
     if not os.path.exists(path):

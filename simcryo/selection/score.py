@@ -19,7 +19,8 @@ and aggregate classes to average to round smears; on the simulated junk set (pha
 particles, 15 % junk of three kinds, SNR 0.05, K = 20) the junk classes came out less round
 (0.38-0.69) than the good ones (0.11-0.54).
 
-Score = contrast_term * centring_term * profile_term * size_term, each term in [0, 1]: a
+Score = contrast_term * centring_term * profile_term * size_term (x consistency_term when the
+particles' poses are known: simcryo.selection.consistency), each term in [0, 1]: a
 saturating ramp (value / reference, clipped at 1), so that a class is penalised only for what
 it lacks. The references are `ScoreParams` fields. Measured on two simulated junk sets
 (phantom, 1,000 and 600 particles, SNR 0.05, K = 20, simcryo classify): good classes had
@@ -46,6 +47,8 @@ class ScoreParams:
     centring_full: float = 0.95     # centring at which the centring term is 1
     profile_full: float = 0.9       # profile likeness at which its term is 1
     size_full: float = 0.5          # size (x N/K) at which the size term is 1
+    consistency_full: float = 0.8   # member consistency (x median) at which its term is 1
+                                    # (simcryo.selection.consistency; 0: term off)
 
 
 def _lowpassed(averages, fraction):
@@ -54,14 +57,14 @@ def _lowpassed(averages, fraction):
     return torch.fft.irfft2(torch.fft.rfft2(averages) * filt, s=(n, n))
 
 
-def _background_removed(images, radius):
+def background_removed(images, radius):
     outside = ~circular_mask(images.shape[-1], radius, images.device)
     if outside.any():
         return images - background_stats(images, outside=outside)[0][:, None, None]
     return images - images.mean((-2, -1), keepdim=True)
 
 
-def _weighted_median(values, weights):
+def weighted_median(values, weights):
     order = np.argsort(values)
     cw = np.cumsum(np.asarray(weights, dtype=np.float64)[order])
     return float(values[order][np.searchsorted(cw, 0.5 * cw[-1])])
@@ -80,7 +83,7 @@ def _profile_likeness(profiles, sizes, alive):
     p = profiles.numpy().astype(np.float64)
     if not alive.any():
         return np.zeros(len(p))
-    consensus = np.array([_weighted_median(p[alive, j], sizes[alive])
+    consensus = np.array([weighted_median(p[alive, j], sizes[alive])
                           for j in range(p.shape[1])])
     a = p - p.mean(1, keepdims=True)
     b = consensus - consensus.mean()
@@ -96,10 +99,10 @@ def class_features(averages, sizes, radius, params=None):
     avg = torch.as_tensor(np.asarray(averages), dtype=torch.float32)
     sizes = np.asarray(sizes, dtype=np.float64)
     inside = circular_mask(avg.shape[-1], radius, avg.device)
-    smooth = _background_removed(_lowpassed(avg, p.lowpass_fraction), radius)
+    smooth = background_removed(_lowpassed(avg, p.lowpass_fraction), radius)
     raw = smooth[:, inside].std(-1).numpy().astype(np.float64)
     alive = (sizes > 0) & (raw > 0)
-    ref = _weighted_median(raw[alive], sizes[alive]) if alive.any() else 1.0
+    ref = weighted_median(raw[alive], sizes[alive]) if alive.any() else 1.0
     contrast = np.where(alive, raw / max(ref, 1e-30), 0.0)
     offset = centre_of_mass(avg, radius=radius).norm(dim=-1).numpy()
     centring = np.clip(1.0 - offset / radius, 0.0, 1.0)
@@ -110,13 +113,18 @@ def class_features(averages, sizes, radius, params=None):
 
 
 def score_classes(features, params=None):
-    """Score (K,) in [0, 1] from `class_features` (module docstring)."""
+    """Score (K,) in [0, 1] from `class_features` (module docstring), times the member
+    consistency term when `features` holds "consistency" (simcryo.selection.consistency:
+    it needs the particles and their poses) and params.consistency_full > 0."""
     p = params or ScoreParams()
     ramp = lambda v, full: np.clip(np.asarray(v) / full, 0.0, 1.0)  # noqa: E731
-    return (ramp(features["contrast"], p.contrast_full) *
-            ramp(features["centring"], p.centring_full) *
-            ramp(features["profile"], p.profile_full) *
-            ramp(features["size"], p.size_full))
+    score = (ramp(features["contrast"], p.contrast_full) *
+             ramp(features["centring"], p.centring_full) *
+             ramp(features["profile"], p.profile_full) *
+             ramp(features["size"], p.size_full))
+    if "consistency" in features and p.consistency_full > 0:
+        score = score * ramp(features["consistency"], p.consistency_full)
+    return score
 
 
 def rank_classes(scores):

@@ -261,3 +261,85 @@ def test_select_errors_are_one_line(toy, capsys):
                    "--junk-kinds", "empty,ice"])
     assert rc == 2
     assert "unknown --junk-kinds ice" in capsys.readouterr().err
+
+
+class _Stack:
+    """The slice of a ParticleSet that member_correlations reads."""
+
+    def __init__(self, images, apix=3.0):
+        self._images, self.n, self.box = images, images.shape[0], images.shape[-1]
+        self.apix, self.ctf = apix, None
+
+    def images(self, idx):
+        return self._images[idx]
+
+
+def test_member_correlations_follow_relion_poses():
+    from simcryo.selection import member_correlations
+    g = torch.Generator().manual_seed(0)
+    avg = project(make_phantom(32, seed=1), euler_to_matrix([20.0], [50.0], [0.0]))
+    n = 16
+    psi = torch.rand(n, generator=g) * 360 - 180
+    shift = torch.rand(n, 2, generator=g) * 4 - 2
+    parts = transform_images(avg.expand(n, -1, -1), psi, shift)  # RELION: particle = T(avg)
+    labels = np.zeros(n, dtype=np.int64)
+    right = member_correlations(_Stack(parts.numpy()), labels, psi.numpy(), shift.numpy(),
+                                avg.numpy(), radius=12.0)
+    wrong = member_correlations(_Stack(parts.numpy()), labels, -psi.numpy(), shift.numpy(),
+                                avg.numpy(), radius=12.0)
+    assert right.min() > 0.97
+    assert np.median(wrong) < 0.8  # the sign of psi matters: the convention is pinned
+
+
+def test_consistency_sinks_a_class_of_blobs():
+    from simcryo.selection import class_consistency, member_correlations
+    from simcryo.simulation.realistic import blob_images
+    g = torch.Generator().manual_seed(2)
+    box, n = 32, 40
+    views = [project(make_phantom(box, seed=1), euler_to_matrix([r], [t], [0.0]))[0]
+             for r, t in ((0.0, 30.0), (90.0, 80.0))]
+    blobs = blob_images(n, box, g)
+    scale = float(torch.stack(views).std())
+    noise = lambda: 2.0 * scale * torch.randn(n, box, box, generator=g)  # noqa: E731
+    parts = torch.cat([views[0].expand(n, -1, -1) + noise(), views[1].expand(n, -1, -1) + noise(),
+                       blobs * scale / float(blobs.std()) + noise()])
+    labels = np.repeat(np.arange(3), n)
+    avgs = torch.stack([parts[torch.as_tensor(labels == k)].mean(0) for k in range(3)])
+    zeros = np.zeros(3 * n)
+    corr = member_correlations(_Stack(parts.numpy()), labels, zeros, np.zeros((3 * n, 2)),
+                               avgs.numpy(), radius=12.0)
+    cons = class_consistency(corr, labels, 4)   # class 4 empty
+    assert cons[3] == 0.0
+    assert min(cons[:2]) > 1.5 * cons[2]        # the blob class is the inconsistent one
+    feats = dict(contrast=np.ones(4), centring=np.ones(4), profile=np.ones(4),
+                 size=np.ones(4), consistency=cons)
+    assert score_classes(feats)[2] < score_classes(feats)[0]
+    from simcryo.selection import ScoreParams
+    off = score_classes(feats, ScoreParams(consistency_full=0))
+    assert (off[:3] == 1.0).all()               # --consistency-full 0: the term is left out
+
+
+def test_select_uses_poses_when_the_star_has_them(toy, capsys):
+    sim, pred, _ = toy
+    blocks = read_star(str(sim / "classified.star"))
+    t = blocks["particles"]
+    t.set("rlnAnglePsi", t["simcryoTruePsi"])
+    off = pred == 6   # the off-centre class was averaged without its shifts
+    for axis in ("X", "Y"):
+        v = t.as_float(f"simcryoTrueOrigin{axis}Angst")
+        t.set(f"rlnOrigin{axis}Angst", np.where(off, 0.0, v).tolist())
+    write_star(str(sim / "posed.star"), blocks)
+    out = sim.parent / "sel_posed"
+    rc = cli_main(["select", "--i", str(sim / "posed.star"), "--averages",
+                   str(sim / "averages.mrcs"), "--o", str(out)])
+    assert rc == 0
+    scores = read_star(str(out / "class_scores.star"))["classes"]
+    cons = dict(zip(scores.as_int("rlnClassNumber"), scores.as_float("simcryoConsistency")))
+    assert min(cons[k] for k in (1, 2, 3, 4)) > cons[5]   # the empty picks' class
+    assert json.load(open(out / "run.json"))["consistency"] == "used"
+    rc = cli_main(["select", "--i", str(sim / "classified.star"), "--averages",
+                   str(sim / "averages.mrcs"), "--o", str(sim.parent / "sel_unposed")])
+    assert rc == 0
+    assert "member consistency not used" in capsys.readouterr().out
+    unposed = read_star(str(sim.parent / "sel_unposed" / "class_scores.star"))["classes"]
+    assert "simcryoConsistency" not in unposed
