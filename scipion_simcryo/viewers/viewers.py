@@ -536,8 +536,9 @@ class SimcryoDenoiseViewer(ProtocolViewer):
 # ---------------------------------------------------------------------- class selection
 def rankedClasses(selectProt):
     """Every input class of a selection run, best score first: dicts with the input class
-    id, rank, particles, score, the four features, kept, and the index of its average in
-    the engine's class_averages_ranked.mrcs (1-based); [] before a run."""
+    id, rank, particles, score, the features (consistency None when not measured), kept,
+    and the index of its average in the engine's class_averages_ranked.mrcs (1-based); []
+    before a run."""
     scores = selectProt.getClassScores()
     if scores is None:
         return []
