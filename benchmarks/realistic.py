@@ -94,9 +94,8 @@ def score(classified_star, averages, sim, out, args, select_flags=(), name="sele
     return json.load(open(report))["cleaning"]
 
 
-def run_simcryo(star, sim, out, args, extra=(), select_variant=()):
-    """Default `simcryo classify` (or with the `extra` flags of an ablation), scored
-    (`select_variant`: (select flags, folder name) of a selection ablation)."""
+def run_simcryo(star, sim, out, args, extra=()):
+    """Default `simcryo classify` (or with the `extra` flags of an ablation), scored."""
     cls = os.path.join(out, "classify")
     timing = os.path.join(out, "timing.json")
     if not (args.reuse and os.path.exists(timing)):
@@ -106,8 +105,7 @@ def run_simcryo(star, sim, out, args, extra=(), select_variant=()):
         json.dump(dict(wall_s=wall, peak_mem_mb=peak), open(timing, "w"))
     t = json.load(open(timing))
     return dict(t, **score(os.path.join(cls, "particles.star"),
-                           os.path.join(cls, "class_averages.mrcs"), sim, out, args,
-                           *select_variant))
+                           os.path.join(cls, "class_averages.mrcs"), sim, out, args))
 
 
 def run_relion(star, sim, out, args):
@@ -207,9 +205,10 @@ def main(argv=None):
                 runs[method] = run_simcryo(star, sim, os.path.join(out, method), args, flags)
             for method, flags in (SELECT_ABLATIONS if args.ablate else ()):
                 # the default classification, selected without one of select's terms
-                runs[method] = run_simcryo(star, sim, os.path.join(out, "simcryo"),
-                                           argparse.Namespace(**dict(vars(args), reuse=True)),
-                                           select_variant=(flags, "select_" + method))
+                cls = os.path.join(out, "simcryo", "classify")
+                runs[method] = dict(runs["simcryo"], **score(
+                    os.path.join(cls, "particles.star"), os.path.join(cls, "class_averages.mrcs"),
+                    sim, os.path.join(out, "simcryo"), args, flags, "select_" + method))
             runs["relion"] = run_relion(star, sim, os.path.join(out, "relion"), args)
             for method, r in runs.items():
                 if r is not None:

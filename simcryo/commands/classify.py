@@ -104,13 +104,12 @@ def class_order(averages, labels, k, radius, pset=None, poses=None):
     the larger class first), and the scores in that order. With `pset` and `poses` (psi
     (N,), shift (N, 2) px, RELION) the score includes the members' consistency, as
     `simcryo select` computes it."""
-    from simcryo.selection import (class_consistency, class_features, member_correlations,
-                                   score_classes)
+    from simcryo.selection import class_features, member_consistency, score_classes
     sizes = np.bincount(labels, minlength=k)
     feats = class_features(averages, sizes, radius)
     if pset is not None and poses is not None:
-        corr = member_correlations(pset, labels, poses[0], poses[1], averages, radius)
-        feats["consistency"] = class_consistency(corr, labels, k)
+        feats["consistency"] = member_consistency(pset, labels, poses[0], poses[1], averages,
+                                                  radius)
     scores = score_classes(feats)
     order = np.lexsort((-sizes, -scores))
     return order, scores[order]

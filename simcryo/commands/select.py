@@ -124,7 +124,7 @@ def _subset(pset, rows):
 def _consistency(cfg, pset, labels, avgs, radius):
     """(K,) member consistency of the classes, or why it is not measured (a str)."""
     from simcryo.io.particles import star_poses
-    from simcryo.selection import class_consistency, member_correlations
+    from simcryo.selection import member_consistency
     if cfg.consistency_full == 0:
         return "--consistency-full 0"
     poses = star_poses(pset.particles, "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst",
@@ -133,8 +133,7 @@ def _consistency(cfg, pset, labels, avgs, radius):
         return f"{cfg.i} has no poses (_rlnAnglePsi, _rlnOriginXAngst/YAngst)"
     if avgs.shape[-1] != pset.box:
         return f"the averages are {avgs.shape[-1]} px, the particles {pset.box} px"
-    corr = member_correlations(pset, labels - 1, poses[0], poses[1], avgs, radius)
-    return class_consistency(corr, labels - 1, len(avgs))
+    return member_consistency(pset, labels - 1, poses[0], poses[1], avgs, radius)
 
 
 def run(cfg):

@@ -64,3 +64,10 @@ def class_consistency(correlations, labels, k):
         return np.zeros(k)
     ref = weighted_median(means[alive], sizes[alive])
     return np.where(alive, means / ref, 0.0) if ref > 0 else np.zeros(k)
+
+
+def member_consistency(pset, labels, psi, shift, averages, radius):
+    """(K,) class consistency (class_consistency) of the particles of `pset` with their
+    averages at their poses (member_correlations; same arguments)."""
+    corr = member_correlations(pset, labels, psi, shift, averages, radius)
+    return class_consistency(corr, labels, len(averages))
