@@ -140,6 +140,25 @@ class ClassAccumulator:
         den = self.den.sum(0)
         return self.num.sum(0) / (den + shell_mean(den) / self.ssnr_grid() + 1e-12)
 
+    def prior_wiener(self, particle_ssnr):
+        """Full-set Wiener average spectra (K, n, m) with a data-wide signal prior, as
+        RELION's tau^2: num / (den + shell_mean(den) / (n_k * ssnr)), where `particle_ssnr`
+        (shells,) is one particle's spectral SNR measured on the whole data set (its CTF
+        included) and n_k the class's weight sum. shell_mean(den) / n_k is the particles'
+        mean CTF^2, so the regulariser is the per-particle noise-to-signal ratio. The
+        half-set FRC of a class of ~100 particles is too noisy at the lowest shells (a few
+        Fourier pixels each) to restore the frequencies the CTF damps there; this prior is
+        measured on up to 1,000 particles."""
+        nb = self.box // 2 + 1
+        ssnr = torch.zeros(nb, device=self.num.device)
+        given = torch.as_tensor(particle_ssnr, dtype=torch.float32)[:nb].to(ssnr.device)
+        ssnr[:len(given)] = given
+        rad = radial_index(self.box, ssnr.device).clamp(max=self.box // 2)
+        den = self.den.sum(0)
+        n_k = self.wsum.sum(0).to(torch.float32).clamp_min(1e-12)[:, None, None]
+        reg = shell_mean(den) / (n_k * ssnr[rad].clamp_min(1e-4))
+        return self.num.sum(0) / (den + reg + 1e-12)
+
     def masked_wiener(self, mask):
         """Wiener-filtered average of the masked CTF-corrected average (spectra (K, n, m)):
         the real-space `mask` first, then the per-shell SSNR / (1 + SSNR) shrinkage.

@@ -59,6 +59,10 @@ class ClassAlignParams:
     align_box: int = 0             # Fourier-crop to this box for the search (0: full box)
     polish: bool = True            # final averages with exact shifts + bicubic rotation
     flatten_solvent: bool = True   # final averages times the soft mask (solvent 0, as RELION)
+    signal_prior: tuple = None     # final averages: per-shell spectral SNR of one particle
+                                   # measured on the data (input-box shells); given, their
+                                   # Wiener filter uses it (ClassAccumulator.prior_wiener)
+                                   # instead of each class's half-set FRC
     final_iterations: int = 2      # iterations at the full box after the search box ones
     reference_filter: str = "wiener"  # running references: "wiener" or "none" (CTF-corrected)
     starts: int = 4                # candidate seeds per class (best-connected members)
@@ -417,9 +421,15 @@ class ClassAligner(ReferenceSeeding):
         return acc.all_reduce()
 
     def output_averages(self, acc):
-        """Full-box Wiener averages of a `final_averages` accumulator; with flatten_solvent
-        the solvent outside the soft mask is removed before the shell filter (its noise would
-        only lower the averages' FRC against the particle's projection)."""
+        """Full-box Wiener averages of a `final_averages` accumulator. With a signal_prior,
+        the Wiener filter of that data-wide spectral SNR, then the soft mask when
+        flatten_solvent. Without one, the half-set filter; with flatten_solvent the solvent
+        outside the soft mask is removed before the shell filter (its noise would only lower
+        the averages' FRC against the particle's projection)."""
+        if self.p.signal_prior is not None:
+            avg = spectra_to_images(acc.prior_wiener(
+                torch.as_tensor(self.p.signal_prior, dtype=torch.float32)))
+            return avg * self.mask if self.p.flatten_solvent else avg
         if self.p.flatten_solvent:
             return spectra_to_images(acc.masked_wiener(self.mask))
         return spectra_to_images(acc.wiener())

@@ -44,7 +44,7 @@ STAGE_PARAMS = {
                "refine_search_classes", "refine_first_search_classes",
                "refine_prescreen_box", "refine_mask_scale", "refine_subset",
                "refine_full_iterations"),
-    "averages": ("average_iterations", "average_box", "sort_classes"),
+    "averages": ("average_iterations", "average_box", "average_filter", "sort_classes"),
 }
 # parameters that do not change the result (where and how fast it runs, file names; the
 # input is checked by its fingerprint, not its name)

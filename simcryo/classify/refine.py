@@ -264,7 +264,7 @@ class Refiner:
         lab = torch.full((self.n,), -1, dtype=torch.long)
         lab[rows] = weights[rows].argmax(1)
         refs = refs.clone()
-        self.revived = []
+        self.revived, self.donors = [], []
         # the pruned search leaves the poses of unscored classes NaN; they get weight 0 here
         psi, shift = torch.nan_to_num(psi), torch.nan_to_num(shift)
         for c in torch.nonzero(mass < min_share * len(rows) / self.k).flatten().tolist():
@@ -280,8 +280,21 @@ class Refiner:
             refs[c] = self.averages(own, w, psi[:, big], shift[:, big], rows=worse.numpy())[c]
             lab[worse] = c
             self.revived.append(c)
+            self.donors.append((big, members))
             self.log(f"[refine] class {c + 1} was empty: re-seeded from half of class {big + 1}")
         return refs
+
+    def _flag_revived(self, table):
+        """Mark each class re-seeded by revive_empty to be scored next, below only the own
+        class, by the particles of the class it was split from (its donor's members at the
+        split): the particles it can take. Every particle scoring every re-seeded class made
+        the next iteration search up to M + K classes (58 re-seeded of K = 100 at box 128).
+        Returns the most re-seeded classes one particle was given (the extra search width)."""
+        count = torch.zeros(self.n, dtype=torch.long)
+        for c, (_, members) in zip(self.revived, self.donors):
+            table[members, c] = 1e30
+            count[members] += 1
+        return int(count.max()) if self.revived else 0
 
     @torch.no_grad()
     def best_correlation(self, idx, refs, ctf=None):
@@ -356,7 +369,8 @@ class Refiner:
         it scores the own class and the `first_search_classes` - 1 first in `ranking` (0:
         all K), or, with `prescreen_box` > 0, first by the coarse scores of `prescreen` at
         that box; later iterations choose among the classes scored so far. A re-seeded
-        class is scored against every particle in the next iteration. `subset` > 0 (fewer
+        class is scored in the next iteration by the particles of the class it was split
+        from, on top of their M. `subset` > 0 (fewer
         than N) runs every iteration but the last `full_iterations` on that many particles
         drawn at random (`subset_seed`), as cryoSPARC's batches: the averages are then as
         well determined at a fraction of the cost, and the last iterations score everyone.
@@ -417,8 +431,8 @@ class Refiner:
                 self.log(f"[refine] first EM iteration of {len(fresh)} particles: candidates "
                          f"from a coarse search of every class at {min(prescreen_box, self.b)} "
                          f"px ({time.perf_counter() - t1:.1f} s)")
-            # each class re-seeded last iteration is scored on top of the M (with many
-            # re-seeded classes they would otherwise take every slot after the own class,
+            # the classes re-seeded last iteration are scored on top of the M by their
+            # donors' particles (they would otherwise take every slot after the own class,
             # and no particle could reach a real class)
             extra = 0 if align_only else state.get("revived", 0)
             groups = self._groups(active, align_only, state, table, rank, before,
@@ -432,21 +446,21 @@ class Refiner:
                 weights = state["weights"]
             else:
                 state["em_scored"][torch.as_tensor(active)] = True
-            self.revived = []
+            self.revived, self.donors = [], []
             if not align_only and it < total - 2:
                 refs = self.revive_empty(refs, weights, psi, shift, rows=rows)
-                if self.revived:   # below only the particle's own class
-                    table[torch.as_tensor(active)[:, None], torch.as_tensor(self.revived)] = 1e30
+            extra = self._flag_revived(table)
             changed = int((weights.argmax(1) != before).sum())
             searched = max(self.k if c is None else c.shape[1] for _, c in groups)
             state["history"].append({"iteration": it + 1, "loglik": ll, "changed": changed,
                                      "sigma2": self.sigma2, "align_only": align_only,
                                      "classes_searched": searched, "particles": len(active),
                                      "revived": list(self.revived),
+                                     "revived_from": [b for b, _ in self.donors],
                                      "seconds": round(time.perf_counter() - t0, 3)})
             state.update(iteration=it + 1, weights=weights, refs=refs.cpu(), psi=psi,
                          shift=shift, sigma2=self.sigma2, table=table,
-                         revived=len(self.revived))
+                         revived=extra)
             if progress:
                 progress(it + 1, total, ll, changed)
             if on_iteration:

@@ -479,9 +479,11 @@ def class_averages(pipe, labels, probs, poses=None):
     pset, cfg = pipe.pset, pipe.cfg
     src = ParticleSource(pset.images, pset.n, pset.box, pipe.device, ctf=pset.ctf,
                          apix=pset.apix)
+    prior = getattr(pipe.geom, "ssnr", None) if cfg.average_filter == "data" else None
     params = ClassAlignParams(iterations=cfg.average_iterations, seed=cfg.seed,
                               mask_radius=mask_radius_for(pipe.geom.radius_px, pset.box),
-                              align_box=min(pset.box, cfg.average_box))
+                              align_box=min(pset.box, cfg.average_box),
+                              signal_prior=None if prior is None else tuple(prior))
     conf = probs[np.arange(len(labels)), labels]
     aligner = ClassAligner(src, labels, conf, cfg.K, params, log=pipe.log)
     if poses is None:

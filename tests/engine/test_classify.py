@@ -570,9 +570,10 @@ def test_subset_iterations_read_only_the_subset_then_score_every_particle():
 
 
 def test_re_seeded_classes_are_scored_on_top_of_the_pruned_search():
-    """Classes re-seeded after an EM iteration are scored by every particle in the next one,
-    in addition to its M classes: with as many re-seeded classes as free slots, no
-    particle could otherwise reach a real class."""
+    """Classes re-seeded after an EM iteration are scored in the next one by the particles
+    of the class each was split from, in addition to their M classes: with as many
+    re-seeded classes as free slots, no particle could otherwise reach a real class. The
+    other particles do not score them (the search stays M wide for them)."""
     from simcryo.classify.refine import Refiner
     x, truth, _ = _four_shapes()
     r = Refiner(x, 6, 10.0, torch.device("cpu"), n_angles=12, max_shift=3.0)
@@ -581,5 +582,24 @@ def test_re_seeded_classes_are_scored_on_top_of_the_pruned_search():
     em = [h for h in hist if not h["align_only"]]
     assert em[0]["revived"], "classes 5 and 6 start empty and must be re-seeded"
     for prev, cur in zip(em, em[1:]):
-        assert cur["classes_searched"] == min(6, 2 + len(prev["revived"]))
+        donors = prev["revived_from"]
+        assert len(donors) == len(prev["revived"])
+        most = max((donors.count(b) for b in donors), default=0)
+        assert cur["classes_searched"] == min(6, 2 + most)
     assert (w.argmax(1).numpy()[:, None] == np.arange(6)).any(0).sum() >= 4
+
+
+def test_re_seeded_class_is_flagged_for_its_donor_only():
+    """_flag_revived marks a re-seeded class for the donor's members alone, so that the
+    next pruned search gives it to them and not to particles of other classes."""
+    from simcryo.classify.refine import Refiner
+    x, truth, _ = _four_shapes()
+    r = Refiner(x, 6, 10.0, torch.device("cpu"), n_angles=12, max_shift=3.0)
+    table = torch.full((len(x), 6), -float("inf"))
+    donor = torch.nonzero(torch.as_tensor(truth) == 2).flatten()
+    r.revived, r.donors = [5], [(2, donor)]
+    assert r._flag_revived(table) == 1
+    picked = r.search_classes(table, torch.zeros(len(x), 6), torch.as_tensor(truth), 2)
+    has5 = (picked == 5).any(1)
+    assert has5[donor].all()
+    assert not has5[torch.as_tensor(truth) != 2].any()
