@@ -185,7 +185,7 @@ class ClassifyConfig:
                              "restores the low frequencies the CTF damps: on "
                              "benchmarks/realistic.py (seeds 0-2) it raised the fidelity of "
                              "the built-in phantom's kept classes from 0.902 to 0.945, "
-                             "lowered the hand map's from 0.969 to 0.964 and cut the "
+                             "lowered the hand map's from 0.968 to 0.965 and cut the "
                              "automatic selection's recall there from 0.965 to 0.869",
                              choices=("halves", "data"))
     sort_classes: bool = _f(True, "number the classes best first by the quality score of "
