@@ -25,8 +25,8 @@ class ProtSimcryoSelectClasses(ProtSimcryoBase, ProtProcessParticles):
     product of saturating terms measured on its average and size: contrast (std inside
     the mask of the low-passed average, relative to the classes' size-weighted median),
     centring (how far the density's centre of mass lies from the box centre), profile
-    likeness (correlation of the average's radial profile with the classes' median profile)
-    and class size (relative to N / K); when the classes have 2D alignment, also member
+    likeness (the best correlation of the average's radial profile with that of another
+    class the other terms trust) and class size (relative to N / K); when the classes have 2D alignment, also member
     consistency (mean correlation of the particles with their average at their poses, CTF
     applied when known, relative to the classes' median), which catches classes of ice or
     aggregate blobs whose smeared average passes the other terms. Empty boxes average to

@@ -55,8 +55,12 @@ class SelectConfig:
     centring_full: float = field(default=DEFAULTS.centring_full, metadata={
         "help": "centring (1 - centroid offset / mask radius) that scores fully"})
     profile_full: float = field(default=DEFAULTS.profile_full, metadata={
-        "help": "profile likeness (|correlation| of the class's radial profile with the "
-                "classes' size-weighted median profile) that scores fully"})
+        "help": "profile likeness (highest |correlation| of the class's radial profile with "
+                "the profile of another trusted class) that scores fully"})
+    profile_trust: float = field(default=DEFAULTS.profile_trust, metadata={
+        "help": "a class whose other terms (contrast, centring, size, consistency) score at "
+                "least this (0-1) is trusted: the profiles are judged against the trusted "
+                "classes' profiles"})
     size_full: float = field(default=DEFAULTS.size_full, metadata={
         "help": "class size (x N / K) that scores fully"})
     consistency_full: float = field(default=DEFAULTS.consistency_full, metadata={
@@ -83,12 +87,15 @@ class SelectConfig:
                 raise SimcryoError(f"--{name.replace('_', '-')} must be > 0")
         if self.consistency_full < 0:
             raise SimcryoError("--consistency-full must be >= 0 (0: term off)")
+        if not 0 <= self.profile_trust <= 1:
+            raise SimcryoError(f"--profile-trust must be in [0, 1] (got {self.profile_trust})")
 
     def score_params(self):
         return ScoreParams(lowpass_fraction=self.lowpass_fraction,
                            contrast_full=self.contrast_full, centring_full=self.centring_full,
                            profile_full=self.profile_full, size_full=self.size_full,
-                           consistency_full=self.consistency_full)
+                           consistency_full=self.consistency_full,
+                           profile_trust=self.profile_trust)
 
 
 def add_arguments(parser):

@@ -219,6 +219,27 @@ def test_ranking_puts_junk_classes_last(toy):
     assert set(order[-2:]) == {4, 5}  # classes 5 (empty) and 6 (off-centre)
 
 
+def test_profiles_are_judged_against_the_nearest_trusted_class():
+    """Views of an elongated particle: three end-on classes (a peaked profile) and two
+    side-on ones (a flat, wide profile), plus a junk class whose other terms are weak. The
+    median profile is end-on (|correlation| 0.42 with side-on), but each side-on class has a
+    trusted neighbour that looks alike; the junk class's profile (an annulus) resembles no
+    trusted class."""
+    r = np.arange(12.0)
+    end_on, side_on = np.exp(-(r / 3) ** 2), (r < 9) * 1.0
+    junk = np.exp(-((r - 5) / 1.2) ** 2)  # an annulus
+    g = np.random.default_rng(0)
+    profiles = np.stack([end_on] * 3 + [side_on] * 2 + [junk]) + 0.01 * g.normal(size=(6, 12))
+    feats = dict(contrast=np.array([1.0] * 5 + [0.5]), centring=np.ones(6), size=np.ones(6),
+                 radial_profiles=profiles)
+    scores = score_classes(feats)
+    assert (feats["profile"][:5] > 0.99).all() and (scores[:5] > 0.99).all()
+    assert feats["profile"][5] < 0.5 and scores[5] < 0.25
+    # the same side-on class alone has no look-alike: judged against the end-on ones
+    lone = dict(feats, contrast=np.array([1.0] * 4 + [0.5, 0.5]))
+    assert score_classes(lone)[3] < 0.7
+
+
 def test_select_and_evaluate_commands(toy, capsys):
     sim, pred, _ = toy
     out = sim.parent / "sel"
@@ -311,8 +332,8 @@ def test_consistency_sinks_a_class_of_blobs():
     cons = class_consistency(corr, labels, 4)   # class 4 empty
     assert cons[3] == 0.0
     assert min(cons[:2]) > 1.5 * cons[2]        # the blob class is the inconsistent one
-    feats = dict(contrast=np.ones(4), centring=np.ones(4), profile=np.ones(4),
-                 size=np.ones(4), consistency=cons)
+    feats = dict(contrast=np.ones(4), centring=np.ones(4), size=np.ones(4),
+                 radial_profiles=np.tile(np.arange(5.0), (4, 1)), consistency=cons)
     assert score_classes(feats)[2] < score_classes(feats)[0]
     from simcryo.selection import ScoreParams
     off = score_classes(feats, ScoreParams(consistency_full=0))
