@@ -26,12 +26,12 @@ class ProtSimcryoSelectClasses(ProtSimcryoBase, ProtProcessParticles):
     the mask of the low-passed average, relative to the classes' size-weighted median),
     centring (how far the density's centre of mass lies from the box centre), profile
     likeness (the best correlation of the average's radial profile with that of another
-    class the other terms trust) and class size (relative to N / K); when the classes have 2D alignment, also member
-    consistency (mean correlation of the particles with their average at their poses, CTF
-    applied when known, relative to the classes' median), which catches classes of ice or
-    aggregate blobs whose smeared average passes the other terms. Empty boxes average to
-    flat images, off-centre picks to density at the mask edge, ice and aggregates to other
-    radial profiles. Classes whose score is at least the threshold are selected.
+    class the other terms trust) and class size (relative to N / K); when the classes have
+    2D alignment, also member consistency (mean correlation of the particles with their
+    average at their poses, CTF applied when known, relative to the classes' median), which
+    catches classes of ice or aggregate blobs whose smeared average passes the other terms.
+    Empty boxes average to flat images, off-centre picks to density at the mask edge, ice
+    and aggregates to other radial profiles. Classes whose score is at least the threshold are selected.
 
     Outputs (as RELION's 2D class ranker): the selected classes (SetOfClasses2D, input
     representatives and particles, each class with its score _simcryoClassScore, its rank

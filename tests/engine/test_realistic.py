@@ -278,6 +278,11 @@ def test_select_errors_are_one_line(toy, capsys):
                    str(sim.parent / "sel2")])
     assert rc == 2
     assert "class averages not found" in capsys.readouterr().err
+    rc = cli_main(["select", "--i", str(sim / "classified.star"), "--averages",
+                   str(sim / "averages.mrcs"), "--o", str(sim.parent / "sel3"),
+                   "--profile-trust", "1.5"])
+    assert rc == 2
+    assert "--profile-trust must be in [0, 1]" in capsys.readouterr().err
     rc = cli_main(["simulate", "--o", str(sim.parent / "x"), "--junk-fraction", "0.2",
                    "--junk-kinds", "empty,ice"])
     assert rc == 2
