@@ -31,7 +31,8 @@ class ProtSimcryoSelectClasses(ProtSimcryoBase, ProtProcessParticles):
     average at their poses, CTF applied when known, relative to the classes' median), which
     catches classes of ice or aggregate blobs whose smeared average passes the other terms.
     Empty boxes average to flat images, off-centre picks to density at the mask edge, ice
-    and aggregates to other radial profiles. Classes whose score is at least the threshold are selected.
+    and aggregates to other radial profiles. Classes whose score is at least the threshold
+    are selected.
 
     Outputs (as RELION's 2D class ranker): the selected classes (SetOfClasses2D, input
     representatives and particles, each class with its score _simcryoClassScore, its rank
