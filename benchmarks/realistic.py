@@ -10,7 +10,8 @@ CTF with defocus 0.8-3.8 µm, per-image contrast sigma 0.2. On the same STAR it 
 with --ablate also classify's ABLATIONS (`randinit`: --refine-init random, the EM without
 the clustering; `noEM`: --refine-iterations 0, the clustering without the EM), scored alike,
 and the default classification selected without the member-consistency term (`noConsist`:
-select --consistency-full 0; its oracle figures are the default's),
+select --consistency-full 0) and without the profile term (`noProfile`: select
+--profile-full 0; the oracle figures of both are the default's),
 then for each classification `simcryo select` (automatic selection, default threshold) and
 `simcryo evaluate --volume --selection` (oracle selection: classes with < 50 % junk; recall,
 contamination, junk rejected, view spread (median and 90th percentile) and its spherical
@@ -49,7 +50,8 @@ SIM_ARGS = ["--views", "uniform", "--classes", "20", "--junk-kinds", "empty,blob
 ABLATIONS = (("randinit", ["--refine-init", "random"]),   # the EM without the clustering
              ("noEM", ["--refine-iterations", "0"]))      # the clustering without the EM
 # select without its member-consistency term
-SELECT_ABLATIONS = (("noConsist", ["--consistency-full", "0"]),)
+SELECT_ABLATIONS = (("noConsist", ["--consistency-full", "0"]),
+                    ("noProfile", ["--profile-full", "0"]))
 FIGURES = ("recall", "contamination", "junk_rejected", "view_spread_deg", "view_spread_p90_deg",
            "kmeans_floor_deg", "fidelity")
 

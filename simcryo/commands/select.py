@@ -56,7 +56,7 @@ class SelectConfig:
         "help": "centring (1 - centroid offset / mask radius) that scores fully"})
     profile_full: float = field(default=DEFAULTS.profile_full, metadata={
         "help": "profile likeness (highest |correlation| of the class's radial profile with "
-                "the profile of another trusted class) that scores fully"})
+                "the profile of another trusted class) that scores fully; 0: term off"})
     profile_trust: float = field(default=DEFAULTS.profile_trust, metadata={
         "help": "a class whose other terms (contrast, centring, size, consistency) score at "
                 "least this (0-1) is trusted: the profiles are judged against the trusted "
@@ -81,12 +81,12 @@ class SelectConfig:
             raise SimcryoError("--mask-diameter must be >= 0")
         if self.apix < 0:
             raise SimcryoError("--apix must be >= 0")
-        for name in ("lowpass_fraction", "contrast_full", "centring_full", "profile_full",
-                 "size_full"):
+        for name in ("lowpass_fraction", "contrast_full", "centring_full", "size_full"):
             if not getattr(self, name) > 0:
                 raise SimcryoError(f"--{name.replace('_', '-')} must be > 0")
-        if self.consistency_full < 0:
-            raise SimcryoError("--consistency-full must be >= 0 (0: term off)")
+        for name in ("profile_full", "consistency_full"):
+            if getattr(self, name) < 0:
+                raise SimcryoError(f"--{name.replace('_', '-')} must be >= 0 (0: term off)")
         if not 0 <= self.profile_trust <= 1:
             raise SimcryoError(f"--profile-trust must be in [0, 1] (got {self.profile_trust})")
 

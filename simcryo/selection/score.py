@@ -52,7 +52,7 @@ class ScoreParams:
     lowpass_fraction: float = 8.0   # low-pass to box / this Fourier px (the class's shape)
     contrast_full: float = 1.0      # contrast (x median) at which the contrast term is 1
     centring_full: float = 0.95     # centring at which the centring term is 1
-    profile_full: float = 0.9       # profile likeness at which its term is 1
+    profile_full: float = 0.9       # profile likeness at which its term is 1 (0: term off)
     size_full: float = 0.5          # size (x N/K) at which the size term is 1
     consistency_full: float = 0.8   # member consistency (x median) at which its term is 1
                                     # (simcryo.selection.consistency; 0: term off)
@@ -125,7 +125,8 @@ def class_features(averages, sizes, radius, params=None):
 def score_classes(features, params=None):
     """Score (K,) in [0, 1] from `class_features` (module docstring), times the member
     consistency term when `features` holds "consistency" (simcryo.selection.consistency:
-    it needs the particles and their poses) and params.consistency_full > 0. The profile
+    it needs the particles and their poses) and params.consistency_full > 0; the profile
+    term when params.profile_full > 0. The profile
     likeness needs the other terms (its trusted classes): it is computed here and stored
     in features["profile"] (0 for a dead class: empty or constant)."""
     p = params or ScoreParams()
@@ -138,7 +139,9 @@ def score_classes(features, params=None):
     alive = np.asarray(features["contrast"]) > 0
     likeness = profile_likeness(features["radial_profiles"], alive & (others >= p.profile_trust))
     features["profile"] = np.where(alive, likeness, 0.0)
-    return others * ramp(features["profile"], p.profile_full)
+    if p.profile_full > 0:
+        return others * ramp(features["profile"], p.profile_full)
+    return others
 
 
 def rank_classes(scores):

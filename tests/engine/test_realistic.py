@@ -343,6 +343,9 @@ def test_consistency_sinks_a_class_of_blobs():
     from simcryo.selection import ScoreParams
     off = score_classes(feats, ScoreParams(consistency_full=0))
     assert (off[:3] == 1.0).all()               # --consistency-full 0: the term is left out
+    no_profile = dict(feats, radial_profiles=np.eye(4, 5))  # profiles alike none
+    assert (score_classes(no_profile, ScoreParams(consistency_full=0, profile_full=0))[:3]
+            == 1.0).all()                       # --profile-full 0: that term is left out
 
 
 def test_select_uses_poses_when_the_star_has_them(toy, capsys):
